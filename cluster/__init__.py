@@ -1,0 +1,1 @@
+"""Everything Ray-specific: cluster start, GPU-pinned actor pools, metrics, job submission."""

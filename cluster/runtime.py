@@ -1,0 +1,68 @@
+"""Start or join a Ray cluster and decide how many (GPU or CPU) workers to run."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+from operators.errors import ConfigError
+from workflows.config import ClusterSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    num_workers: int
+    gpus_per_worker: float
+    cpus_per_worker: float
+
+    @property
+    def uses_gpus(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
+    """Connect to Ray. Returns True when this call started a local cluster (caller shuts it down).
+
+    Inside a Ray Job (RAY_ADDRESS set) or when already initialised, the existing cluster is used.
+    """
+    if ray.is_initialized():
+        return False
+    address = spec.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
+    if address:
+        ray.init(address=address, **kwargs)
+        return False
+    ray.init(
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        include_dashboard=spec.include_dashboard,
+        dashboard_port=spec.dashboard_port,
+        _metrics_export_port=spec.metrics_export_port,
+        **kwargs,
+    )
+    return True
+
+
+def worker_layout(spec: ClusterSpec) -> WorkerLayout:
+    """One actor per GPU (num_gpus=1 each) when GPUs exist, else CPU actors."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    use_gpus = spec.use_gpus == "always" or (spec.use_gpus == "auto" and gpus > 0)
+    if spec.use_gpus == "always" and gpus == 0:
+        raise ConfigError("cluster.use_gpus=always but the Ray cluster reports no GPUs")
+    if use_gpus:
+        n = spec.num_workers or gpus
+        if n > gpus:
+            raise ConfigError(f"cluster.num_workers={n} exceeds the {gpus} GPUs of the cluster")
+        return WorkerLayout(n, 1.0, spec.cpus_per_worker)
+    n = spec.num_workers or max(1, min(2, int(cpus)))
+    cpus_per = min(spec.cpus_per_worker, cpus / n)
+    return WorkerLayout(n, 0.0, cpus_per)

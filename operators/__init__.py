@@ -1,0 +1,1 @@
+"""Pure, testable stages of the influmix pipeline (no Ray imports)."""

@@ -1,0 +1,280 @@
+"""Group influence per domain (TiKMiX): per-example scores → per-domain means → normalised domain scores.
+
+Conventions (see ALGORITHMS.md §1.2-1.4, §6.1):
+* per-example score s_iv = φ_i · d_v with d_v = Ĥ⁻¹ t_v (the caller preconditions the target means);
+* GI[k, v] = mean of s_iv over domain k ("benefit": positive means training on domain k lowers target
+  loss, since an SGD step along ḡ_k changes L_v by −η⟨∇L_v, ḡ_k⟩);
+* per-target z-scores across domains (BIDS-style) before a weighted sum over targets.
+All arithmetic is float64; everything here is pure numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+from scipy import sparse
+from scipy.stats import rankdata
+
+from operators.errors import ConfigError
+
+_BLOCK_ROWS = 65_536
+_BOOT_CHUNK_CELLS = 4_000_000  # bootstrap draws held in memory at once (≈ 32 MB of int64)
+
+
+def _codes(labels: np.ndarray | Sequence[str], order: Sequence[str], what: str) -> np.ndarray:
+    """Map string labels to their index in `order`; ConfigError on labels not in `order`."""
+    if len(set(order)) != len(order):
+        raise ConfigError(f"{what} order has repeated names: {list(order)}")
+    arr = np.asarray(labels).astype(str)
+    names, inverse = np.unique(arr, return_inverse=True)
+    index = {name: i for i, name in enumerate(order)}
+    unknown = [str(n) for n in names if n not in index]
+    if unknown:
+        raise ConfigError(f"{what} labels not in the {what} order {list(order)}: {unknown[:10]}")
+    lookup = np.array([index[str(n)] for n in names], dtype=np.int64)
+    return lookup[inverse.reshape(-1)]
+
+
+def _group_sums(values: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group column sums (G, c) and counts (G,) of a 2-D array."""
+    counts = np.bincount(codes, minlength=n_groups).astype(np.int64)
+    sums = np.zeros((n_groups, values.shape[1]), dtype=np.float64)
+    for start in range(0, values.shape[0], _BLOCK_ROWS):
+        block = np.asarray(values[start : start + _BLOCK_ROWS], dtype=np.float64)
+        rows = codes[start : start + _BLOCK_ROWS]
+        indicator = sparse.csr_matrix(
+            (np.ones(rows.size), (rows, np.arange(rows.size))), shape=(n_groups, rows.size)
+        )
+        sums += indicator @ block
+    return sums, counts
+
+
+def _require_nonempty(counts: np.ndarray, order: Sequence[str], what: str) -> None:
+    empty = [order[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ConfigError(f"{what} with no examples: {empty}")
+
+
+def target_means(features: np.ndarray, target_names: np.ndarray, order: list[str]) -> np.ndarray:
+    """Mean feature t_v of each target set, rows in `order` → (V, k) float64."""
+    features = np.asarray(features)
+    if features.ndim != 2 or len(target_names) != features.shape[0]:
+        raise ConfigError(
+            f"target features must be (n, k) with n names, got {features.shape} and {len(target_names)} names"
+        )
+    sums, counts = _group_sums(features, _codes(target_names, order, "target"), len(order))
+    _require_nonempty(counts, order, "target sets")
+    return sums / counts[:, None]
+
+
+def per_example_scores(features: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """s_iv = φ_i · d_v for (m, k) features and (V, k) directions → (m, V), blockwise in float64."""
+    features = np.asarray(features)
+    directions = np.asarray(directions, dtype=np.float64)
+    if features.ndim != 2 or directions.ndim != 2 or features.shape[1] != directions.shape[1]:
+        raise ConfigError(
+            f"features {features.shape} and directions {directions.shape} must share the feature dim"
+        )
+    out = np.empty((features.shape[0], directions.shape[0]), dtype=np.float64)
+    for start in range(0, features.shape[0], _BLOCK_ROWS):
+        block = np.asarray(features[start : start + _BLOCK_ROWS], dtype=np.float64)
+        out[start : start + block.shape[0]] = block @ directions.T
+    return out
+
+
+class DomainSums:
+    """Additive per-domain accumulator of Σ scores (K, V) and example counts (K,); shard-mergeable."""
+
+    def __init__(self, domain_order: list[str], n_targets: int) -> None:
+        self.domain_order = list(domain_order)
+        self.sums = np.zeros((len(domain_order), n_targets), dtype=np.float64)
+        self.counts = np.zeros(len(domain_order), dtype=np.int64)
+
+    def update(self, scores: np.ndarray, domains: np.ndarray) -> DomainSums:
+        scores = np.asarray(scores)
+        if scores.ndim != 2 or scores.shape[1] != self.sums.shape[1] or len(domains) != scores.shape[0]:
+            raise ConfigError(
+                f"scores {scores.shape} do not match {self.sums.shape[1]} targets and {len(domains)} labels"
+            )
+        codes = _codes(domains, self.domain_order, "domain")
+        sums, counts = _group_sums(scores, codes, len(self.domain_order))
+        self.sums += sums
+        self.counts += counts
+        return self
+
+    def merge(self, other: DomainSums) -> DomainSums:
+        if other.domain_order != self.domain_order or other.sums.shape != self.sums.shape:
+            raise ConfigError("cannot merge DomainSums with different domain orders or target counts")
+        self.sums += other.sums
+        self.counts += other.counts
+        return self
+
+    def gi(self) -> np.ndarray:
+        """Group influence (K, V): mean score per domain."""
+        _require_nonempty(self.counts, self.domain_order, "domains")
+        return self.sums / self.counts[:, None]
+
+    def to_state(self) -> dict[str, Any]:
+        return {"domain_order": self.domain_order, "sums": self.sums.tolist(), "counts": self.counts.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> DomainSums:
+        sums = np.asarray(state["sums"], dtype=np.float64)
+        if sums.ndim != 2 or sums.shape[0] != len(state["domain_order"]):
+            raise ConfigError(f"DomainSums state: sums shape {sums.shape} does not match domain_order")
+        out = cls(list(state["domain_order"]), sums.shape[1])
+        out.sums = sums
+        out.counts = np.asarray(state["counts"], dtype=np.int64).reshape(len(out.domain_order))
+        return out
+
+
+def group_influence(scores: np.ndarray, domains: np.ndarray, domain_order: list[str]) -> np.ndarray:
+    """GI (K, V): mean per-example score of each domain (benefit convention, see module docstring)."""
+    return DomainSums(domain_order, np.asarray(scores).shape[1]).update(scores, domains).gi()
+
+
+def _zscore(gi: np.ndarray) -> np.ndarray:
+    """Z-score along axis -2 (domains) for each target; (near-)constant columns → 0."""
+    mean = gi.mean(axis=-2, keepdims=True)
+    centred = gi - mean
+    std = np.sqrt((centred**2).mean(axis=-2, keepdims=True))
+    scale = np.abs(gi).max(axis=-2, keepdims=True)
+    flat = std <= 1e-12 * np.maximum(scale, np.finfo(np.float64).tiny)
+    return np.where(flat, 0.0, centred / np.where(flat, 1.0, std))
+
+
+def normalize_per_target(gi: np.ndarray, method: Literal["zscore", "none"] = "zscore") -> np.ndarray:
+    """BIDS-style per-target normalisation across domains (population std; constant column → zeros)."""
+    gi = np.asarray(gi, dtype=np.float64)
+    if method == "none":
+        return gi.copy()
+    if method == "zscore":
+        return _zscore(gi)
+    raise ConfigError(f"influence normalize must be 'zscore' or 'none', got {method!r}")
+
+
+def _normalised_weights(weights: np.ndarray | Sequence[float], n_targets: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != n_targets:
+        raise ConfigError(f"target weights: expected {n_targets} values, got {w.shape[0]}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ConfigError(f"target weights must be finite, non-negative and not all zero, got {w.tolist()}")
+    return w / w.sum()
+
+
+def combine_targets(gi_norm: np.ndarray, weights: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Domain scores (K,): Σ_v λ_v GĨ[k, v] with λ normalised to sum 1."""
+    gi_norm = np.asarray(gi_norm, dtype=np.float64)
+    return gi_norm @ _normalised_weights(weights, gi_norm.shape[-1])
+
+
+@dataclass
+class InfluenceSummary:
+    """Point estimates and bootstrap percentile intervals for one influence aggregation."""
+
+    domain_order: list[str]
+    target_order: list[str]
+    gi: np.ndarray  # (K, V)
+    gi_normalized: np.ndarray  # (K, V)
+    domain_scores: np.ndarray  # (K,)
+    gi_low: np.ndarray | None = None
+    gi_high: np.ndarray | None = None
+    score_low: np.ndarray | None = None
+    score_high: np.ndarray | None = None
+    extra_low: np.ndarray | None = None
+    extra_high: np.ndarray | None = None
+
+
+def summarize_influence(
+    scores: np.ndarray,
+    domains: np.ndarray,
+    domain_order: list[str],
+    target_order: list[str],
+    target_weights: np.ndarray | Sequence[float],
+    normalize: Literal["zscore", "none"] = "zscore",
+    n_boot: int = 200,
+    confidence: float = 0.9,
+    seed: int = 0,
+    extra: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> InfluenceSummary:
+    """Point estimates plus (when n_boot > 0) bootstrap CIs, bundled as an InfluenceSummary."""
+    gi = group_influence(scores, domains, domain_order)
+    gi_norm = normalize_per_target(gi, normalize)
+    scores_k = combine_targets(gi_norm, target_weights)
+    cis: dict[str, Any] = {}
+    if n_boot > 0:
+        cis = bootstrap_influence(
+            scores, domains, domain_order, target_weights, n_boot, confidence, seed, normalize, extra
+        )
+    names = {f.name for f in fields(InfluenceSummary)}
+    ci_arrays = {key: value for key, value in cis.items() if key in names}
+    return InfluenceSummary(list(domain_order), list(target_order), gi, gi_norm, scores_k, **ci_arrays)
+
+
+def bootstrap_influence(
+    scores: np.ndarray,
+    domains: np.ndarray,
+    domain_order: list[str],
+    target_weights: np.ndarray | Sequence[float],
+    n_boot: int = 200,
+    confidence: float = 0.9,
+    seed: int = 0,
+    normalize: Literal["zscore", "none"] = "zscore",
+    extra: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Percentile CIs from a bootstrap that resamples examples with replacement within each domain.
+
+    Returns gi_low/gi_high (K, V), score_low/score_high (K,) and, when `extra` maps a domain-score vector
+    (K,) to another (K,) vector (e.g. the mixture it induces), extra_low/extra_high.
+    """
+    if n_boot < 1:
+        raise ConfigError(f"influence bootstrap count must be >= 1, got {n_boot}")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"influence confidence must be in (0, 1), got {confidence}")
+    scores = np.asarray(scores, dtype=np.float64)
+    codes = _codes(domains, domain_order, "domain")
+    n_targets = scores.shape[1]
+    lam = _normalised_weights(target_weights, n_targets)
+    rng = np.random.default_rng(seed)
+    boot_gi = np.empty((n_boot, len(domain_order), n_targets), dtype=np.float64)
+    for k in range(len(domain_order)):
+        member = scores[codes == k]
+        n_k = member.shape[0]
+        if n_k == 0:
+            raise ConfigError(f"domains with no examples: [{domain_order[k]!r}]")
+        chunk = max(1, _BOOT_CHUNK_CELLS // n_k)
+        for b0 in range(0, n_boot, chunk):
+            nb = min(chunk, n_boot - b0)
+            draws = rng.integers(0, n_k, size=(nb, n_k)) + (np.arange(nb) * n_k)[:, None]
+            counts = np.bincount(draws.reshape(-1), minlength=nb * n_k).reshape(nb, n_k)
+            boot_gi[b0 : b0 + nb, k] = (counts @ member) / n_k
+    boot_scores = normalize_per_target(boot_gi, normalize) @ lam
+    q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
+    gi_low, gi_high = np.percentile(boot_gi, q, axis=0)
+    score_low, score_high = np.percentile(boot_scores, q, axis=0)
+    out: dict[str, Any] = {
+        "gi_low": gi_low,
+        "gi_high": gi_high,
+        "score_low": score_low,
+        "score_high": score_high,
+        "n_boot": n_boot,
+        "confidence": confidence,
+    }
+    if extra is not None:
+        boot_extra = np.stack([np.asarray(extra(s), dtype=np.float64) for s in boot_scores])
+        out["extra_low"], out["extra_high"] = np.percentile(boot_extra, q, axis=0)
+    return out
+
+
+def spearman(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:
+    """Spearman rank correlation (ties get average ranks); NaN when either input is constant."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape or a.size < 2:
+        raise ConfigError(f"spearman needs two equal-length vectors of >= 2 values, got {a.size}, {b.size}")
+    ra, rb = rankdata(a) - (a.size + 1) / 2, rankdata(b) - (b.size + 1) / 2
+    denom = np.sqrt((ra**2).sum() * (rb**2).sum())
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")

@@ -1,0 +1,127 @@
+"""Tokenisation of corpus texts into right-padded, length-sorted batches for a causal LM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from operators.errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    """Right-padded token ids for ``n`` texts (``T`` = longest length, at most ``max_length``)."""
+
+    input_ids: torch.Tensor  # (n, T) int64
+    attention_mask: torch.Tensor  # (n, T) int64, 1 on real tokens
+    lengths: torch.Tensor  # (n,) int64
+    valid: torch.Tensor  # (n,) bool: at least 2 tokens, so one next-token target exists
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+class TokenBatch(NamedTuple):
+    """One model batch: ids/domains of its rows and the trimmed token tensors."""
+
+    ids: list[str]
+    domains: list[str]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Ensure a pad token (the EOS token if none) and right padding; returns the tokenizer."""
+    if getattr(tokenizer, "pad_token", None) is None:
+        eos = getattr(tokenizer, "eos_token", None)
+        if eos is None:
+            raise ModelError(
+                f"tokenizer {type(tokenizer).__name__} has neither a pad nor an eos token"
+            )
+        tokenizer.pad_token = eos
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def tokenize_texts(
+    tokenizer: Any, texts: list[str], max_length: int, add_special_tokens: bool = True
+) -> TokenizedBatch:
+    """Tokenise ``texts`` (truncated to ``max_length`` tokens) and right-pad to the longest."""
+    if max_length < 1:
+        raise ConfigError(f"max_length must be >= 1, got {max_length}")
+    n = len(texts)
+    if n == 0:
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        zeros = torch.zeros(0, dtype=torch.long)
+        return TokenizedBatch(empty, empty.clone(), zeros, zeros.bool())
+    try:
+        encoded = tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            add_special_tokens=add_special_tokens,
+        )["input_ids"]
+    except Exception as exc:  # tokenizers raise a variety of types
+        raise ModelError(f"tokenizer {type(tokenizer).__name__} failed: {exc}") from exc
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=n)
+    width = int(lengths.max()) if n else 0
+    ids = np.full((n, width), _pad_id(tokenizer), dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    for i, row in enumerate(encoded):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    lengths_t = torch.from_numpy(lengths)
+    return TokenizedBatch(
+        input_ids=torch.from_numpy(ids),
+        attention_mask=torch.from_numpy(mask),
+        lengths=lengths_t,
+        valid=lengths_t >= 2,
+    )
+
+
+def iter_token_batches(
+    ids: list[str],
+    domains: list[str],
+    tokenized: TokenizedBatch,
+    batch_size: int,
+    sort_by_length: bool = True,
+) -> Iterator[TokenBatch]:
+    """Yield batches of valid rows, trimmed to each batch's longest row.
+
+    With ``sort_by_length`` rows go longest first (stable, so ties keep input order), which
+    minimises padding and surfaces out-of-memory batches early; the order is deterministic.
+    """
+    n = len(tokenized)
+    if len(ids) != n or len(domains) != n:
+        raise ConfigError(
+            f"iter_token_batches: {len(ids)} ids and {len(domains)} domains for {n} tokenised rows"
+        )
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    lengths = tokenized.lengths.numpy()
+    rows = np.flatnonzero(tokenized.valid.numpy())
+    if sort_by_length:
+        rows = rows[np.argsort(-lengths[rows], kind="stable")]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = int(lengths[chunk].max())
+        index = torch.from_numpy(chunk)
+        yield TokenBatch(
+            ids=[ids[i] for i in chunk],
+            domains=[domains[i] for i in chunk],
+            input_ids=tokenized.input_ids[index, :width],
+            attention_mask=tokenized.attention_mask[index, :width],
+        )

@@ -1,0 +1,74 @@
+"""Corpus and outputs on S3 (a real S3 API: moto server on 127.0.0.1), plus bad-input errors."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from operators import datastore, storage
+from operators.errors import StorageError
+from operators.manifest import parse_manifest
+from tests.workflows.helpers import fast_config
+from workflows.assets import default_corpus_dir
+from workflows.featurize_stage import ShardFailures
+from workflows.mixture_refresh import run_mixture_refresh
+from workflows.plan import build_plan
+
+
+def _upload_corpus(bucket: str, spec, *, corrupt: str | None = None) -> str:
+    prefix = storage.join(bucket, "corpus")
+    for path in sorted(Path(default_corpus_dir()).glob("*.parquet")):
+        data = path.read_bytes()
+        if corrupt and corrupt in path.name:
+            data = data[: len(data) // 2]
+        storage.write_bytes_atomic(storage.join(prefix, path.name), data, spec)
+    return prefix
+
+
+def _s3_config(ray_cluster, model_cache, spec, bucket, corpus, run_id):
+    cfg = fast_config(storage.join(bucket, "out"), model_cache, f"run_id={run_id}",
+                      f"storage.endpoint_url={spec.endpoint_url}", f"storage.region={spec.region}",
+                      "storage.retries=2")
+    return cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"paths": [corpus + "/"]})})
+
+
+def test_corpus_and_outputs_on_s3(ray_cluster, model_cache, s3_storage):
+    spec, bucket = s3_storage
+    corpus = _upload_corpus(bucket, spec)
+    cfg = _s3_config(ray_cluster, model_cache, spec, bucket, corpus, "s3-run")
+    result = run_mixture_refresh(cfg)
+    assert result.manifest_uri.startswith(bucket)
+    manifest = parse_manifest(storage.read_bytes(result.manifest_uri, spec))
+    assert abs(sum(d.weight for d in manifest.domains) - 1) < 1e-6
+    plan = build_plan(cfg)
+    assert all(t.uri.startswith("s3://") for t in plan.corpus_tasks())
+    done = datastore.list_completions(plan.root, spec)
+    assert set(done) == {t.shard_id for t in plan.tasks}
+    table = pq.read_table(io.BytesIO(storage.read_bytes(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)))
+    assert table.schema.field("features").type.list_size == datastore.feature_dim(table)
+    latest = storage.read_json(storage.join(bucket, "out", "manifests", "default", "latest.json"), spec)
+    assert latest["manifest_uri"] == result.manifest_uri
+
+
+def test_corrupt_shard_fails_clearly_and_keeps_completed_work(ray_cluster, model_cache, s3_storage):
+    spec, bucket = s3_storage
+    corpus = _upload_corpus(bucket, spec, corrupt="legal-0001")
+    cfg = _s3_config(ray_cluster, model_cache, spec, bucket, corpus, "s3-corrupt")
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"shard_attempts": 2})})
+    with pytest.raises(ShardFailures, match=r"legal-0001.*CorpusError") as err:
+        run_mixture_refresh(cfg)
+    assert "rerun to resume" in str(err.value)
+    plan = build_plan(cfg)
+    done = datastore.list_completions(plan.root, spec)
+    assert len(done) == len(plan.tasks) - 1  # everything else is kept for the rerun
+    assert not storage.exists(storage.join(plan.root, "_SUCCESS"), spec)
+
+
+def test_unreachable_s3_is_a_clear_error(model_cache, tmp_path):
+    cfg = fast_config("s3://no-bucket/out", model_cache, "storage.endpoint_url=http://127.0.0.1:9",
+                      "storage.retries=0")
+    with pytest.raises(StorageError, match="127.0.0.1:9"):
+        run_mixture_refresh(cfg)

@@ -1,0 +1,1 @@
+"""Workflows composing the influmix operators: config, plans, refresh workflows and the CLI."""

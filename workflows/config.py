@@ -1,0 +1,273 @@
+"""Typed run configuration: OmegaConf YAML + CLI dotlist overrides, validated by pydantic."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from operators.corpus import SamplingSpec
+from operators.errors import ConfigError
+from operators.influence_model import InfluenceModelSpec
+from operators.mixture import MixtureConstraints
+from operators.probing import ProbeSpec
+from operators.projection import ProjectionSpec
+from operators.storage import StorageSpec
+from operators.tiny_lm import TinyLMSpec
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+BUILTIN_MODEL = "builtin://tiny"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Spec):
+    """Where a corpus lives and how its rows map to (id, domain, text)."""
+
+    paths: list[str] = Field(min_length=1)
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    text_column: str = "text"
+    id_column: str | None = "id"
+    domain_column: str | None = "domain"
+    domain_from_path: dict[str, str] = {}
+    domains: list[str] | None = None
+
+
+class TargetSpec(_Spec):
+    """One target/validation set: its examples' mean gradient is what the mixture should serve."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    paths: list[str] = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0)
+    format: Literal["auto", "parquet", "jsonl"] = "auto"
+    text_column: str = "text"
+    id_column: str | None = "id"
+    max_examples: int | None = Field(default=None, gt=0)
+
+
+class ModelSpec(_Spec):
+    """The causal LM checkpoint (local dir or s3://); `builtin://tiny` builds the embedded default."""
+
+    path: str = BUILTIN_MODEL
+    checkpoint_root: str | None = None  # refresh: pick the latest checkpoint-<step> under this root
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyLMSpec = TinyLMSpec()
+    cache_dir: str | None = None
+
+
+class FeaturizeSpec(_Spec):
+    """Per-example gradient features: projection, layer filter, batching."""
+
+    projection: ProjectionSpec = ProjectionSpec()
+    include_layers: str = ".*"
+    exclude_layers: str | None = "lm_head"
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    max_length: int = Field(default=128, ge=2)
+    batch_size: int = Field(default=16, ge=1)
+    adam_aware: bool = False
+
+
+class InfluenceSpec(_Spec):
+    """Group influence aggregation: preconditioner, per-target normalisation, bootstrap."""
+
+    preconditioner: Literal["identity", "gauss_newton", "kfac"] = "gauss_newton"
+    relative_damping: float = Field(default=0.1, gt=0)
+    normalize: Literal["zscore", "none"] = "zscore"
+    bootstrap: int = Field(default=200, ge=0)
+    confidence: float = Field(default=0.9, gt=0, lt=1)
+    seed: int = 0
+
+
+class TikmixMSpec(_Spec):
+    """TiKMiX-M: regression over Dirichlet candidate mixtures labelled by short training probes."""
+
+    enabled: bool = False
+    candidates: int = Field(default=16, ge=4)
+    probe_steps: int = Field(default=8, ge=1)
+    probe_batch_size: int = Field(default=8, ge=1)
+    samples: int = Field(default=20000, ge=100)
+    top_k: int = Field(default=64, ge=1)
+    probe: ProbeSpec = ProbeSpec()
+    seed: int = 0
+
+
+class MixtureSpec(_Spec):
+    """Domain mixture optimisation (TiKMiX-D, optionally TiKMiX-M)."""
+
+    solver: Literal["tikmix_d", "tikmix_m"] = "tikmix_d"
+    beta: float = Field(default=1.0, gt=0)
+    reference: Literal["previous", "uniform", "tokens"] = "previous"
+    constraints: MixtureConstraints = MixtureConstraints()
+    previous_manifest: str | None = None  # default: the `latest` pointer of this mixture name
+    data_prefixes: dict[str, str] = {}  # Megatron data prefixes per domain
+    tikmix_m: TikmixMSpec = TikmixMSpec()
+
+
+class MatesSpec(_Spec):
+    """MATES: oracle probes → data influence model → score pool on actors → Gumbel top-k per domain."""
+
+    enabled: bool = False
+    oracle_samples: int = Field(default=128, ge=8)
+    reference_target: str | None = None  # default: the first target set
+    reference_examples: int = Field(default=32, ge=1)
+    probe: ProbeSpec = ProbeSpec()
+    model: InfluenceModelSpec = InfluenceModelSpec()
+    selection_ratio: float = Field(default=0.2, gt=0, le=1)
+    temperature: float = Field(default=0.5, ge=0)
+    seed: int = 0
+
+
+class ClusterSpec(_Spec):
+    """Ray execution: local cluster by default; GPU actors when GPUs exist, CPU actors otherwise."""
+
+    address: str | None = None  # None: start a local Ray; "auto": join the running cluster
+    num_workers: int | None = Field(default=None, ge=1)  # default: #GPUs, else 2 CPU actors
+    use_gpus: Literal["auto", "always", "never"] = "auto"
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    max_restarts: int = Field(default=3, ge=-1)
+    max_task_retries: int = Field(default=2, ge=-1)
+    shard_attempts: int = Field(default=3, ge=1)
+    num_cpus: int | None = Field(default=None, ge=1)  # local cluster only
+    num_gpus: int | None = Field(default=None, ge=0)  # local cluster only (logical GPUs for tests)
+    include_dashboard: bool = False
+    dashboard_port: int | None = None
+    metrics_export_port: int | None = None
+    progress_interval_s: float = Field(default=5.0, gt=0)
+
+
+class RunConfig(_Spec):
+    """A whole mixture refresh: corpus → features → influence → mixture → manifest."""
+
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    output_uri: str
+    storage: StorageSpec = StorageSpec()
+    corpus: DatasetSpec
+    sampling: SamplingSpec = SamplingSpec()
+    targets: list[TargetSpec] = Field(min_length=1)
+    model: ModelSpec = ModelSpec()
+    featurize: FeaturizeSpec = FeaturizeSpec()
+    influence: InfluenceSpec = InfluenceSpec()
+    mixture: MixtureSpec = MixtureSpec()
+    mates: MatesSpec = MatesSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
+        names = [t.name for t in targets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"target names must be unique, repeated: {dupes}")
+        return targets
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.influence.preconditioner == "kfac" and self.featurize.projection.kind != "kronecker":
+            raise ValueError("influence.preconditioner=kfac needs featurize.projection.kind=kronecker")
+        if self.mates.reference_target and self.mates.reference_target not in {t.name for t in self.targets}:
+            raise ValueError(f"mates.reference_target {self.mates.reference_target!r} is not a target name")
+        return self
+
+    def config_hash(self) -> str:
+        """Hash of the semantic content (excludes run_id, logging and cluster placement)."""
+        data = self.model_dump(mode="json", exclude={"run_id", "log_format", "cluster"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def resolved_run_id(self) -> str:
+        return self.run_id or f"{self.name}-{self.config_hash()[:12]}"
+
+
+def _asset_resolver(rel: str = "") -> str:
+    from workflows.assets import ASSETS_DIR
+
+    path = Path(ASSETS_DIR) / "data" / rel
+    return str(path)
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("asset"):
+        register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+        register("asset", _asset_resolver)
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a bundled config in workflows/configs (e.g. `default`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{name_or_path}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a bundled config {names}")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "<root>"
+        lines.append(f"  {loc}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load YAML (with `defaults` base inheritance), apply `key=value` overrides, validate."""
+    _register_resolvers()
+    try:
+        if name_or_path.startswith("env:"):
+            var = name_or_path[4:]
+            if var not in os.environ:
+                raise ConfigError(f"config source {name_or_path!r}: environment variable {var} is not set")
+            path = Path(f"<env {var}>")
+            merged = _merge_bases(OmegaConf.create(os.environ[var]), CONFIG_DIR)
+        else:
+            path = resolve_config_path(name_or_path)
+            merged = _merge_bases(OmegaConf.load(path), path.parent)
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ConfigError(f"overrides must look like key=value, got {bad}")
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        data: Any = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: Any, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def _base_path(base: str, directory: Path) -> Path:
+    local = directory / f"{base}.yaml"
+    return local if local.is_file() else resolve_config_path(base)
+
+
+def _merge_bases(conf: Any, directory: Path) -> Any:
+    """`defaults: [base, ...]` inherits from sibling (or bundled) YAML files, later keys winning."""
+    bases = conf.pop("defaults", None) if isinstance(conf, DictConfig) else None
+    if not bases:
+        return conf
+    merged = OmegaConf.create({})
+    for base in list(bases):
+        path = _base_path(str(base), directory)
+        merged = OmegaConf.merge(merged, _merge_bases(OmegaConf.load(path), path.parent))
+    return OmegaConf.merge(merged, conf)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """Resolved config as YAML (written into every run directory)."""
+    return OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump(mode="json")))

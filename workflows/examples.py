@@ -1,0 +1,71 @@
+"""Load tokenized example pools per domain / per target (for probes, MATES and TiKMiX-M)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from operators.corpus import ShardRef, cap_per_domain, read_shard, sample_rows
+from operators.tokenize import tokenize_texts
+from workflows.config import RunConfig
+from workflows.plan import Plan, ShardTask, spec_for_task
+
+
+def read_task_rows(cfg: RunConfig, task: ShardTask) -> pa.Table:
+    """The rows of one shard exactly as featurization sees them (same sampling)."""
+    ref = ShardRef(uri=task.uri, format=task.format, shard_id=task.shard_id, size_bytes=task.size_bytes)
+    table = read_shard(ref, spec_for_task(cfg, task), cfg.storage)
+    if task.role == "corpus":
+        table = sample_rows(table, cfg.sampling)
+        if cfg.sampling.max_per_domain is not None:
+            table = cap_per_domain(table, cfg.sampling.max_per_domain, cfg.sampling.seed)
+    return table
+
+
+def sample_rows_per_group(cfg: RunConfig, tasks: list[ShardTask], per_group: int, seed: int) -> pa.Table:
+    """Up to `per_group` rows per domain (or target), chosen by a stable hash of the id."""
+    tables = [read_task_rows(cfg, t) for t in tasks]
+    if not tables:
+        return pa.table({"id": pa.array([], pa.string()), "domain": pa.array([], pa.string()),
+                         "text": pa.array([], pa.string())})
+    return cap_per_domain(pa.concat_tables(tables), per_group, seed)
+
+
+def tokenize_table(tokenizer, table: pa.Table, max_length: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """(input_ids, attention_mask, keep) with rows shorter than 2 tokens dropped (keep marks survivors)."""
+    tok = tokenize_texts(tokenizer, table.column("text").to_pylist(), max_length)
+    keep = tok.valid.numpy()
+    index = torch.from_numpy(np.flatnonzero(keep))
+    return tok.input_ids[index], tok.attention_mask[index], keep
+
+
+def domain_pools(cfg: RunConfig, plan: Plan, tokenizer, per_domain: int, seed: int,
+                 domains: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    table = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, seed)
+    pools = {}
+    for domain in domains:
+        sub = table.filter(pa.compute.equal(table.column("domain"), domain))
+        ids, mask, _ = tokenize_table(tokenizer, sub, cfg.featurize.max_length)
+        if len(ids):
+            pools[domain] = (ids, mask)
+    return pools
+
+
+def reference_set(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int,
+                  target: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reference batch from the target sets: one named target, or all mixed by target weight."""
+    targets = [t for t in cfg.targets if target is None or t.name == target]
+    weights = np.array([t.weight for t in targets], dtype=np.float64)
+    counts = np.maximum(1, np.round(total * weights / weights.sum()).astype(int))
+    ids, masks = [], []
+    for t, n in zip(targets, counts.tolist()):
+        table = sample_rows_per_group(cfg, plan.target_tasks(t.name), n, seed)
+        i, m, _ = tokenize_table(tokenizer, table, cfg.featurize.max_length)
+        ids.append(i)
+        masks.append(m)
+    width = max(x.shape[1] for x in ids)
+    pad = tokenizer.pad_token_id
+    ids = [torch.nn.functional.pad(x, (0, width - x.shape[1]), value=pad) for x in ids]
+    masks = [torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0) for x in masks]
+    return torch.cat(ids), torch.cat(masks)

@@ -1,0 +1,217 @@
+"""Featurize one shard: read → sample → tokenize → projected per-example gradients → datastore.
+
+Runs inside a Ray actor (cluster/actor_pool.py) or in-process; no Ray imports here. Outputs are
+written to deterministic keys (feature shard, optional K-FAC factors, then the completion record),
+so a retried or re-run shard overwrites identical objects and never duplicates examples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from operators import datastore
+from operators.corpus import cap_per_domain, read_shard, sample_rows
+from operators.featurize import AdamState, FeaturizerSpec, GradientFeaturizer
+from operators.model_io import LoadedModel, load_adam_moments, load_causal_lm
+from operators.tokenize import iter_token_batches, prepare_tokenizer, tokenize_texts
+from workflows.config import RunConfig
+from workflows.plan import ShardTask, spec_for_task
+
+log = logging.getLogger(__name__)
+
+BatchCallback = Callable[[str, list[str], np.ndarray], None]  # (role, domains, n_tokens)
+FAULT_ENV = "INFLUMIX_FAULT_INJECT"
+
+
+def featurizer_spec(cfg: RunConfig) -> FeaturizerSpec:
+    f = cfg.featurize
+    return FeaturizerSpec(
+        projection=f.projection,
+        include_layers=f.include_layers,
+        exclude_layers=f.exclude_layers,
+        loss_reduction=f.loss_reduction,
+        collect_kfac=cfg.influence.preconditioner == "kfac",
+    )
+
+
+def adam_state_for(loaded: LoadedModel, featurizer_layers: list[str]) -> AdamState:
+    """LESS Adam-aware features need the checkpoint's Adam moments for every featurized layer."""
+    from operators.errors import ModelError
+
+    moments = load_adam_moments(loaded.local_dir)
+    if moments is None:
+        raise ModelError(f"featurize.adam_aware=true but {loaded.local_dir} has no optimizer.pt")
+    return AdamState.from_moments(moments, featurizer_layers)
+
+
+class ShardFeaturizer:
+    """Holds the model and projector for one worker; featurizes shards on request."""
+
+    def __init__(self, cfg: RunConfig, model_uri: str, device: str, worker: str) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.worker = worker
+        self.root = _run_root(cfg)
+        self.loaded = load_causal_lm(model_uri, device=device, dtype=cfg.model.dtype,
+                                     storage=cfg.storage, cache_dir=cfg.model.cache_dir)
+        self.tokenizer = prepare_tokenizer(self.loaded.tokenizer)
+        spec = featurizer_spec(cfg)
+        self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device)
+        if cfg.featurize.adam_aware:
+            adam = adam_state_for(self.loaded, list(self.featurizer.layer_names))
+            self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device, adam_state=adam)
+
+    @property
+    def fingerprint(self) -> str:
+        """Model + projector identity; every worker of a run must report the same value."""
+        return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}"
+
+    def describe(self) -> dict:
+        return {"worker": self.worker, "device": self.device, "fingerprint": self.fingerprint,
+                "model": self.loaded.fingerprint, "featurizer": self.featurizer.describe()}
+
+    def process(self, task: ShardTask, attempt: int = 1,
+                on_batch: BatchCallback | None = None) -> datastore.CompletionRecord:
+        """Featurize one shard unless its completion record already exists."""
+        existing = datastore.read_completion(self.root, task.shard_id, self.cfg.storage)
+        if existing is not None:
+            return existing
+        started = time.time()
+        table = self._rows(task)
+        ids = table.column("id").to_pylist()
+        domains = table.column("domain").to_pylist()
+        tokenized = tokenize_texts(self.tokenizer, table.column("text").to_pylist(),
+                                   self.cfg.featurize.max_length)
+        out_ids: list[str] = []
+        out_domains: list[str] = []
+        feats: list[np.ndarray] = []
+        losses: list[np.ndarray] = []
+        ntoks: list[np.ndarray] = []
+        kfac: dict[str, list] = {}
+        batches = iter_token_batches(ids, domains, tokenized, self.cfg.featurize.batch_size)
+        for i, (b_ids, b_domains, input_ids, attention_mask) in enumerate(batches):
+            if i == 1:
+                _maybe_inject_fault(task)
+            fb = self.featurizer.featurize(input_ids.to(self.device), attention_mask.to(self.device))
+            out_ids.extend(b_ids)
+            out_domains.extend(b_domains)
+            feats.append(fb.features.numpy())
+            losses.append(fb.losses.numpy())
+            ntoks.append(fb.n_tokens.numpy())
+            _accumulate_kfac(kfac, fb.kfac)
+            if on_batch is not None:
+                on_batch(task.role, list(b_domains), fb.n_tokens.numpy())
+        dim = self.featurizer.output_dim
+        fp = self.featurizer.describe()["fingerprint"]
+        features = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
+        n_tokens = np.concatenate(ntoks) if ntoks else np.zeros(0, np.int64)
+        table_out = datastore.features_table(
+            out_ids, out_domains, n_tokens, np.concatenate(losses) if losses else np.zeros(0, np.float32),
+            features, fp)
+        out_uri = datastore.feature_uri(self.root, task.shard_id)
+        datastore.write_feature_shard(out_uri, table_out, self.cfg.storage)
+        if kfac:
+            datastore.write_npz_atomic(datastore.kfac_uri(self.root, task.shard_id),
+                                       _kfac_arrays(kfac), self.cfg.storage)
+        counts: dict[str, int] = {}
+        tokens: dict[str, int] = {}
+        for d, n in zip(out_domains, n_tokens.tolist()):
+            counts[d] = counts.get(d, 0) + 1
+            tokens[d] = tokens.get(d, 0) + int(n)
+        finished = time.time()
+        record = datastore.CompletionRecord(
+            shard_id=task.shard_id, source_uri=task.uri, role=task.role, target_name=task.target_name,
+            output_uri=out_uri, n_examples=len(out_ids), n_tokens=int(n_tokens.sum()),
+            domain_counts=counts, domain_tokens=tokens, feature_dim=dim, projector_fingerprint=fp,
+            worker=self.worker, attempt=attempt, started_at=_iso(started), finished_at=_iso(finished),
+            duration_s=round(finished - started, 4),
+        )
+        datastore.write_completion(self.root, record, self.cfg.storage)
+        return record
+
+    def _rows(self, task: ShardTask):
+        spec = spec_for_task(self.cfg, task)
+        from operators.corpus import ShardRef
+
+        ref = ShardRef(uri=task.uri, format=task.format, shard_id=task.shard_id, size_bytes=task.size_bytes)
+        table = read_shard(ref, spec, self.cfg.storage)
+        if task.role == "corpus":
+            table = sample_rows(table, self.cfg.sampling)
+            if self.cfg.sampling.max_per_domain is not None:
+                table = cap_per_domain(table, self.cfg.sampling.max_per_domain, self.cfg.sampling.seed)
+        else:
+            target = next(t for t in self.cfg.targets if t.name == task.target_name)
+            if target.max_examples is not None:
+                table = cap_per_domain(table, target.max_examples, self.cfg.sampling.seed)
+        return table
+
+
+def _run_root(cfg: RunConfig) -> str:
+    from workflows.plan import run_root
+
+    return run_root(cfg)
+
+
+def _accumulate_kfac(acc: dict[str, list], kfac: dict | None) -> None:
+    if not kfac:
+        return
+    for name, (a_sum, b_sum, n) in kfac.items():
+        if name not in acc:
+            acc[name] = [a_sum.double().numpy().copy(), b_sum.double().numpy().copy(), int(n)]
+        else:
+            acc[name][0] += a_sum.double().numpy()
+            acc[name][1] += b_sum.double().numpy()
+            acc[name][2] += int(n)
+
+
+def _kfac_arrays(acc: dict[str, list]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, (a_sum, b_sum, n) in acc.items():
+        arrays[f"{name}|A"] = a_sum
+        arrays[f"{name}|B"] = b_sum
+        arrays[f"{name}|N"] = np.array(n, dtype=np.int64)
+    return arrays
+
+
+def kfac_from_arrays(arrays: dict[str, np.ndarray]) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
+    """Inverse of the per-shard K-FAC npz layout: layer -> (Σx̃x̃ᵀ, Σδ̃δ̃ᵀ, tokens)."""
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    for key in arrays:
+        name, part = key.rsplit("|", 1)
+        if part == "A":
+            out[name] = (torch.from_numpy(arrays[f"{name}|A"]), torch.from_numpy(arrays[f"{name}|B"]),
+                         int(arrays[f"{name}|N"]))
+    return out
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+def _maybe_inject_fault(task: ShardTask) -> None:
+    """Chaos hook for fault-tolerance tests and drills (`INFLUMIX_FAULT_INJECT`):
+    `crash:<shard substring>:<marker file>` kills this worker process mid-shard once (the marker
+    records that it happened); `delay:<shard substring or *>:<seconds>` slows matching shards."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    kind, needle, arg = spec.split(":", 2)
+    if needle != "*" and needle not in task.shard_id:
+        return
+    if kind == "delay":
+        time.sleep(float(arg))
+        return
+    if kind != "crash" or os.path.exists(arg):
+        return
+    with open(arg, "w") as fh:
+        fh.write(f"{task.shard_id} {socket.gethostname()} {os.getpid()}\n")
+    log.warning("fault injection: killing worker pid %s mid-shard %s", os.getpid(), task.shard_id)
+    os._exit(17)

@@ -1,0 +1,110 @@
+"""MATES selection: one-step oracle probes → data influence model → score pool on Ray → Gumbel top-k.
+
+Labels are ΔL_ref (reference-set loss change after one optimizer step on the candidate), so lower is
+better; the selection keeps each domain's quota (mixture weight × budget) of the lowest predicted ΔL.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from operators import storage
+from operators.influence_model import train_influence_model
+from operators.manifest import SelectedDomain, Selection
+from operators.model_io import load_causal_lm
+from operators.probing import OneStepProber
+from operators.selection import domain_quotas, select_per_domain
+from operators.tokenize import prepare_tokenizer
+from workflows.config import RunConfig
+from workflows.examples import reference_set, sample_rows_per_group, tokenize_table
+from workflows.mates_score_shard import ScorerFactory, scores_uri
+from workflows.plan import Plan
+from workflows.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int) -> tuple[bytes, dict]:
+    """Oracle labels by one-step probing on a per-domain sample, then fit the influence model."""
+    spec = cfg.mates
+    loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
+                            cache_dir=cfg.model.cache_dir)
+    tokenizer = prepare_tokenizer(loaded.tokenizer)
+    per_domain = math.ceil(spec.oracle_samples / n_domains)
+    cands = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, spec.seed + 1)
+    ids, mask, _ = tokenize_table(tokenizer, cands, spec.model.max_length)
+    reference = spec.reference_target or cfg.targets[0].name
+    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference)
+    prober = OneStepProber(loaded.model, ref_ids, ref_mask, spec.probe)
+    labels = prober.probe_many(ids, mask, batch_size=1)
+    trained = train_influence_model(spec.model, ids, mask, labels, vocab_size=len(tokenizer),
+                                    pad_token_id=tokenizer.pad_token_id)
+    log.info("MATES: %d oracle probes, influence model %s", len(labels), trained.metrics)
+    return trained.to_bytes(), {"oracle_probes": int(len(labels)), "reference_target": reference,
+                                "label_mean": float(np.mean(labels)), "label_std": float(np.std(labels)),
+                                "model_metrics": trained.metrics}
+
+
+def score_pool(cfg: RunConfig, plan: Plan, model_uri: str, dim_uri: str) -> None:
+    from cluster.actor_pool import ShardPool
+    from cluster.runtime import worker_layout
+    from workflows.featurize_stage import ShardFailures
+    from workflows.mates_score_shard import score_done_uri
+
+    tasks = [t for t in plan.corpus_tasks() if not storage.exists(score_done_uri(plan.root, t.shard_id),
+                                                                   cfg.storage)]
+    total = len(plan.corpus_tasks())
+    progress = Progress("mates-score", total, already_done=total - len(tasks),
+                        interval_s=cfg.cluster.progress_interval_s)
+    if not tasks:
+        return
+    pool = ShardPool(ScorerFactory(cfg, model_uri, dim_uri), worker_layout(cfg.cluster), cfg.cluster,
+                     plan.run_id, name="mates")
+    try:
+        pool.start()
+        result = pool.run(tasks, progress)
+    finally:
+        pool.shutdown()
+    if result.failures:
+        raise ShardFailures(f"MATES scoring failed for shards {sorted(result.failures)}: {result.failures}")
+
+
+def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, float],
+              out_dir: str) -> tuple[Selection, dict]:
+    spec = cfg.mates
+    dim_uri = storage.join(plan.root, "mates", "influence_model.pt")
+    info_uri = storage.join(plan.root, "mates", "influence_model.json")
+    if storage.exists(dim_uri, cfg.storage) and storage.exists(info_uri, cfg.storage):
+        info = storage.read_json(info_uri, cfg.storage)
+    else:
+        data, info = train_dim(cfg, plan, model_uri, len(weights))
+        storage.write_bytes_atomic(dim_uri, data, cfg.storage)
+        storage.write_json_atomic(info_uri, info, cfg.storage)
+    score_pool(cfg, plan, model_uri, dim_uri)
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(scores_uri(plan.root, t.shard_id), cfg.storage)))
+              for t in plan.corpus_tasks()]
+    ids = [i for t in tables for i in t.column("id").to_pylist()]
+    domains = [d for t in tables for d in t.column("domain").to_pylist()]
+    scores = np.concatenate([t.column("score").to_numpy() for t in tables])
+    available = {d: domains.count(d) for d in weights}
+    budget = int(round(spec.selection_ratio * len(ids)))
+    quotas = domain_quotas(weights, budget, available)
+    chosen = select_per_domain(ids, domains, scores, quotas, spec.temperature, spec.seed,
+                               higher_is_better=False)
+    selected = {}
+    for domain, picked in sorted(chosen.items()):
+        uri = storage.join(out_dir, "selection", f"{domain}.txt")
+        storage.write_text_atomic(uri, "".join(f"{i}\n" for i in picked), cfg.storage)
+        selected[domain] = SelectedDomain(uri=uri, count=len(picked), pool=available.get(domain, 0))
+    params = {"selection_ratio": spec.selection_ratio, "temperature": spec.temperature, "seed": spec.seed,
+              "budget": budget, "influence_model_uri": dim_uri, **info}
+    position = {i: k for k, i in enumerate(ids)}
+    mean_selected = {d: float(np.mean(scores[[position[i] for i in picked]])) for d, picked in chosen.items() if picked}
+    report = {"quotas": quotas, "pool_size": len(ids), "mean_score_selected": mean_selected,
+              "mean_score_pool": float(scores.mean()) if len(scores) else None}
+    return Selection(method="mates", domains=selected, params=params), report

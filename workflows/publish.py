@@ -1,0 +1,95 @@
+"""Write a mixture manifest (JSON, YAML, trainer formats) and then move the `latest` pointer."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from operators import storage
+from operators.manifest import (
+    DomainEntry,
+    InfluenceBlock,
+    Manifest,
+    Provenance,
+    Selection,
+    TargetEntry,
+    render_all,
+)
+from workflows.aggregate import InfluenceResult
+from workflows.config import RunConfig
+from workflows.mixture_stage import latest_pointer_uri, manifests_root
+
+VERSION = "0.1.0"
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _ci(boot: dict, key: str, i: int) -> tuple[float, float] | None:
+    lo, hi = boot.get(f"{key}_low"), boot.get(f"{key}_high")
+    if lo is None or hi is None:
+        return None
+    return float(lo[i]), float(hi[i])
+
+
+def build_manifest(cfg: RunConfig, infl: InfluenceResult, weights: np.ndarray, *, model_uri: str,
+                   model_fingerprint: str, checkpoint_step: int | None, projector: dict, solver: dict,
+                   previous_uri: str | None, previous_weights: dict[str, float] | None,
+                   tokens_available: dict[str, int] | None, selection: Selection | None = None) -> Manifest:
+    domains = []
+    for i, name in enumerate(infl.domains):
+        domains.append(DomainEntry(
+            name=name, weight=float(weights[i]),
+            previous_weight=None if previous_weights is None else previous_weights.get(name),
+            influence_score=float(infl.scores[i]), score_ci=_ci(infl.bootstrap, "score", i),
+            weight_ci=_ci(infl.bootstrap, "extra", i), n_examples=infl.counts[name], n_tokens=infl.tokens[name],
+            tokens_available=None if tokens_available is None else tokens_available.get(name),
+            data_prefix=cfg.mixture.data_prefixes.get(name),
+        ))
+    targets = [TargetEntry(name=t, weight=float(w), n_examples=infl.target_counts.get(t, 0))
+               for t, w in zip(infl.targets, infl.target_weights)]
+    influence = InfluenceBlock(gi=infl.gi.tolist(), gi_normalized=infl.gi_normalized.tolist(),
+                               domain_order=list(infl.domains), target_order=list(infl.targets),
+                               preconditioner=cfg.influence.preconditioner,
+                               preconditioner_params=infl.preconditioner)
+    provenance = Provenance(
+        model_path=model_uri, model_fingerprint=model_fingerprint, checkpoint_step=checkpoint_step,
+        config_hash=cfg.config_hash(), run_id=cfg.resolved_run_id(),
+        created_at=datetime.now(timezone.utc).isoformat(), influmix_version=VERSION, projector=projector,
+        git_commit=_git_commit(), previous_manifest_uri=previous_uri,
+    )
+    return Manifest(name=cfg.name, domains=domains, targets=targets, influence=influence, solver=solver,
+                    selection=selection, provenance=provenance)
+
+
+def manifest_dir(cfg: RunConfig) -> str:
+    return storage.join(manifests_root(cfg), cfg.resolved_run_id())
+
+
+def publish(cfg: RunConfig, manifest: Manifest, run_root: str) -> dict[str, str]:
+    """Write all manifest files, then `_SUCCESS`, then the `latest` pointer (each one atomic PUT)."""
+    out_dir = manifest_dir(cfg)
+    written: dict[str, str] = {}
+    for filename, data in render_all(manifest, cfg.mixture.data_prefixes or None).items():
+        uri = storage.join(out_dir, filename)
+        storage.write_bytes_atomic(uri, data, cfg.storage)
+        written[filename] = uri
+    storage.write_json_atomic(storage.join(run_root, "_SUCCESS"),
+                              {"manifest_uri": written["manifest.json"], "run_id": cfg.resolved_run_id()},
+                              cfg.storage)
+    storage.write_json_atomic(latest_pointer_uri(cfg), {
+        "run_id": cfg.resolved_run_id(), "manifest_uri": written["manifest.json"],
+        "manifest_dir": out_dir, "created_at": manifest.provenance.created_at,
+    }, cfg.storage)
+    written["latest"] = latest_pointer_uri(cfg)
+    return written

@@ -1,0 +1,50 @@
+"""Scheduled mixture refresh: latest checkpoint + previous manifest → new manifest + `latest` pointer.
+
+Run ids are date-stamped (`<name>-<stamp>-step<N>-<hash>`), so a double trigger of the same schedule
+resumes or returns the finished run instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+from operators import storage
+from workflows.config import RunConfig
+from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
+
+log = logging.getLogger(__name__)
+
+
+def default_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d")
+
+
+def refresh_config(cfg: RunConfig, stamp: str) -> RunConfig:
+    """Pin the checkpoint picked now and derive the stamped run id."""
+    from workflows.mixture_refresh import _step_of
+
+    model_uri = resolve_model_uri(cfg)
+    step = _step_of(model_uri)
+    pinned = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_uri,
+                                                                          "checkpoint_root": None})})
+    if cfg.run_id:
+        return pinned
+    tag = f"-step{step}" if step is not None else ""
+    run_id = f"{cfg.name}-{stamp}{tag}-{pinned.config_hash()[:8]}"
+    return pinned.model_copy(update={"run_id": run_id})
+
+
+def run_scheduled_refresh(cfg: RunConfig, stamp: str | None = None) -> RefreshResult:
+    pinned = refresh_config(cfg, stamp or default_stamp())
+    log.info("scheduled refresh %s with checkpoint %s", pinned.run_id, pinned.model.path)
+    return run_mixture_refresh(pinned)
+
+
+def latest_manifest_uri(cfg: RunConfig) -> str | None:
+    from workflows.mixture_stage import latest_pointer_uri
+
+    pointer = latest_pointer_uri(cfg)
+    if not storage.exists(pointer, cfg.storage):
+        return None
+    return storage.read_json(pointer, cfg.storage)["manifest_uri"]
