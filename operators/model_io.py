@@ -81,7 +81,8 @@ def _check_dir(local_dir: Path, uri: str) -> dict[str, Any]:
         raise ModelError(f"model config {cfg_path}: model_type={model_type!r} is not a causal LM "
                          f"(no AutoModelForCausalLM class for it)")
     if not _weight_files(local_dir):
-        raise ModelError(f"model checkpoint {uri} has no weights file (model*.safetensors or pytorch_model*.bin)")
+        raise ModelError(f"model checkpoint {uri} has no weights file "
+                         f"(model*.safetensors or pytorch_model*.bin)")
     return config
 
 
@@ -185,11 +186,11 @@ def _remote_fs(uri: str, storage: StorageSpec | None) -> tuple[Any, str]:
     return st.filesystem_for(uri, storage)
 
 
-def _listing(fs: Any, path: str, uri: str) -> list[dict[str, Any]]:
+def _listing(fs: Any, path: str, uri: str, what: str = "model checkpoint directory") -> list[dict[str, Any]]:
     try:
         return list(fs.ls(path, detail=True))
     except FileNotFoundError as exc:
-        raise ModelError(f"model checkpoint directory {uri} does not exist") from exc
+        raise ModelError(f"{what} {uri} does not exist") from exc
     except OSError as exc:
         raise StorageError(f"listing {uri} failed: {exc}") from exc
 
@@ -242,7 +243,7 @@ def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) ->
     """The ``checkpoint-<n>`` / ``step_<n>`` (etc.) subdirectory of ``root_uri`` with the highest step."""
     fs, path = _remote_fs(root_uri, storage)
     best: tuple[int, str] | None = None
-    for info in _listing(fs, path, root_uri):
+    for info in _listing(fs, path, root_uri, "checkpoint root"):
         name = info["name"].rstrip("/").rsplit("/", 1)[-1]
         m = _STEP_DIR.match(name)
         if info.get("type") != "directory" or m is None:

@@ -7,6 +7,8 @@ import math
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ from operators.errors import ConfigError, ModelError
 
 OPTIMIZER_FILE = "optimizer.pt"
 META_FILE = "influmix_meta.json"
+SMALL_MODEL_PARAMS = 5_000_000
 
 
 class TinyLMSpec(BaseModel):
@@ -63,6 +66,20 @@ def build_tiny_lm(
     return model.float()
 
 
+@contextmanager
+def _threads_for(model: torch.nn.Module) -> Iterator[None]:
+    """Run small models single-threaded: intra-op threads only add overhead (and stall under load)."""
+    before = torch.get_num_threads()
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small and before > 1:
+            torch.set_num_threads(before)
+
+
 def _pack(tokenizer: Any, texts: list[str], block: int, n_blocks: int, gen: torch.Generator) -> torch.Tensor:
     """Tokenize texts in seeded random order (+EOS), concatenate, cut into at most ``n_blocks`` rows.
 
@@ -75,7 +92,7 @@ def _pack(tokenizer: Any, texts: list[str], block: int, n_blocks: int, gen: torc
     ids: list[int] = []
     for start in range(0, len(order), 64):
         batch = [texts[i] for i in order[start : start + 64]]
-        for row in tokenizer(batch, add_special_tokens=True)["input_ids"]:
+        for row in tokenizer(batch, add_special_tokens=True, verbose=False)["input_ids"]:
             ids.extend(row)
             if eos is not None:
                 ids.append(eos)
@@ -96,7 +113,8 @@ def warmup(model: PreTrainedModel, tokenizer: Any, texts: list[str], spec: TinyL
     gen = torch.Generator().manual_seed(spec.seed)
     blocks = _pack(tokenizer, texts, spec.max_length, max(1, spec.warmup_steps * spec.batch_size), gen)
     order = torch.randperm(len(blocks), generator=gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=0.01)
     warm = max(1, spec.warmup_steps // 10)
 
     def factor(step: int) -> float:
@@ -108,24 +126,35 @@ def warmup(model: PreTrainedModel, tokenizer: Any, texts: list[str], spec: TinyL
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     model.train()
     torch.manual_seed(spec.seed)
-    for step in range(spec.warmup_steps):
-        idx = order[(torch.arange(spec.batch_size) + step * spec.batch_size) % len(blocks)]
-        batch = blocks[idx]
-        loss = model(input_ids=batch, labels=batch).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+    with _threads_for(model):
+        for step in range(spec.warmup_steps):
+            idx = order[(torch.arange(spec.batch_size) + step * spec.batch_size) % len(blocks)]
+            batch = blocks[idx]
+            loss = model(input_ids=batch, labels=batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
     model.eval()
     return optimizer
 
 
 @torch.no_grad()
-def lm_loss(model: PreTrainedModel, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16) -> float:
+def lm_loss(
+    model: PreTrainedModel, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16
+) -> float:
     """Token-weighted mean next-token loss of ``texts`` (each truncated to ``max_length``)."""
     was_training = model.training
     model.eval()
+    with _threads_for(model):
+        total, count = _sum_nll(model, tokenizer, texts, max_length, batch_size)
+    model.train(was_training)
+    return total / max(1, count)
+
+
+def _sum_nll(model: PreTrainedModel, tokenizer: Any, texts: list[str], max_length: int,
+             batch_size: int) -> tuple[float, int]:
     total, count = 0.0, 0
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length,
@@ -137,8 +166,7 @@ def lm_loss(model: PreTrainedModel, tokenizer: Any, texts: list[str], max_length
                                                 shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
         total += float(nll)
         count += int((shift_labels != -100).sum())
-    model.train(was_training)
-    return total / max(1, count)
+    return total, count
 
 
 def adam_moments_by_name(model: PreTrainedModel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

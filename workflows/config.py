@@ -68,7 +68,7 @@ class FeaturizeSpec(_Spec):
 
     projection: ProjectionSpec = ProjectionSpec()
     include_layers: str = ".*"
-    exclude_layers: str | None = "lm_head"
+    exclude_layers: str | None = "lm_head|embed_out"  # output heads (Llama, GPT-NeoX)
     loss_reduction: Literal["mean", "sum"] = "mean"
     max_length: int = Field(default=128, ge=2)
     batch_size: int = Field(default=16, ge=1)

@@ -42,14 +42,23 @@ def featurizer_spec(cfg: RunConfig) -> FeaturizerSpec:
     )
 
 
-def adam_state_for(loaded: LoadedModel, featurizer_layers: list[str]) -> AdamState:
+def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamState:
     """LESS Adam-aware features need the checkpoint's Adam moments for every featurized layer."""
     from operators.errors import ModelError
 
     moments = load_adam_moments(loaded.local_dir)
     if moments is None:
         raise ModelError(f"featurize.adam_aware=true but {loaded.local_dir} has no optimizer.pt")
-    return AdamState.from_moments(moments, featurizer_layers)
+    params = moments.get("state", moments)
+    exp_avg, exp_avg_sq = {}, {}
+    for name in featurizer.layer_names:
+        entry = params.get(f"{name}.weight")
+        if entry is None:
+            raise ModelError(f"{loaded.local_dir}/optimizer.pt has no Adam moments for {name}.weight")
+        exp_avg[name] = torch.as_tensor(entry["exp_avg"], dtype=torch.float32)
+        exp_avg_sq[name] = torch.as_tensor(entry["exp_avg_sq"], dtype=torch.float32)
+    beta1, beta2 = moments.get("betas", (0.9, 0.999))
+    return AdamState(exp_avg, exp_avg_sq, float(beta1), float(beta2), float(moments.get("eps", 1e-8)))
 
 
 class ShardFeaturizer:
@@ -66,7 +75,7 @@ class ShardFeaturizer:
         spec = featurizer_spec(cfg)
         self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device)
         if cfg.featurize.adam_aware:
-            adam = adam_state_for(self.loaded, list(self.featurizer.layer_names))
+            adam = adam_state_for(self.loaded, self.featurizer)
             self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device, adam_state=adam)
 
     @property
@@ -75,8 +84,14 @@ class ShardFeaturizer:
         return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}"
 
     def describe(self) -> dict:
+        featurizer = dict(self.featurizer.describe())
+        proj = self.featurizer.projector
+        if hasattr(proj, "layer_slices"):  # kronecker: block layout for the K-FAC preconditioner
+            featurizer["kfac_layout"] = {
+                name: {"start": sl.start, "stop": sl.stop, "r_out": proj.layer_shapes[name][0],
+                       "r_in": proj.layer_shapes[name][1]} for name, sl in proj.layer_slices.items()}
         return {"worker": self.worker, "device": self.device, "fingerprint": self.fingerprint,
-                "model": self.loaded.fingerprint, "featurizer": self.featurizer.describe()}
+                "model": self.loaded.fingerprint, "featurizer": featurizer}
 
     def process(self, task: ShardTask, attempt: int = 1,
                 on_batch: BatchCallback | None = None) -> datastore.CompletionRecord:

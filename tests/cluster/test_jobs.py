@@ -14,8 +14,9 @@ def test_submit_runs_the_workflow_and_is_idempotent(ray_cluster, model_cache, tm
     out = tmp_path / "out"
     overrides = fast_overrides(str(out), model_cache, "run_id=jobs-test")
     argv = ["submit", "default", *overrides, "--address", address, "--wait", "--timeout", "600"]
-    assert main(argv) == 0, capsys.readouterr()
+    code = main(argv)
     first = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert code == 0, jobs.logs(address, first["submission_id"])[-4000:]
     assert first["created"] is True
     info = jobs.status(address, first["submission_id"])
     assert info["status"] == "SUCCEEDED"

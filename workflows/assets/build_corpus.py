@@ -18,6 +18,7 @@ import re
 import shutil
 import sys
 import sysconfig
+import textwrap
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,7 @@ def chunk_blocks(blocks: Iterable[str]) -> list[str]:
                 cur = f"{cur}\n\n{piece}" if cur else piece
     if cur:
         out.append(cur)
+    out = [textwrap.dedent(c).strip("\n") for c in out]
     return [c for c in out if len(c.strip()) >= MIN_CHARS and len(set(c)) > 10]
 
 
@@ -255,7 +257,8 @@ def write_table(path: Path, rows: list[dict[str, str]], columns: list[str]) -> N
     """Write string columns as a zstd Parquet file (byte-deterministic for a pyarrow version)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.table({c: pa.array([r[c] for r in rows], pa.string()) for c in columns})
-    pq.write_table(table, path, compression="zstd", use_dictionary=["domain"] if "domain" in columns else False)
+    dictionary = ["domain"] if "domain" in columns else False
+    pq.write_table(table, path, compression="zstd", use_dictionary=dictionary)
 
 
 def train_tokenizer(texts: list[str], out_dir: Path) -> None:
