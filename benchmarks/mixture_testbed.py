@@ -24,7 +24,8 @@ from workflows.testbed import compare, run_testbed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=40, help="training steps per mixture and seed")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -58,7 +59,8 @@ def main() -> None:
     print(f"refresh {result.run_id}: {refresh_s:.1f}s; testbed: {len(report['mixtures'])} mixtures x "
           f"{len(args.seeds)} seeds x {args.steps} steps (batch {args.batch_size}) in {testbed_s:.1f}s")
     print(f"reference loss before training: {report['base_loss']:.4f}  (ΔL < 0: the target loss dropped)")
-    header = f"{'mixture':<16}{'mean ΔL':>9}{'std':>8}{'regret':>9}  " + " ".join(f"{d[:9]:>9}" for d in domains)
+    header = (f"{'mixture':<16}{'mean ΔL':>9}{'std':>8}{'regret':>9}  "
+              + " ".join(f"{d[:9]:>9}" for d in domains))
     print(header)
     print("-" * len(header))
     grid = set(report["grid"])

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
 PREFIX = "influmix_"
+
+
+log = logging.getLogger(__name__)
+
+
+def _never_fail(method: Callable) -> Callable:
+    """Metrics are best effort: a metrics error is logged, never allowed to fail a shard."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("metrics update %s failed: %s", method.__name__, exc)
+
+    return wrapper
 
 
 class _Noop:
@@ -38,6 +57,7 @@ class WorkerMetrics:
                                   ("run_id", "worker"))
         self.base = {"run_id": run_id, "worker": worker}
 
+    @_never_fail
     def batch(self, role: str, domains: list[str], n_tokens: Any) -> None:
         per: dict[str, list[int]] = {}
         for d, n in zip(domains, list(n_tokens)):
@@ -45,13 +65,16 @@ class WorkerMetrics:
         for d, toks in per.items():
             tags = {**self.base, "role": role, "domain": d}
             self.examples.inc(len(toks), tags=tags)
-            self.tokens.inc(sum(toks), tags=tags)
+            if sum(toks) > 0:  # Ray counters reject non-positive increments
+                self.tokens.inc(sum(toks), tags=tags)
 
+    @_never_fail
     def shard_done(self, n_examples: int, seconds: float) -> None:
         self.shards.inc(1, tags=self.base)
         if seconds > 0:
             self.throughput.set(n_examples / seconds, tags=self.base)
 
+    @_never_fail
     def shard_failed(self, error: str) -> None:
         self.failures.inc(1, tags={**self.base, "error": error[:60]})
 
@@ -68,6 +91,7 @@ class DriverMetrics:
         self.eta = _metric("gauge", "eta_seconds", "estimated time to finish the stage", ("run_id", "stage"))
         self.weight = _metric("gauge", "domain_weight", "mixture weight per domain", ("run_id", "domain"))
 
+    @_never_fail
     def progress(self, stage: str, total: int, done: int, failed: int, rate: float, eta: float) -> None:
         tags = {**self.tags, "stage": stage}
         self.total.set(total, tags=tags)
@@ -76,6 +100,7 @@ class DriverMetrics:
         self.rate.set(rate, tags=tags)
         self.eta.set(eta, tags=tags)
 
+    @_never_fail
     def weights(self, weights: dict[str, float]) -> None:
         for domain, w in weights.items():
             self.weight.set(w, tags={**self.tags, "domain": domain})

@@ -258,3 +258,26 @@ def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) ->
         raise ModelError(f"no checkpoint under {root_uri}: expected subdirectories like checkpoint-<step> "
                          f"or step_<n> containing config.json")
     return st.join(root_uri, best[1])
+
+
+def adam_state_dict(model: torch.nn.Module, moments: dict[str, Any]) -> dict[str, Any]:
+    """A torch Adam/AdamW ``state_dict`` for ``model``'s trainable parameters (in ``parameters()``
+    order) from the name-keyed ``optimizer.pt`` moments, so probes continue the checkpoint's Adam."""
+    state: dict[int, dict[str, Any]] = {}
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for i, (name, param) in enumerate(params):
+        entry = moments.get(name)
+        if entry is None:
+            raise ModelError(f"optimizer.pt has no Adam moments for parameter {name}")
+        if tuple(entry["exp_avg"].shape) != tuple(param.shape):
+            raise ModelError(f"optimizer.pt moments for {name} have shape {tuple(entry['exp_avg'].shape)}, "
+                             f"the parameter has {tuple(param.shape)}")
+        state[i] = {"step": torch.tensor(float(moments["step"])),
+                    "exp_avg": entry["exp_avg"].to(param.device, torch.float32).clone(),
+                    "exp_avg_sq": entry["exp_avg_sq"].to(param.device, torch.float32).clone()}
+    group = {"params": list(range(len(params))), "lr": float(moments.get("lr", 1e-3)),
+             "betas": tuple(moments["betas"]), "eps": float(moments["eps"]),
+             "weight_decay": float(moments.get("weight_decay", 0.0)), "amsgrad": False, "maximize": False,
+             "foreach": None, "capturable": False, "differentiable": False, "fused": None,
+             "decoupled_weight_decay": True}
+    return {"state": state, "param_groups": [group]}

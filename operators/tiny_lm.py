@@ -67,7 +67,7 @@ def build_tiny_lm(
 
 
 @contextmanager
-def _threads_for(model: torch.nn.Module) -> Iterator[None]:
+def small_model_threads(model: torch.nn.Module) -> Iterator[None]:
     """Run small models single-threaded: intra-op threads only add overhead (and stall under load)."""
     before = torch.get_num_threads()
     small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS
@@ -126,7 +126,7 @@ def warmup(model: PreTrainedModel, tokenizer: Any, texts: list[str], spec: TinyL
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     model.train()
     torch.manual_seed(spec.seed)
-    with _threads_for(model):
+    with small_model_threads(model):
         for step in range(spec.warmup_steps):
             idx = order[(torch.arange(spec.batch_size) + step * spec.batch_size) % len(blocks)]
             batch = blocks[idx]
@@ -147,7 +147,7 @@ def lm_loss(
     """Token-weighted mean next-token loss of ``texts`` (each truncated to ``max_length``)."""
     was_training = model.training
     model.eval()
-    with _threads_for(model):
+    with small_model_threads(model):
         total, count = _sum_nll(model, tokenizer, texts, max_length, batch_size)
     model.train(was_training)
     return total / max(1, count)

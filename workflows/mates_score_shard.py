@@ -66,7 +66,7 @@ class ShardScorer:
         uri = scores_uri(self.root, task.shard_id)
         storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), self.cfg.storage)
         if on_batch is not None:
-            on_batch("mates", kept.column("domain").to_pylist(), np.zeros(kept.num_rows, dtype=np.int64))
+            on_batch("mates", kept.column("domain").to_pylist(), mask.sum(dim=1).numpy())
         record = ScoreRecord(shard_id=task.shard_id, n_examples=kept.num_rows, output_uri=uri,
                              worker=self.worker, attempt=attempt, duration_s=round(time.time() - started, 4))
         storage.write_json_atomic(done, record.model_dump(), self.cfg.storage)

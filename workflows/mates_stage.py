@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from operators import storage
 from operators.influence_model import train_influence_model
 from operators.manifest import SelectedDomain, Selection
-from operators.model_io import load_causal_lm
+from operators.model_io import adam_state_dict, load_adam_moments, load_causal_lm
 from operators.probing import OneStepProber
 from operators.selection import domain_quotas, select_per_domain
 from operators.tokenize import prepare_tokenizer
@@ -27,6 +27,15 @@ from workflows.plan import Plan
 from workflows.progress import Progress
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_adam_state(loaded) -> dict | None:
+    """Continue the checkpoint's AdamW moments in probes (as MATES does); None ⇒ a fresh optimizer."""
+    moments = load_adam_moments(loaded.local_dir)
+    if moments is None:
+        log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.local_dir)
+        return None
+    return adam_state_dict(loaded.model, moments)
 
 
 def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int) -> tuple[bytes, dict]:
@@ -40,7 +49,8 @@ def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int) -> tup
     ids, mask, _ = tokenize_table(tokenizer, cands, spec.model.max_length)
     reference = spec.reference_target or cfg.targets[0].name
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference)
-    prober = OneStepProber(loaded.model, ref_ids, ref_mask, spec.probe)
+    prober = OneStepProber(loaded.model, ref_ids, ref_mask, spec.probe,
+                           optimizer_state=checkpoint_adam_state(loaded))
     labels = prober.probe_many(ids, mask, batch_size=1)
     trained = train_influence_model(spec.model, ids, mask, labels, vocab_size=len(tokenizer),
                                     pad_token_id=tokenizer.pad_token_id)

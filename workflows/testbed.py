@@ -14,17 +14,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from operators.errors import ConfigError
 from operators.mixture import project_bounded_simplex
 from operators.mixture_regression import sample_dirichlet_mixtures
 from operators.model_io import load_causal_lm
 from operators.probing import ProbeSpec, probe_mixture, reference_loss
+from operators.tiny_lm import small_model_threads
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
 from workflows.examples import domain_pools, reference_set
@@ -36,7 +35,6 @@ __all__ = ["grid_mixtures", "evaluate_mixtures", "run_testbed", "compare"]
 
 #: Default probe optimizer of the testbed (AdamW, as TiKMiX-M probes).
 DEFAULT_PROBE = ProbeSpec(lr=1e-3, reference_batch_size=64)
-_SMALL_MODEL_PARAMS = 5_000_000
 
 
 def _bounds(k: int, value: np.ndarray | Sequence[float] | None, default: float, name: str) -> np.ndarray:
@@ -65,7 +63,8 @@ def grid_mixtures(
     if k < 2 or len(set(names)) != k:
         raise ConfigError(f"grid_mixtures: need >= 2 unique domains, got {names}")
     if n < 1 + k:
-        raise ConfigError(f"grid_mixtures: n={n} cannot hold uniform and the {k} domain corners (need >= {1 + k})")
+        raise ConfigError(f"grid_mixtures: n={n} cannot hold uniform and the {k} domain corners "
+                          f"(need >= {1 + k})")
     lo = _bounds(k, lower, 0.0, "lower")
     hi = _bounds(k, upper, 1.0, "upper")
     if np.any(lo > hi) or lo.sum() > 1.0 + 1e-9 or hi.sum() < 1.0 - 1e-9:
@@ -79,18 +78,6 @@ def grid_mixtures(
     return {name: {d: float(v) for d, v in zip(names, w)} for name, w in rows}
 
 
-@contextmanager
-def _threads_for(model: torch.nn.Module) -> Iterator[None]:
-    """Tiny models train fastest (and steadiest under load) on one intra-op thread."""
-    before = torch.get_num_threads()
-    small = sum(p.numel() for p in model.parameters()) < _SMALL_MODEL_PARAMS
-    if small and before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if small and before > 1:
-            torch.set_num_threads(before)
 
 
 def _check_mixtures(mixtures: Mapping[str, Mapping[str, float]]) -> list[str]:
@@ -101,7 +88,8 @@ def _check_mixtures(mixtures: Mapping[str, Mapping[str, float]]) -> list[str]:
     for name, w in mixtures.items():
         vals = np.array([float(v) for v in w.values()], dtype=np.float64)
         if vals.size == 0 or not np.all(np.isfinite(vals)) or np.any(vals < 0) or vals.sum() <= 0:
-            raise ConfigError(f"evaluate_mixtures: mixture {name!r} needs finite weights >= 0, not all 0; got {dict(w)}")
+            raise ConfigError(f"evaluate_mixtures: mixture {name!r} needs finite weights >= 0, not all 0; "
+                              f"got {dict(w)}")
         domains.update(d for d, v in w.items() if v > 0)
     return sorted(domains)
 
@@ -135,8 +123,8 @@ def evaluate_mixtures(
     against (default: all). Returns a JSON-able dict (see module docstring).
     """
     if steps < 1 or batch_size < 1 or per_domain < 1 or reference_examples < 1:
-        raise ConfigError(f"evaluate_mixtures: steps, batch_size, per_domain, reference_examples must be >= 1, "
-                          f"got {steps}, {batch_size}, {per_domain}, {reference_examples}")
+        raise ConfigError("evaluate_mixtures: steps, batch_size, per_domain, reference_examples must be "
+                          f">= 1, got {steps}, {batch_size}, {per_domain}, {reference_examples}")
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ConfigError("evaluate_mixtures: `seeds` is empty")
@@ -157,10 +145,11 @@ def evaluate_mixtures(
     pools = domain_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
     missing = [d for d in domains if d not in pools]
     if missing:
-        raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the mixtures")
+        raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "
+                          "mixtures")
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=reference_examples, seed=data_seed)
     rows: dict[str, dict] = {}
-    with _threads_for(loaded.model):
+    with small_model_threads(loaded.model):
         base = reference_loss(loaded.model, ref_ids, ref_mask, spec.reference_batch_size)
         for name, weights in mixtures.items():
             w = {d: float(v) for d, v in weights.items() if v > 0}
@@ -238,7 +227,8 @@ def run_testbed(
     order, tokens = domain_order(cfg, plan)
     stray = sorted(set(result_weights) - set(order))
     if stray:
-        raise ConfigError(f"run_testbed: result_weights name domains {stray} that the refresh did not featurize")
+        raise ConfigError(f"run_testbed: result_weights name domains {stray} that the refresh did not "
+                          "featurize")
     problem = build_problem(cfg, order, tokens, previous=None)
     grid = grid_mixtures(order, grid_size or 2 * len(order) + 1, grid_seed, problem.lower, problem.upper)
     total = sum(tokens.values())

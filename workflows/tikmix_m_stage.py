@@ -24,6 +24,7 @@ from operators.tokenize import prepare_tokenizer
 from workflows.aggregate import InfluenceResult
 from workflows.config import RunConfig
 from workflows.examples import domain_pools, reference_set
+from workflows.mates_stage import checkpoint_adam_state
 from workflows.mixture_stage import MixtureProblem
 from workflows.plan import Plan
 
@@ -40,10 +41,12 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, infl: InfluenceResu
     pools = domain_pools(cfg, plan, tokenizer, per_domain=spec.probe_steps * spec.probe_batch_size,
                          seed=spec.seed, domains=domains)
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=64, seed=spec.seed)
+    adam_state = checkpoint_adam_state(loaded)
 
     def measure(w: np.ndarray) -> float:
         delta = probe_mixture(loaded.model, pools, dict(zip(domains, w.tolist())), spec.probe_steps,
-                              spec.probe_batch_size, ref_ids, ref_mask, spec.probe, spec.seed)
+                              spec.probe_batch_size, ref_ids, ref_mask, spec.probe, spec.seed,
+                              optimizer_state=adam_state)
         return -float(delta)  # quality: how much the target loss dropped
 
     w_d = problem.solve(infl.scores)

@@ -7,6 +7,7 @@ import json
 from cluster import jobs
 from tests.workflows.helpers import fast_overrides
 from workflows.cli import main
+from workflows.config import load_config
 
 
 def test_submit_runs_the_workflow_and_is_idempotent(ray_cluster, model_cache, tmp_path, capsys):
@@ -14,11 +15,14 @@ def test_submit_runs_the_workflow_and_is_idempotent(ray_cluster, model_cache, tm
     out = tmp_path / "out"
     overrides = fast_overrides(str(out), model_cache, "run_id=jobs-test")
     argv = ["submit", "default", *overrides, "--address", address, "--wait", "--timeout", "600"]
+    cfg = load_config("default", overrides)
+    expected_id = jobs.submission_id_for(cfg.name, cfg.config_hash(), overrides)
     code = main(argv)
-    first = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert code == 0, jobs.logs(address, first["submission_id"])[-4000:]
-    assert first["created"] is True
-    info = jobs.status(address, first["submission_id"])
+    captured = capsys.readouterr()
+    info = jobs.status(address, expected_id)
+    assert code == 0, (captured, info, jobs.logs(address, expected_id)[-4000:])
+    first = json.loads(captured.out.splitlines()[0])
+    assert first == {"submission_id": expected_id, "created": True}
     assert info["status"] == "SUCCEEDED"
     assert info["metadata"]["influmix_run_id"] == "jobs-test"
     assert (out / "manifests" / "default" / "jobs-test" / "manifest.json").is_file()

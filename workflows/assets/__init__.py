@@ -56,7 +56,8 @@ def _checksums() -> dict[str, str]:
         raise CorpusError(f"cannot read the asset checksum list {path}: {exc}") from exc
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -70,7 +71,7 @@ def verify_checksums() -> None:
         path = DATA_DIR / rel
         if not path.is_file():
             raise CorpusError(f"shipped asset {path} is missing (listed in CHECKSUMS.json)")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise CorpusError(f"shipped asset {path} has sha256 {actual[:12]}..., "
                               f"CHECKSUMS.json expects {expected[:12]}...")

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workflows.assets import sha256_file
+
 SEED = 0
 N_TRAIN = 600
 N_VAL = 64
@@ -288,13 +290,6 @@ def train_tokenizer(texts: list[str], out_dir: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 SOURCES_HEADER = """# Shipped default corpus: sources and licences
