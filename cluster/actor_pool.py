@@ -37,10 +37,14 @@ HandlerFactory = Callable[[str, str], ShardHandler]  # (worker name, device) -> 
 
 
 def _device() -> str:
+    """CUDA when Ray assigned this actor a GPU that torch can see; else CPU, with torch's intra-op
+    threads matched to the CPUs Ray assigned (so co-located CPU actors do not oversubscribe cores)."""
     import torch
 
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return "cuda"
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
     return "cpu"
 
 

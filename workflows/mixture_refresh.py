@@ -52,8 +52,8 @@ def _check_storage(cfg: RunConfig) -> None:
 
 def prepare_run(cfg: RunConfig) -> tuple[Plan, str]:
     _check_storage(cfg)
+    plan = build_plan(cfg)  # cheap input validation first: missing shards fail before any model work
     model_uri = resolve_model_uri(cfg)
-    plan = build_plan(cfg)
     resumed = check_or_record_plan(plan, cfg.storage)
     if not resumed:
         storage.write_text_atomic(storage.join(plan.root, "config.yaml"), dump_config(cfg), cfg.storage)
