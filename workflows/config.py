@@ -40,6 +40,11 @@ class DatasetSpec(_Spec):
     domain_from_path: dict[str, str] = {}
     domains: list[str] | None = None
 
+    @field_validator("paths")
+    @classmethod
+    def _absolute_paths(cls, paths: list[str]) -> list[str]:
+        return [_absolute(p) for p in paths]
+
 
 class TargetSpec(_Spec):
     """One target/validation set: its examples' mean gradient is what the mixture should serve."""
@@ -52,6 +57,11 @@ class TargetSpec(_Spec):
     id_column: str | None = "id"
     max_examples: int | None = Field(default=None, gt=0)
 
+    @field_validator("paths")
+    @classmethod
+    def _absolute_paths(cls, paths: list[str]) -> list[str]:
+        return [_absolute(p) for p in paths]
+
 
 class ModelSpec(_Spec):
     """The causal LM checkpoint (local dir or s3://); `builtin://tiny` builds the embedded default."""
@@ -61,6 +71,11 @@ class ModelSpec(_Spec):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinyLMSpec = TinyLMSpec()
     cache_dir: str | None = None
+
+    @field_validator("path", "checkpoint_root", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
 
 
 class FeaturizeSpec(_Spec):
@@ -170,6 +185,17 @@ class RunConfig(_Spec):
             raise ValueError(f"target names must be unique, repeated: {dupes}")
         return targets
 
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_local_paths(cls, data: Any) -> Any:
+        """Local paths become absolute on the driver, so actors (other cwd, other processes) agree."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("output_uri"), str):
+            data["output_uri"] = _absolute(data["output_uri"])
+        return data
+
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         if self.influence.preconditioner == "kfac" and self.featurize.projection.kind != "kronecker":
@@ -185,6 +211,10 @@ class RunConfig(_Spec):
 
     def resolved_run_id(self) -> str:
         return self.run_id or f"{self.name}-{self.config_hash()[:12]}"
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def _asset_resolver(rel: str = "") -> str:

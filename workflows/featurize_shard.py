@@ -81,7 +81,8 @@ class ShardFeaturizer:
     @property
     def fingerprint(self) -> str:
         """Model + projector identity; every worker of a run must report the same value."""
-        return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}"
+        kind = "adam" if self.cfg.featurize.adam_aware else "sgd"
+        return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}:{kind}"
 
     def describe(self) -> dict:
         featurizer = dict(self.featurizer.describe())
