@@ -16,6 +16,7 @@ from workflows.featurize_stage import run_featurize
 from workflows.mixture_stage import MixtureProblem, build_problem, load_previous
 from workflows.plan import Plan, build_plan, check_or_record_plan
 from workflows.publish import build_manifest, manifest_dir, publish
+from workflows.report import ranking_stability, render_markdown
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,16 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
             checkpoint_step=_step_of(model_uri), projector=featurizer.get("featurizer", {}), solver=solver,
             previous_uri=previous_uri, previous_weights=problem.previous_weights,
             tokens_available=problem.info.get("tokens_available"), selection=selection)
-        outputs = publish(cfg, manifest, plan.root)
         final = dict(zip(order, weights.tolist()))
-        metrics.weights(final)
+        scores = dict(zip(order, infl.scores.tolist()))
         report.update({"timings_s": {"featurize": round(t_feat - t0, 2), "total": round(time.monotonic() - t0, 2)},
-                       "weights": final, "domain_scores": dict(zip(order, infl.scores.tolist()))})
+                       "weights": final, "domain_scores": scores,
+                       "ranking_spearman_vs_previous": ranking_stability(scores, previous)})
         storage.write_json_atomic(storage.join(plan.root, "report.json"), report, cfg.storage)
+        storage.write_text_atomic(storage.join(plan.root, "report.md"), render_markdown(manifest, report),
+                                  cfg.storage)
+        outputs = publish(cfg, manifest, plan.root)  # manifest files, _SUCCESS, then the latest pointer
+        metrics.weights(final)
         log.info("published %s: %s", outputs["manifest.json"], {d: round(w, 4) for d, w in final.items()})
         return RefreshResult(run_id=plan.run_id, run_root=plan.root, manifest_uri=outputs["manifest.json"],
                              weights=final, outputs=outputs, influence=infl, report=report)

@@ -47,6 +47,8 @@ def test_end_to_end_manifest(default_run):
     assert latest["manifest_uri"] == result.manifest_uri
     hf = json.loads(open(os.path.join(folder, "hf_interleave.json")).read())
     assert sum(hf["probabilities"]) == 1.0
+    report = open(os.path.join(result.run_root, "report.md")).read()
+    assert all(f"| {d} |" in report for d in weights)
 
 
 def test_every_sampled_example_featurized_exactly_once(default_run):
@@ -81,6 +83,8 @@ def test_second_refresh_uses_previous_manifest(default_run, tmp_path):
     manifest = parse_manifest(storage.read_bytes(second.manifest_uri))
     assert manifest.provenance.previous_manifest_uri == result.manifest_uri
     assert {d.name: d.previous_weight for d in manifest.domains} == pytest.approx(result.weights)
+    # same checkpoint and data: the influence ranking is stable across refreshes
+    assert second.report["ranking_spearman_vs_previous"] == pytest.approx(1.0)
     # reference = previous weights: a larger beta keeps the new mixture closer to them than to uniform
     prev = np.array(list(result.weights.values()))
     new = np.array([second.weights[d] for d in result.weights])
