@@ -20,10 +20,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     configure_logging(cfg.log_format)
-    result = run_mixture_refresh(cfg)
+    _print_result(run_mixture_refresh(cfg))
+    return 0
+
+
+def _print_result(result) -> None:
     print(json.dumps({"run_id": result.run_id, "manifest": result.manifest_uri, "weights": result.weights},
                      indent=2, sort_keys=True))
-    return 0
 
 
 def _cmd_refresh(args: argparse.Namespace) -> int:
@@ -31,9 +34,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     configure_logging(cfg.log_format)
-    result = run_scheduled_refresh(cfg, stamp=args.stamp)
-    print(json.dumps({"run_id": result.run_id, "manifest": result.manifest_uri, "weights": result.weights},
-                     indent=2, sort_keys=True))
+    _print_result(run_scheduled_refresh(cfg, stamp=args.stamp))
     return 0
 
 
@@ -102,22 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="influmix", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> None:
+    def with_config(name: str, text: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML path, bundled config name (default, full, s3) or env:VAR")
         p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. mixture.beta=0.5")
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("run", help="run or resume a mixture refresh")
-    with_config(p)
-    p.set_defaults(func=_cmd_run)
-    p = sub.add_parser("refresh", help="scheduled refresh: latest checkpoint + previous manifest")
-    with_config(p)
+    with_config("run", "run or resume a mixture refresh", _cmd_run)
+    p = with_config("refresh", "scheduled refresh: latest checkpoint + previous manifest", _cmd_refresh)
     p.add_argument("--stamp", default=None, help="schedule stamp in the run id (default: today, UTC)")
-    p.set_defaults(func=_cmd_refresh)
-    p = sub.add_parser("config", help="print the resolved, validated config")
-    with_config(p)
-    p.set_defaults(func=_cmd_config)
-    p = sub.add_parser("submit", help="submit a run through the Ray Jobs API")
-    with_config(p)
+    with_config("config", "print the resolved, validated config", _cmd_config)
+    p = with_config("submit", "submit a run through the Ray Jobs API", _cmd_submit)
     p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     p.add_argument("--command", dest="command_name", choices=["run", "refresh"], default="run")
     p.add_argument("--stamp", default=None, help="refresh: schedule stamp (part of the submission id)")
@@ -128,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entrypoint-num-gpus", type=float, default=None)
     p.add_argument("--wait", action="store_true", help="wait for the job and exit non-zero if it fails")
     p.add_argument("--timeout", type=float, default=24 * 3600)
-    p.set_defaults(func=_cmd_submit)
     for name, func, text in (("status", _cmd_status, "status of a submitted job"),
                              ("logs", _cmd_logs, "logs of a submitted job")):
         p = sub.add_parser(name, help=text)
