@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from cluster.metrics import WorkerMetrics
+from operators.errors import InfluMixError
 from cluster.runtime import WorkerLayout
 from workflows.config import ClusterSpec
 from workflows.plan import ShardTask
@@ -108,7 +109,15 @@ class ShardPool:
 
     def start(self) -> list[dict]:
         self.actors = [self._new_actor(i) for i in range(self.layout.num_workers)]
-        info = ray.get([a.describe.remote() for a in self.actors])
+        try:
+            info = ray.get([a.describe.remote() for a in self.actors], timeout=self.spec.actor_start_timeout_s)
+        except GetTimeoutError:
+            self.shutdown()
+            raise InfluMixError(
+                f"{self.layout.num_workers} {self.name} workers (each {self.layout.gpus_per_worker} GPU, "
+                f"{self.layout.cpus_per_worker} CPU) did not start within {self.spec.actor_start_timeout_s}s; "
+                f"the cluster has {ray.available_resources()} available. Lower cluster.num_workers or "
+                "cluster.cpus_per_worker, or add nodes.") from None
         log.info("started %d %s workers: %s", len(info), self.name,
                  [(i["worker"], i["device"], i["gpu_ids"]) for i in info])
         return info

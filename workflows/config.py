@@ -156,6 +156,7 @@ class ClusterSpec(_Spec):
     dashboard_port: int | None = None
     metrics_export_port: int | None = None
     progress_interval_s: float = Field(default=5.0, gt=0)
+    actor_start_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class RunConfig(_Spec):

@@ -19,7 +19,7 @@ import torch
 
 from operators import datastore
 from operators.corpus import cap_per_domain, read_shard, sample_rows
-from operators.featurize import AdamState, FeaturizerSpec, GradientFeaturizer
+from operators.featurize import AdamState, FeatureBatch, FeaturizerSpec, GradientFeaturizer
 from operators.model_io import LoadedModel, load_adam_moments, load_causal_lm
 from operators.tokenize import iter_token_batches, prepare_tokenizer, tokenize_texts
 from workflows.config import RunConfig
@@ -69,6 +69,7 @@ class ShardFeaturizer:
         self.device = device
         self.worker = worker
         self.root = _run_root(cfg)
+        self.max_rows: int | None = None  # learned after a CUDA out-of-memory error
         self.loaded = load_causal_lm(model_uri, device=device, dtype=cfg.model.dtype,
                                      storage=cfg.storage, cache_dir=cfg.model.cache_dir)
         self.tokenizer = prepare_tokenizer(self.loaded.tokenizer)
@@ -94,6 +95,30 @@ class ShardFeaturizer:
         return {"worker": self.worker, "device": self.device, "fingerprint": self.fingerprint,
                 "model": self.loaded.fingerprint, "featurizer": featurizer}
 
+    def featurize_adaptive(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[FeatureBatch]:
+        """Featurize a batch; on CUDA out-of-memory halve it (and remember the size that fits).
+
+        Pieces come back in row order; per-example features do not depend on batch composition.
+        """
+        rows = input_ids.shape[0]
+        step = min(rows, self.max_rows or rows)
+        pieces: list[FeatureBatch] = []
+        for start in range(0, rows, step):
+            ids = input_ids[start:start + step]
+            mask = attention_mask[start:start + step]
+            try:
+                pieces.append(self.featurizer.featurize(ids.to(self.device), mask.to(self.device)))
+            except torch.cuda.OutOfMemoryError:
+                if ids.shape[0] == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.max_rows = max(1, ids.shape[0] // 2)
+                log.warning("%s: out of memory at %d rows; retrying with %d", self.worker, ids.shape[0],
+                            self.max_rows)
+                pieces.extend(self.featurize_adaptive(ids, mask))
+        return pieces
+
     def process(self, task: ShardTask, attempt: int = 1,
                 on_batch: BatchCallback | None = None) -> datastore.CompletionRecord:
         """Featurize one shard unless its completion record already exists."""
@@ -116,15 +141,16 @@ class ShardFeaturizer:
         for i, (b_ids, b_domains, input_ids, attention_mask) in enumerate(batches):
             if i == 1:
                 _maybe_inject_fault(task)
-            fb = self.featurizer.featurize(input_ids.to(self.device), attention_mask.to(self.device))
             out_ids.extend(b_ids)
             out_domains.extend(b_domains)
-            feats.append(fb.features.numpy())
-            losses.append(fb.losses.numpy())
-            ntoks.append(fb.n_tokens.numpy())
-            _accumulate_kfac(kfac, fb.kfac)
+            pieces = self.featurize_adaptive(input_ids, attention_mask)
+            for fb in pieces:
+                feats.append(fb.features.numpy())
+                losses.append(fb.losses.numpy())
+                ntoks.append(fb.n_tokens.numpy())
+                _accumulate_kfac(kfac, fb.kfac)
             if on_batch is not None:
-                on_batch(task.role, list(b_domains), fb.n_tokens.numpy())
+                on_batch(task.role, list(b_domains), np.concatenate([fb.n_tokens.numpy() for fb in pieces]))
         dim = self.featurizer.output_dim
         fp = self.featurizer.describe()["fingerprint"]
         features = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)

@@ -82,3 +82,13 @@ def test_queue_retries_transient_failures_and_reports_poison(ray_cluster):
     assert "corrupt shard /data/poison-d.parquet" in result.failures["poison-d"]
     assert progress.done == 4 and progress.failed == 1
     assert np.sum([r["n_examples"] for r in result.records.values()]) == 12
+
+
+def test_unschedulable_pool_fails_with_a_clear_error(ray_cluster):
+    from operators.errors import InfluMixError
+
+    spec = ClusterSpec(actor_start_timeout_s=3)
+    pool = ShardPool(FlakyHandler, WorkerLayout(1, 0.0, 64.0), spec, "test", name="huge")
+    with pytest.raises(InfluMixError, match="did not start within 3.0s"):
+        pool.start()
+    assert pool.actors == []

@@ -51,3 +51,32 @@ def test_adam_aware_features_use_checkpoint_moments(model_cache, tmp_path):
     cos = (fa * fp).sum(1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fp, axis=1))
     assert not np.allclose(fa, fp)
     assert np.median(cos) > 0.0
+
+
+def test_out_of_memory_batches_are_split_without_changing_features(model_cache, tmp_path, monkeypatch):
+    import torch
+
+    cfg = fast_config(str(tmp_path / "a"), model_cache, "run_id=oom", "featurize.batch_size=16")
+    ref_cfg = fast_config(str(tmp_path / "b"), model_cache, "run_id=oom")
+    model_uri = resolve_model_uri(cfg)
+    task = build_plan(cfg).corpus_tasks()[0]
+    worker = ShardFeaturizer(cfg, model_uri, "cpu", "w")
+    real = worker.featurizer.featurize
+    calls: list[int] = []
+
+    def limited(input_ids, attention_mask):  # a device that only fits 5 rows
+        calls.append(input_ids.shape[0])
+        if input_ids.shape[0] > 5:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(input_ids, attention_mask)
+
+    monkeypatch.setattr(worker.featurizer, "featurize", limited)
+    record = worker.process(task)
+    assert worker.max_rows is not None and worker.max_rows <= 5
+    assert max(c for c in calls[-3:]) <= 5  # later batches start at the size that fits
+    reference = ShardFeaturizer(ref_cfg, model_uri, "cpu", "w").process(task)
+    got = datastore.read_feature_shard(record.output_uri)
+    want = datastore.read_feature_shard(reference.output_uri)
+    assert got.column("id").to_pylist() == want.column("id").to_pylist()
+    np.testing.assert_allclose(datastore.features_to_numpy(got), datastore.features_to_numpy(want),
+                               rtol=1e-4, atol=1e-6)
