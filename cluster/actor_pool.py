@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from cluster.metrics import WorkerMetrics
+from cluster.parallel import local_device
 from operators.errors import InfluMixError
 from cluster.runtime import WorkerLayout
 from workflows.config import ClusterSpec
@@ -37,16 +38,6 @@ class ShardHandler(Protocol):
 HandlerFactory = Callable[[str, str], ShardHandler]  # (worker name, device) -> handler
 
 
-def _device() -> str:
-    """CUDA when Ray assigned this actor a GPU that torch can see; else CPU, with torch's intra-op
-    threads matched to the CPUs Ray assigned (so co-located CPU actors do not oversubscribe cores)."""
-    import torch
-
-    if ray.get_gpu_ids() and torch.cuda.is_available():
-        return "cuda"
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
-    return "cpu"
 
 
 class ShardWorker:
@@ -54,7 +45,7 @@ class ShardWorker:
 
     def __init__(self, factory: HandlerFactory, worker: str, run_id: str) -> None:
         self.worker = worker
-        self.device = _device()
+        self.device = local_device()
         self.metrics = WorkerMetrics(run_id, worker)
         self.handler = factory(worker, self.device)
 

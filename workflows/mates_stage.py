@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 from operators import storage
 from operators.influence_model import train_influence_model
 from operators.manifest import SelectedDomain, Selection
-from operators.model_io import adam_state_dict, load_adam_moments, load_causal_lm
+from cluster.parallel import parallel_map
+from operators.model_io import adam_state_dict, load_adam_moments, load_causal_lm, load_tokenizer
 from operators.probing import OneStepProber
 from operators.selection import domain_quotas, select_per_domain
 from operators.tokenize import prepare_tokenizer
@@ -38,20 +39,34 @@ def checkpoint_adam_state(loaded) -> dict | None:
     return adam_state_dict(loaded.model, moments)
 
 
-def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int) -> tuple[bytes, dict]:
-    """Oracle labels by one-step probing on a per-domain sample, then fit the influence model."""
+class OracleProber:
+    """Picklable oracle job: one-step probes (checkpoint AdamW state) for a chunk of candidates."""
+
+    def __init__(self, cfg: RunConfig, model_uri: str, ref_ids, ref_mask) -> None:
+        self.cfg_data = cfg.model_dump(mode="json")
+        self.model_uri = model_uri
+        self.ref = (ref_ids, ref_mask)
+
+    def __call__(self, rows: list[tuple], device: str) -> list[float]:
+        cfg = RunConfig.model_validate(self.cfg_data)
+        loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
+                                cache_dir=cfg.model.cache_dir)
+        prober = OneStepProber(loaded.model, self.ref[0].to(device), self.ref[1].to(device), cfg.mates.probe,
+                               optimizer_state=checkpoint_adam_state(loaded))
+        return [float(prober.probe(ids[None, :].to(device), mask[None, :].to(device))) for ids, mask in rows]
+
+
+def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout) -> tuple[bytes, dict]:
+    """Oracle labels by one-step probing on a per-domain sample (on Ray tasks), then fit the model."""
     spec = cfg.mates
-    loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
-                            cache_dir=cfg.model.cache_dir)
-    tokenizer = prepare_tokenizer(loaded.tokenizer)
+    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
     per_domain = math.ceil(spec.oracle_samples / n_domains)
     cands = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, spec.seed + 1)
     ids, mask, _ = tokenize_table(tokenizer, cands, spec.model.max_length)
     reference = spec.reference_target or cfg.targets[0].name
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference)
-    prober = OneStepProber(loaded.model, ref_ids, ref_mask, spec.probe,
-                           optimizer_state=checkpoint_adam_state(loaded))
-    labels = prober.probe_many(ids, mask, batch_size=1)
+    rows = [(ids[i][mask[i].bool()], mask[i][mask[i].bool()]) for i in range(len(ids))]
+    labels = np.array(parallel_map(OracleProber(cfg, model_uri, ref_ids, ref_mask), rows, layout))
     trained = train_influence_model(spec.model, ids, mask, labels, vocab_size=len(tokenizer),
                                     pad_token_id=tokenizer.pad_token_id)
     log.info("MATES: %d oracle probes, influence model %s", len(labels), trained.metrics)
@@ -92,7 +107,9 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
     if storage.exists(dim_uri, cfg.storage) and storage.exists(info_uri, cfg.storage):
         info = storage.read_json(info_uri, cfg.storage)
     else:
-        data, info = train_dim(cfg, plan, model_uri, len(weights))
+        from cluster.runtime import worker_layout
+
+        data, info = train_dim(cfg, plan, model_uri, len(weights), worker_layout(cfg.cluster))
         storage.write_bytes_atomic(dim_uri, data, cfg.storage)
         storage.write_json_atomic(info_uri, info, cfg.storage)
     score_pool(cfg, plan, model_uri, dim_uri)

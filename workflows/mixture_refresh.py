@@ -98,7 +98,9 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         if cfg.mixture.solver == "tikmix_m" or cfg.mixture.tikmix_m.enabled:
             from workflows.tikmix_m_stage import run_tikmix_m
 
-            m_weights, m_report = run_tikmix_m(cfg, plan, model_uri, infl, problem)
+            from cluster.runtime import worker_layout
+
+            m_weights, m_report = run_tikmix_m(cfg, plan, model_uri, infl, problem, worker_layout(cfg.cluster))
             report["tikmix_m"] = m_report
             if cfg.mixture.solver == "tikmix_m":
                 weights = m_weights

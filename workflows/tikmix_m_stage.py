@@ -18,7 +18,9 @@ from operators.mixture_regression import (
     compare_mixtures,
     sample_dirichlet_mixtures,
 )
-from operators.model_io import load_causal_lm
+from cluster.parallel import parallel_map
+from cluster.runtime import WorkerLayout
+from operators.model_io import load_causal_lm, load_tokenizer
 from operators.probing import probe_mixture
 from operators.tokenize import prepare_tokenizer
 from workflows.aggregate import InfluenceResult
@@ -31,35 +33,55 @@ from workflows.plan import Plan
 log = logging.getLogger(__name__)
 
 
+class MixtureProber:
+    """Picklable probe job: load the checkpoint once per task, label a chunk of mixtures."""
+
+    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict, ref_ids, ref_mask):
+        self.cfg_data = cfg.model_dump(mode="json")
+        self.model_uri = model_uri
+        self.domains = domains
+        self.pools = pools
+        self.ref = (ref_ids, ref_mask)
+
+    def __call__(self, mixtures: list[np.ndarray], device: str) -> list[float]:
+        cfg = RunConfig.model_validate(self.cfg_data)
+        spec = cfg.mixture.tikmix_m
+        loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
+                                cache_dir=cfg.model.cache_dir)
+        adam_state = checkpoint_adam_state(loaded)
+        quality = []
+        for w in mixtures:
+            delta = probe_mixture(loaded.model, self.pools, dict(zip(self.domains, np.asarray(w).tolist())),
+                                  spec.probe_steps, spec.probe_batch_size, self.ref[0], self.ref[1], spec.probe,
+                                  spec.seed, optimizer_state=adam_state)
+            quality.append(-float(delta))  # quality: how much the target loss dropped
+        return quality
+
+
 def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, infl: InfluenceResult,
-                 problem: MixtureProblem) -> tuple[np.ndarray, dict]:
+                 problem: MixtureProblem, layout: WorkerLayout) -> tuple[np.ndarray, dict]:
+    """Label candidates with probes on Ray tasks (one per worker slot), fit, choose, compare with D."""
     spec = cfg.mixture.tikmix_m
-    loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
-                            cache_dir=cfg.model.cache_dir)
-    tokenizer = prepare_tokenizer(loaded.tokenizer)
+    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
     domains = infl.domains
     pools = domain_pools(cfg, plan, tokenizer, per_domain=spec.probe_steps * spec.probe_batch_size,
                          seed=spec.seed, domains=domains)
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=64, seed=spec.seed)
-    adam_state = checkpoint_adam_state(loaded)
-
-    def measure(w: np.ndarray) -> float:
-        delta = probe_mixture(loaded.model, pools, dict(zip(domains, w.tolist())), spec.probe_steps,
-                              spec.probe_batch_size, ref_ids, ref_mask, spec.probe, spec.seed,
-                              optimizer_state=adam_state)
-        return -float(delta)  # quality: how much the target loss dropped
+    prober = MixtureProber(cfg, model_uri, domains, pools, ref_ids, ref_mask)
 
     w_d = problem.solve(infl.scores)
     candidates = sample_dirichlet_mixtures(problem.w_ref, spec.candidates, spec.seed, problem.lower,
                                            problem.upper)
     W = np.vstack([candidates, w_d[None, :], problem.w_ref[None, :]])
-    y = np.array([measure(w) for w in W])
+    y = np.array(parallel_map(prober, list(W), layout))
     log.info("TiKMiX-M: labelled %d candidate mixtures (quality range %.4f..%.4f)", len(y), y.min(), y.max())
     regressor = MixtureRegressor(influence=infl.scores, domain_names=domains, seed=spec.seed).fit(W, y)
     w_m = choose_mixture(regressor, problem.w_ref, problem.lower, problem.upper, n_samples=spec.samples,
                          top_k=spec.top_k, seed=spec.seed)
     named = {"tikmix_d": w_d, "tikmix_m": w_m, "reference": problem.w_ref}
-    measured = {name: measure(w) for name, w in named.items()}
+    # D and reference were labelled with the candidates (same probe, same seed); only M is new
+    measured = {"tikmix_d": float(y[-2]), "reference": float(y[-1]),
+                "tikmix_m": parallel_map(prober, [w_m], layout)[0]}
     rows = compare_mixtures(named, regressor, infl.scores)
     for row in rows:
         row["measured_quality"] = measured[row["name"]]
