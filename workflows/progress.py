@@ -26,7 +26,7 @@ class Progress:
         self.sink = sink
         self.stream = stream if stream is not None else sys.stderr
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = self.started  # first report after one interval (or when forced/finished)
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
     def shard_done(self, n_examples: int) -> None:
