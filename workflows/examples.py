@@ -20,6 +20,10 @@ def read_task_rows(cfg: RunConfig, task: ShardTask) -> pa.Table:
         table = sample_rows(table, cfg.sampling)
         if cfg.sampling.max_per_domain is not None:
             table = cap_per_domain(table, cfg.sampling.max_per_domain, cfg.sampling.seed)
+    else:
+        target = next(t for t in cfg.targets if t.name == task.target_name)
+        if target.max_examples is not None:
+            table = cap_per_domain(table, target.max_examples, cfg.sampling.seed)
     return table
 
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from operators import datastore
-from operators.corpus import cap_per_domain, read_shard, sample_rows
 from operators.featurize import AdamState, FeatureBatch, FeaturizerSpec, GradientFeaturizer
 from operators.model_io import LoadedModel, load_adam_moments, load_causal_lm
 from operators.tokenize import iter_token_batches, prepare_tokenizer, tokenize_texts
 from workflows.config import RunConfig
-from workflows.plan import ShardTask, spec_for_task
+from workflows.examples import read_task_rows
+from workflows.plan import ShardTask, run_root
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ShardFeaturizer:
         self.cfg = cfg
         self.device = device
         self.worker = worker
-        self.root = _run_root(cfg)
+        self.root = run_root(cfg)
         self.max_rows: int | None = None  # learned after a CUDA out-of-memory error
         self.loaded = load_causal_lm(model_uri, device=device, dtype=cfg.model.dtype,
                                      storage=cfg.storage, cache_dir=cfg.model.cache_dir)
@@ -126,7 +126,7 @@ class ShardFeaturizer:
         if existing is not None:
             return existing
         started = time.time()
-        table = self._rows(task)
+        table = read_task_rows(self.cfg, task)
         ids = table.column("id").to_pylist()
         domains = table.column("domain").to_pylist()
         tokenized = tokenize_texts(self.tokenizer, table.column("text").to_pylist(),
@@ -178,28 +178,6 @@ class ShardFeaturizer:
         )
         datastore.write_completion(self.root, record, self.cfg.storage)
         return record
-
-    def _rows(self, task: ShardTask):
-        spec = spec_for_task(self.cfg, task)
-        from operators.corpus import ShardRef
-
-        ref = ShardRef(uri=task.uri, format=task.format, shard_id=task.shard_id, size_bytes=task.size_bytes)
-        table = read_shard(ref, spec, self.cfg.storage)
-        if task.role == "corpus":
-            table = sample_rows(table, self.cfg.sampling)
-            if self.cfg.sampling.max_per_domain is not None:
-                table = cap_per_domain(table, self.cfg.sampling.max_per_domain, self.cfg.sampling.seed)
-        else:
-            target = next(t for t in self.cfg.targets if t.name == task.target_name)
-            if target.max_examples is not None:
-                table = cap_per_domain(table, target.max_examples, self.cfg.sampling.seed)
-        return table
-
-
-def _run_root(cfg: RunConfig) -> str:
-    from workflows.plan import run_root
-
-    return run_root(cfg)
 
 
 def _accumulate_kfac(acc: dict[str, list], kfac: dict | None) -> None:
