@@ -21,8 +21,8 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from cluster.metrics import WorkerMetrics
 from cluster.parallel import local_device
-from operators.errors import InfluMixError
 from cluster.runtime import WorkerLayout
+from operators.errors import InfluMixError
 from workflows.config import ClusterSpec
 from workflows.plan import ShardTask
 from workflows.progress import Progress
@@ -36,8 +36,6 @@ class ShardHandler(Protocol):
 
 
 HandlerFactory = Callable[[str, str], ShardHandler]  # (worker name, device) -> handler
-
-
 
 
 class ShardWorker:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from operators import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.storage import StorageSpec
 from operators.tiny_lm import META_FILE, OPTIMIZER_FILE
+
+log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -281,3 +284,13 @@ def adam_state_dict(model: torch.nn.Module, moments: dict[str, Any]) -> dict[str
              "foreach": None, "capturable": False, "differentiable": False, "fused": None,
              "decoupled_weight_decay": True}
     return {"state": state, "param_groups": [group]}
+
+
+def checkpoint_adam_state(loaded: LoadedModel) -> dict[str, Any] | None:
+    """The checkpoint's AdamW state for probes that continue training (as MATES does); None, with a
+    warning, when the checkpoint has no optimizer.pt (probes then start from a fresh optimizer)."""
+    moments = load_adam_moments(loaded.local_dir)
+    if moments is None:
+        log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.local_dir)
+        return None
+    return adam_state_dict(loaded.model, moments)

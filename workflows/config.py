@@ -6,11 +6,19 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from operators.corpus import SamplingSpec
 from operators.errors import ConfigError
@@ -25,6 +33,14 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_MODEL = "builtin://tiny"
 
 
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+# Local paths become absolute on the driver, so actors (other cwd, other processes) agree.
+Location = Annotated[str, AfterValidator(_absolute)]
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,7 +48,7 @@ class _Spec(BaseModel):
 class DatasetSpec(_Spec):
     """Where a corpus lives and how its rows map to (id, domain, text)."""
 
-    paths: list[str] = Field(min_length=1)
+    paths: list[Location] = Field(min_length=1)
     format: Literal["auto", "parquet", "jsonl"] = "auto"
     text_column: str = "text"
     id_column: str | None = "id"
@@ -40,42 +56,27 @@ class DatasetSpec(_Spec):
     domain_from_path: dict[str, str] = {}
     domains: list[str] | None = None
 
-    @field_validator("paths")
-    @classmethod
-    def _absolute_paths(cls, paths: list[str]) -> list[str]:
-        return [_absolute(p) for p in paths]
-
 
 class TargetSpec(_Spec):
     """One target/validation set: its examples' mean gradient is what the mixture should serve."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    paths: list[str] = Field(min_length=1)
+    paths: list[Location] = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0)
     format: Literal["auto", "parquet", "jsonl"] = "auto"
     text_column: str = "text"
     id_column: str | None = "id"
     max_examples: int | None = Field(default=None, gt=0)
 
-    @field_validator("paths")
-    @classmethod
-    def _absolute_paths(cls, paths: list[str]) -> list[str]:
-        return [_absolute(p) for p in paths]
-
 
 class ModelSpec(_Spec):
     """The causal LM checkpoint (local dir or s3://); `builtin://tiny` builds the embedded default."""
 
-    path: str = BUILTIN_MODEL
-    checkpoint_root: str | None = None  # refresh: pick the latest checkpoint-<step> under this root
+    path: Location = BUILTIN_MODEL
+    checkpoint_root: Location | None = None  # refresh: pick the latest checkpoint-<step> under this root
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinyLMSpec = TinyLMSpec()
-    cache_dir: str | None = None
-
-    @field_validator("path", "checkpoint_root", "cache_dir")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        return None if value is None else _absolute(value)
+    cache_dir: Location | None = None
 
 
 class FeaturizeSpec(_Spec):
@@ -164,7 +165,7 @@ class RunConfig(_Spec):
 
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
-    output_uri: str
+    output_uri: Location
     storage: StorageSpec = StorageSpec()
     corpus: DatasetSpec
     sampling: SamplingSpec = SamplingSpec()
@@ -186,17 +187,6 @@ class RunConfig(_Spec):
             raise ValueError(f"target names must be unique, repeated: {dupes}")
         return targets
 
-    @model_validator(mode="before")
-    @classmethod
-    def _absolute_local_paths(cls, data: Any) -> Any:
-        """Local paths become absolute on the driver, so actors (other cwd, other processes) agree."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if isinstance(data.get("output_uri"), str):
-            data["output_uri"] = _absolute(data["output_uri"])
-        return data
-
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         if self.influence.preconditioner == "kfac" and self.featurize.projection.kind != "kronecker":
@@ -212,10 +202,6 @@ class RunConfig(_Spec):
 
     def resolved_run_id(self) -> str:
         return self.run_id or f"{self.name}-{self.config_hash()[:12]}"
-
-
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def _asset_resolver(rel: str = "") -> str:

@@ -49,16 +49,15 @@ def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamS
     moments = load_adam_moments(loaded.local_dir)
     if moments is None:
         raise ModelError(f"featurize.adam_aware=true but {loaded.local_dir} has no optimizer.pt")
-    params = moments.get("state", moments)
     exp_avg, exp_avg_sq = {}, {}
     for name in featurizer.layer_names:
-        entry = params.get(f"{name}.weight")
+        entry = moments.get(f"{name}.weight")
         if entry is None:
             raise ModelError(f"{loaded.local_dir}/optimizer.pt has no Adam moments for {name}.weight")
         exp_avg[name] = torch.as_tensor(entry["exp_avg"], dtype=torch.float32)
         exp_avg_sq[name] = torch.as_tensor(entry["exp_avg_sq"], dtype=torch.float32)
-    beta1, beta2 = moments.get("betas", (0.9, 0.999))
-    return AdamState(exp_avg, exp_avg_sq, float(beta1), float(beta2), float(moments.get("eps", 1e-8)))
+    beta1, beta2 = moments["betas"]  # load_adam_moments guarantees betas/eps/step
+    return AdamState(exp_avg, exp_avg_sq, float(beta1), float(beta2), float(moments["eps"]))
 
 
 class ShardFeaturizer:

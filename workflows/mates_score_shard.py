@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -44,8 +45,9 @@ class ShardScorer:
         self.root = run_root(cfg)
         self.tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage,
                                                           cache_dir=cfg.model.cache_dir))
-        self.model = TrainedInfluenceModel.from_bytes(storage.read_bytes(dim_uri, cfg.storage), device=device)
-        self.fingerprint = f"dim:{len(storage.read_bytes(dim_uri, cfg.storage))}"
+        data = storage.read_bytes(dim_uri, cfg.storage)
+        self.model = TrainedInfluenceModel.from_bytes(data, device=device)
+        self.fingerprint = f"dim:{hashlib.sha256(data).hexdigest()[:16]}"
 
     def describe(self) -> dict:
         return {"worker": self.worker, "fingerprint": self.fingerprint}

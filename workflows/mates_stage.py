@@ -13,11 +13,11 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 
+from cluster.parallel import parallel_map
 from operators import storage
 from operators.influence_model import train_influence_model
 from operators.manifest import SelectedDomain, Selection
-from cluster.parallel import parallel_map
-from operators.model_io import adam_state_dict, load_adam_moments, load_causal_lm, load_tokenizer
+from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
 from operators.probing import OneStepProber
 from operators.selection import domain_quotas, select_per_domain
 from operators.tokenize import prepare_tokenizer
@@ -28,15 +28,6 @@ from workflows.plan import Plan
 from workflows.progress import Progress
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_adam_state(loaded) -> dict | None:
-    """Continue the checkpoint's AdamW moments in probes (as MATES does); None ⇒ a fresh optimizer."""
-    moments = load_adam_moments(loaded.local_dir)
-    if moments is None:
-        log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.local_dir)
-        return None
-    return adam_state_dict(loaded.model, moments)
 
 
 class OracleProber:

@@ -96,9 +96,8 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         solver = _solver_info(problem, infl.scores, weights, "tikmix_d")
         report: dict = {"tikmix_d": dict(zip(order, weights.tolist()))}
         if cfg.mixture.solver == "tikmix_m" or cfg.mixture.tikmix_m.enabled:
-            from workflows.tikmix_m_stage import run_tikmix_m
-
             from cluster.runtime import worker_layout
+            from workflows.tikmix_m_stage import run_tikmix_m
 
             m_weights, m_report = run_tikmix_m(cfg, plan, model_uri, infl, problem, worker_layout(cfg.cluster))
             report["tikmix_m"] = m_report

@@ -12,21 +12,20 @@ import logging
 
 import numpy as np
 
+from cluster.parallel import parallel_map
+from cluster.runtime import WorkerLayout
 from operators.mixture_regression import (
     MixtureRegressor,
     choose_mixture,
     compare_mixtures,
     sample_dirichlet_mixtures,
 )
-from cluster.parallel import parallel_map
-from cluster.runtime import WorkerLayout
-from operators.model_io import load_causal_lm, load_tokenizer
+from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
 from operators.probing import probe_mixture
 from operators.tokenize import prepare_tokenizer
 from workflows.aggregate import InfluenceResult
 from workflows.config import RunConfig
 from workflows.examples import domain_pools, reference_set
-from workflows.mates_stage import checkpoint_adam_state
 from workflows.mixture_stage import MixtureProblem
 from workflows.plan import Plan
 
