@@ -147,7 +147,8 @@ def evaluate_mixtures(
     if missing:
         raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "
                           "mixtures")
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=reference_examples, seed=data_seed)
+    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=reference_examples, seed=data_seed,
+                                     split="test")
     rows: dict[str, dict] = {}
     with small_model_threads(loaded.model):
         base = reference_loss(loaded.model, ref_ids, ref_mask, spec.reference_batch_size)
