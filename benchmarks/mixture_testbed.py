@@ -42,7 +42,7 @@ def main() -> None:
     overrides = [f"output_uri={out}", f"model.cache_dir={cache}", "sampling.rate=0.2",
                  "influence.bootstrap=40", "cluster.num_workers=2"]
     if args.tikmix_m:
-        overrides += ["mixture.solver=tikmix_m", "mixture.tikmix_m.enabled=true"]
+        overrides += ["mixture.solver=tikmix_m"]
     cfg = load_config("default", overrides)
     started = time.perf_counter()
     result = run_mixture_refresh(cfg)

@@ -1,5 +1,9 @@
 """MATES data influence model: a small transformer encoder regressing oracle probe labels.
 
+``InfluenceModelSpec.kind`` picks the model: ``lm_ridge`` (default; operators/influence_ridge.py, ridge
+on frozen features of the checkpoint LM, for the few hundred labels a refresh affords) or ``bert`` (this
+module). :func:`load_influence_model` reads either from bytes.
+
 The encoder is a ``transformers`` BERT built from a config (no downloads) over the LM tokenizer's
 vocabulary. Sequences longer than ``max_length`` are split into ``max_length`` windows that are
 encoded separately; mean pooling runs over the valid tokens of all windows (as MATES does with
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ __all__ = [
     "DataInfluenceModel",
     "TrainedInfluenceModel",
     "train_influence_model",
+    "load_influence_model",
 ]
 
 
@@ -35,6 +40,11 @@ class InfluenceModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["lm_ridge", "bert"] = Field(default="lm_ridge", description=(
+        "lm_ridge: ridge on frozen features of the checkpoint LM; bert: a small encoder trained from scratch"))
+    cv_folds: int = Field(default=5, ge=2, description="lm_ridge: k-fold CV over all labels")
+    min_spearman: float = Field(default=0.2, description="usable only if the CV Spearman exceeds this ...")
+    max_p: float = Field(default=0.01, gt=0, lt=1, description="... and is > 0 at this one-sided p-value")
     hidden_size: int = Field(default=64, ge=1)
     num_layers: int = Field(default=2, ge=1)
     num_heads: int = Field(default=4, ge=1)
@@ -182,7 +192,9 @@ class TrainedInfluenceModel:
 
     @classmethod
     def from_bytes(cls, data: bytes, device: str | torch.device = "cpu") -> TrainedInfluenceModel:
-        """Inverse of ``to_bytes``; loads onto ``device``."""
+        """Inverse of ``to_bytes``; loads onto ``device`` (a ridge model's bytes give a RidgeInfluenceModel)."""
+        if data[:6] == b"\x93NUMPY":
+            return load_influence_model(data, device)  # type: ignore[return-value]
         try:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
             spec = InfluenceModelSpec(**payload["spec"])
@@ -273,3 +285,13 @@ def train_influence_model(
         "best_epoch": int(best[1]),
     }
     return TrainedInfluenceModel(model, mu, sigma, metrics)
+
+
+def load_influence_model(data: bytes, device: str | torch.device = "cpu", **encoder_kwargs: Any):
+    """Either kind from bytes: a RidgeInfluenceModel (``encoder_kwargs``: encoder, storage, cache_dir for
+    its encoder LM) or a TrainedInfluenceModel; both have ``predict(input_ids, attention_mask)``."""
+    if data[:6] == b"\x93NUMPY":
+        from operators.influence_ridge import RidgeInfluenceModel
+
+        return RidgeInfluenceModel.from_bytes(data, device=str(device), **encoder_kwargs)
+    return TrainedInfluenceModel.from_bytes(data, device=device)

@@ -104,7 +104,9 @@ class MixtureRegressor:
     """Ridge regression on standardised quadratic mixture features; alpha chosen by CV over a grid.
 
     cv="loo" uses the closed-form leave-one-out residuals e_i / (1 − h_ii) from one SVD; an int uses k-fold.
-    After fit: `alpha`, `cv_spearman` (Spearman of out-of-fold predictions vs labels), `cv_rmse`.
+    After fit: `alpha`, `cv_spearman` (Spearman of out-of-fold predictions vs labels), `cv_rmse` (compare
+    with `label_std`: no skill when it is not smaller). After `bootstrap`, `predict_std` gives a
+    prediction uncertainty from ridge refits on resampled labels.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class MixtureRegressor:
         self.cv_spearman: float = float("nan")
         self.cv_rmse: float = float("nan")
         self.n_train = 0
+        self.label_std = float("nan")
 
     def _design(self, W: np.ndarray) -> tuple[np.ndarray, list[str]]:
         return mixture_design(W, self.influence, self.domain_names)
@@ -193,6 +196,8 @@ class MixtureRegressor:
             self.alpha = float(alpha)
         self.coef_, self.intercept_, self._mu, self._sd = self._ridge(X, y, self.alpha)
         self.n_train = y.size
+        self.label_std = float(y.std())
+        self._X, self._y, self._boot = X, y, []
         return self
 
     def predict(self, W: np.ndarray) -> np.ndarray:
@@ -204,6 +209,33 @@ class MixtureRegressor:
             X, _ = self._design(W[start : start + _PREDICT_BLOCK])
             out[start : start + X.shape[0]] = ((X - self._mu) / self._sd) @ self.coef_ + self.intercept_
         return out
+
+    def bootstrap(self, n_boot: int = 64, seed: int = 0) -> MixtureRegressor:
+        """Refit at the chosen alpha on ``n_boot`` resamples of the labelled mixtures (for `predict_std`)."""
+        if self.alpha is None:
+            raise ConfigError("MixtureRegressor.bootstrap called before fit")
+        X, y = self._X, self._y
+        rng = np.random.default_rng(seed)
+        self._boot = []
+        for _ in range(n_boot):
+            idx = rng.integers(0, y.size, y.size)
+            if np.unique(idx).size >= 3:
+                self._boot.append(self._ridge(X[idx], y[idx], self.alpha))
+        return self
+
+    def predict_std(self, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std): the full fit's prediction and the std over bootstrap refits (0 without them)."""
+        mean = self.predict(W)
+        if not getattr(self, "_boot", None):
+            return mean, np.zeros_like(mean)
+        X, _ = self._design(np.atleast_2d(np.asarray(W, dtype=np.float64)))
+        preds = np.stack([((X - mu) / sd) @ coef + b for coef, b, mu, sd in self._boot])
+        return mean, preds.std(axis=0)
+
+    def lower_bound(self, W: np.ndarray, kappa: float) -> np.ndarray:
+        """mean − κ·std: what a cautious choice maximises."""
+        mean, std = self.predict_std(W)
+        return mean - kappa * std
 
     def describe(self, top: int = 10) -> dict[str, Any]:
         """JSON-able summary: alpha, CV quality, and the largest standardised coefficients."""
@@ -217,6 +249,9 @@ class MixtureRegressor:
             "cv": self.cv,
             "cv_spearman": self.cv_spearman,
             "cv_rmse": self.cv_rmse,
+            "label_std": self.label_std,
+            "cv_r2": 1.0 - self.cv_rmse**2 / self.label_std**2 if self.label_std > 0 else float("nan"),
+            "n_bootstrap": len(getattr(self, "_boot", [])),
             "n_train": self.n_train,
             "n_features": int(self.coef_.size),
             "top_coefficients": {self.feature_names[i]: float(self.coef_[i]) for i in order},

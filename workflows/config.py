@@ -103,19 +103,6 @@ class InfluenceSpec(_Spec):
     seed: int = 0
 
 
-class TikmixMSpec(_Spec):
-    """TiKMiX-M: regression over Dirichlet candidate mixtures labelled by short training probes."""
-
-    enabled: bool = False
-    candidates: int = Field(default=16, ge=4)
-    probe_steps: int = Field(default=8, ge=1)
-    probe_batch_size: int = Field(default=8, ge=1)
-    samples: int = Field(default=20000, ge=100)
-    top_k: int = Field(default=64, ge=1)
-    probe: ProbeSpec = ProbeSpec()
-    seed: int = 0
-
-
 class BudgetSpec(_Spec):
     """The next training stage's token budget: sets planned epochs, reuse caps and repeat value."""
 
@@ -178,7 +165,6 @@ class MixtureSpec(_Spec):
     validation: ValidationSpec = ValidationSpec()
     previous_manifest: str | None = None  # default: the `latest` pointer of this mixture name
     data_prefixes: dict[str, str] = {}  # Megatron data prefixes per domain
-    tikmix_m: TikmixMSpec = TikmixMSpec()
 
     @model_validator(mode="after")
     def _known_names(self) -> MixtureSpec:

@@ -12,14 +12,18 @@ import math
 
 import numpy as np
 import pyarrow.parquet as pq
+from scipy import stats
+from scipy.stats import spearmanr
 
 from cluster.parallel import parallel_map
 from operators import storage
 from operators.influence_model import train_influence_model
+from operators.influence_ridge import fit_ridge_influence, lm_features
 from operators.manifest import SelectedDomain, Selection
 from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
 from operators.probing import OneStepProber
 from operators.selection import domain_quotas, select_per_domain
+from operators.tiny_lm import small_model_threads
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
 from workflows.examples import reference_set, sample_rows_per_group, tokenize_table
@@ -31,20 +35,60 @@ log = logging.getLogger(__name__)
 
 
 class OracleProber:
-    """Picklable oracle job: one-step probes (checkpoint AdamW state) for a chunk of candidates."""
+    """Picklable oracle job: one-step probes (checkpoint AdamW state) for a chunk of candidates.
+
+    Each candidate is probed against two disjoint halves of the reference set, so every label comes
+    with a second, independent measurement of the same quantity (split-half label noise).
+    """
 
     def __init__(self, cfg: RunConfig, model_uri: str, ref_ids, ref_mask) -> None:
         self.cfg_data = cfg.model_dump(mode="json")
         self.model_uri = model_uri
         self.ref = (ref_ids, ref_mask)
 
-    def __call__(self, rows: list[tuple], device: str) -> list[float]:
+    def __call__(self, rows: list[tuple], device: str) -> list[tuple[float, float]]:
         cfg = RunConfig.model_validate(self.cfg_data)
         loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
                                 cache_dir=cfg.model.cache_dir)
-        prober = OneStepProber(loaded.model, self.ref[0].to(device), self.ref[1].to(device), cfg.mates.probe,
-                               optimizer_state=checkpoint_adam_state(loaded))
-        return [float(prober.probe(ids[None, :].to(device), mask[None, :].to(device))) for ids, mask in rows]
+        adam = checkpoint_adam_state(loaded)
+        ids, mask = self.ref[0].to(device), self.ref[1].to(device)
+        halves = [OneStepProber(loaded.model, ids[h::2], mask[h::2], cfg.mates.probe, optimizer_state=adam)
+                  for h in (0, 1)]
+        return [tuple(float(p.probe(r[None, :].to(device), m[None, :].to(device))) for p in halves)
+                for r, m in rows]
+
+
+def label_noise(a: np.ndarray, b: np.ndarray) -> dict:
+    """Split-half agreement of two independent oracle measurements: Spearman r and the Spearman-Brown
+    reliability 2r/(1+r) of their mean; sqrt(reliability) bounds any model's correlation with the labels."""
+    r = float(spearmanr(a, b)[0]) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0
+    rel = 2 * r / (1 + r) if r > 0 else 0.0
+    return {"split_half_spearman": r, "reliability": rel, "max_attainable_spearman": float(np.sqrt(rel)),
+            "half_diff_std": float(np.std(a - b))}
+
+
+def _fit_ridge(cfg: RunConfig, model_uri: str, ids, mask, labels: np.ndarray):
+    spec = cfg.mates.model
+    loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
+                            cache_dir=cfg.model.cache_dir)
+    with small_model_threads(loaded.model):
+        X = lm_features(loaded.model, ids, mask)
+    return fit_ridge_influence(X, labels, model_uri, spec.cv_folds, spec.seed, spec.min_spearman, spec.max_p)
+
+
+def _fit_bert(cfg: RunConfig, tokenizer, ids, mask, labels: np.ndarray):
+    spec = cfg.mates.model
+    trained = train_influence_model(spec, ids, mask, labels, vocab_size=len(tokenizer),
+                                    pad_token_id=tokenizer.pad_token_id)
+    m = trained.metrics
+    n_val, rho = m["n_val"], m["val_spearman"]
+    p = None
+    if np.isfinite(rho) and n_val > 2:
+        t = rho * np.sqrt((n_val - 2) / max(1e-12, 1 - rho**2))
+        p = float(stats.t.sf(t, n_val - 2))
+    m.update({"model": "bert", "cv_spearman": rho, "cv_spearman_p": p,
+              "usable": bool(p is not None and rho > spec.min_spearman and p < spec.max_p)})
+    return trained
 
 
 def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout) -> tuple[bytes, dict]:
@@ -58,13 +102,23 @@ def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference,
                                      split="influence")
     rows = [(ids[i][mask[i].bool()], mask[i][mask[i].bool()]) for i in range(len(ids))]
-    labels = np.array(parallel_map(OracleProber(cfg, model_uri, ref_ids, ref_mask), rows, layout))
-    trained = train_influence_model(spec.model, ids, mask, labels, vocab_size=len(tokenizer),
-                                    pad_token_id=tokenizer.pad_token_id)
-    log.info("MATES: %d oracle probes, influence model %s", len(labels), trained.metrics)
-    return trained.to_bytes(), {"oracle_probes": int(len(labels)), "reference_target": reference,
-                                "label_mean": float(np.mean(labels)), "label_std": float(np.std(labels)),
-                                "model_metrics": trained.metrics}
+    halves = np.array(parallel_map(OracleProber(cfg, model_uri, ref_ids, ref_mask), rows, layout))
+    n_tok = np.array([int(ref_mask[h::2][:, 1:].sum()) for h in (0, 1)], dtype=np.float64)
+    labels = halves @ (n_tok / n_tok.sum())  # = ΔL on the whole reference set (token-weighted)
+    noise = label_noise(halves[:, 0], halves[:, 1])
+    if spec.model.kind == "lm_ridge":
+        model = _fit_ridge(cfg, model_uri, ids, mask, labels)
+    else:
+        model = _fit_bert(cfg, tokenizer, ids, mask, labels)
+    metrics = model.metrics
+    log.info("MATES: %d oracle probes (split-half Spearman %.3f), %s influence model CV Spearman %.3f "
+             "(p %.2g): %s", len(labels), noise["split_half_spearman"], metrics["model"], metrics["cv_spearman"],
+             metrics["cv_spearman_p"] if metrics["cv_spearman_p"] is not None else float("nan"),
+             "usable" if metrics["usable"] else "NOT usable: selection falls back to random within quotas")
+    return model.to_bytes(), {"oracle_probes": int(len(labels)), "reference_target": reference,
+                              "reference_examples": int(ref_ids.shape[0]), "label_mean": float(np.mean(labels)),
+                              "label_std": float(np.std(labels)), "label_noise": noise,
+                              "usable": metrics["usable"], "model_metrics": metrics}
 
 
 def score_pool(cfg: RunConfig, plan: Plan, model_uri: str, dim_uri: str) -> None:
@@ -110,6 +164,9 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
     ids = [i for t in tables for i in t.column("id").to_pylist()]
     domains = [d for t in tables for d in t.column("domain").to_pylist()]
     scores = np.concatenate([t.column("score").to_numpy() for t in tables])
+    usable = info.get("usable", True)
+    if not usable:  # no usable signal: uniform random scores = random selection within the quotas
+        scores = np.random.default_rng(spec.seed).random(len(ids))
     available = {d: domains.count(d) for d in weights}
     budget = int(round(spec.selection_ratio * len(ids)))
     quotas = domain_quotas(weights, budget, available)
@@ -124,6 +181,7 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
               "budget": budget, "influence_model_uri": dim_uri, **info}
     position = {i: k for k, i in enumerate(ids)}
     mean_selected = {d: float(np.mean(scores[[position[i] for i in picked]])) for d, picked in chosen.items() if picked}
-    report = {"quotas": quotas, "pool_size": len(ids), "mean_score_selected": mean_selected,
+    report = {"quotas": quotas, "usable": usable,
+              "selection": "influence model" if usable else "random within quotas (influence model not usable)", "pool_size": len(ids), "mean_score_selected": mean_selected,
               "mean_score_pool": float(scores.mean()) if len(scores) else None}
     return Selection(method="mates", domains=selected, params=params), report

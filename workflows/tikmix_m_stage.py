@@ -1,97 +1,147 @@
-"""TiKMiX-M: label Dirichlet candidate mixtures with short training probes, regress, choose.
+"""TiKMiX-M: probe-labelled local search around TiKMiX-D's answer (ALGORITHMS_SOURCES.md §1.4).
 
-Each candidate mixture w is labelled with the measured change of target loss after a few training
-steps from the current checkpoint on batches drawn by w (quality = −ΔL). A ridge regression on
-quadratic mixture features plus the TiKMiX-D influence term models cross-domain interactions; the
-chosen mixture is the average of the top predicted candidates (RegMix-style simulation).
+1. Centre w_D = the ``tikmix_d`` solver's answer on the same problem; candidates = Latin Hypercube
+   samples of the box [0.5·w_D, 2·w_D] ∩ bounds (operators/mixture_search.py), plus w_D itself.
+2. Labels = −ΔL of short training probes from the checkpoint, scored on the VALIDATION split of the
+   targets (never the influence split), ``seeds`` seeds each with shared seeds across candidates;
+   budget-scaled pools as in the validation stage. The seed noise is measured (pooled std).
+3. Ridge regression on quadratic mixture features + the influence term; held-out (leave-one-out) error
+   against the label spread, bootstrap refits for a prediction std. No held-out skill → fall back to w_D.
+4. Algorithm 1 (annealed Dirichlet search) inside the box the candidates covered, maximising the lower
+   confidence bound mean − κ·std, so the answer never leaves the sampled region.
+5. Confirmation: w_M and w_D are re-measured with fresh seeds; w_M is returned only when it beats w_D by
+   ``margin`` standard errors (operators/mixture_validation.decide), else w_D with ``fell_back: true``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
 from cluster.parallel import parallel_map
 from cluster.runtime import WorkerLayout
-from operators.mixture_regression import (
-    MixtureRegressor,
-    choose_mixture,
-    compare_mixtures,
-    sample_dirichlet_mixtures,
-)
+from operators.mixture_regression import MixtureRegressor
+from operators.mixture_search import annealed_search, covered_box, latin_hypercube_mixtures, perturbation_box
+from operators.mixture_validation import budget_pool_sizes, decide, pooled_std
 from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
-from operators.probing import probe_mixture
+from operators.probing import ProbeSpec, probe_mixture
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
 from workflows.examples import domain_pools, reference_set
-from workflows.solvers.base import MixtureProblem
 from workflows.plan import Plan
+from workflows.solvers.base import MixtureProblem
 
 log = logging.getLogger(__name__)
 
 
 class MixtureProber:
-    """Picklable probe job: load the checkpoint once per task, label a chunk of mixtures."""
+    """Picklable probe job: load the checkpoint once per task, return ΔL for (weights, seed) items."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict, ref_ids, ref_mask):
+    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict, ref,
+                 steps: int, batch_size: int, probe: ProbeSpec) -> None:
         self.cfg_data = cfg.model_dump(mode="json")
-        self.model_uri = model_uri
-        self.domains = domains
-        self.pools = pools
-        self.ref = (ref_ids, ref_mask)
+        self.model_uri, self.domains, self.pools, self.ref = model_uri, domains, pools, ref
+        self.steps, self.batch_size, self.probe = steps, batch_size, probe
 
-    def __call__(self, mixtures: list[np.ndarray], device: str) -> list[float]:
+    def __call__(self, items: list[tuple[list[float], int]], device: str) -> list[float]:
         cfg = RunConfig.model_validate(self.cfg_data)
-        spec = cfg.mixture.tikmix_m
         loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
                                 cache_dir=cfg.model.cache_dir)
-        adam_state = checkpoint_adam_state(loaded)
-        quality = []
-        for w in mixtures:
-            delta = probe_mixture(loaded.model, self.pools, dict(zip(self.domains, np.asarray(w).tolist())),
-                                  spec.probe_steps, spec.probe_batch_size, self.ref[0], self.ref[1], spec.probe,
-                                  spec.seed, optimizer_state=adam_state)
-            quality.append(-float(delta))  # quality: how much the target loss dropped
-        return quality
+        adam = checkpoint_adam_state(loaded)
+        out = []
+        for weights, seed in items:
+            w = {d: float(x) for d, x in zip(self.domains, weights) if x > 0 and d in self.pools}
+            out.append(float(probe_mixture(loaded.model, self.pools, w, self.steps, self.batch_size,
+                                           self.ref[0], self.ref[1], self.probe, seed, optimizer_state=adam)))
+        return out
 
 
-def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem,
-                 layout: WorkerLayout) -> tuple[np.ndarray, dict]:
-    """Label candidates with probes on Ray tasks (one per worker slot), fit, choose, compare with D."""
-    spec = cfg.mixture.tikmix_m
-    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
-    domains = problem.domains
-    pools = domain_pools(cfg, plan, tokenizer, per_domain=spec.probe_steps * spec.probe_batch_size,
-                         seed=spec.seed, domains=domains)
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=64, seed=spec.seed, split="validation")
-    prober = MixtureProber(cfg, model_uri, domains, pools, ref_ids, ref_mask)
+def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer, opts) -> dict:
+    pools = domain_pools(cfg, plan, tokenizer, per_domain=opts.max_pool, seed=opts.seed, domains=problem.domains)
+    if not opts.budget_scaled_pools:
+        return pools
+    sizes = budget_pool_sizes(problem.budget.tokens_available, problem.budget.tokens_next_stage,
+                              opts.steps * opts.batch_size, opts.max_pool)
+    return {d: (pools[d][0][:n], pools[d][1][:n]) for d, n in zip(problem.domains, sizes.tolist()) if d in pools}
 
+
+def measure(prober, mixtures: list[np.ndarray], seeds: list[int], layout) -> np.ndarray:
+    """(n_mixtures, n_seeds) ΔL, one Ray task per worker slot."""
+    items = [(np.asarray(w).tolist(), s) for w in mixtures for s in seeds]
+    return np.array(parallel_map(prober, items, layout)).reshape(len(mixtures), len(seeds))
+
+
+def search_mixture(W: np.ndarray, y: np.ndarray, scores: np.ndarray, domains: list[str], start: np.ndarray,
+                   opts) -> tuple[np.ndarray | None, MixtureRegressor, dict]:
+    """Fit, check held-out skill, search the covered box by LCB → (w_M or None when unskilled, fit, report)."""
+    reg = MixtureRegressor(influence=scores, domain_names=domains, seed=opts.seed).fit(W, y)
+    reg.bootstrap(opts.bootstrap, opts.seed)
+    info = reg.describe()
+    lo, hi = covered_box(W)
+    report = {"regressor": info, "covered_box": {"lower": lo.tolist(), "upper": hi.tolist()}}
+    if not info["cv_r2"] > opts.min_cv_r2:
+        return None, reg, report
+    w_m, trace = annealed_search(lambda X: reg.lower_bound(X, opts.kappa), start, lo, hi, opts.iterations,
+                                 opts.samples, opts.alpha_max, opts.alpha_min, opts.top_k, opts.seed)
+    mean, std = reg.predict_std(np.vstack([start, w_m]))
+    report.update({"search": trace, "predicted": {"tikmix_d": [float(mean[0]), float(std[0])],
+                                                  "tikmix_m": [float(mean[1]), float(std[1])]}})
+    return w_m, reg, report
+
+
+def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem, layout: WorkerLayout,
+                 opts) -> tuple[np.ndarray, dict]:
+    """Label, fit, search, confirm (module docstring); returns (weights, report section)."""
     from workflows.solvers import SOLVERS
 
+    t0 = time.monotonic()
+    domains = problem.domains
     w_d = SOLVERS.build("tikmix_d", cfg.mixture.options.get("tikmix_d")).solve(problem).weights
-    candidates = sample_dirichlet_mixtures(problem.prior, spec.candidates, spec.seed, problem.lower,
-                                           problem.upper)
-    W = np.vstack([candidates, w_d[None, :], problem.prior[None, :]])
-    y = np.array(parallel_map(prober, list(W), layout))
-    log.info("TiKMiX-M: labelled %d candidate mixtures (quality range %.4f..%.4f)", len(y), y.min(), y.max())
-    regressor = MixtureRegressor(influence=problem.scores, domain_names=domains, seed=spec.seed).fit(W, y)
-    w_m = choose_mixture(regressor, problem.prior, problem.lower, problem.upper, n_samples=spec.samples,
-                         top_k=spec.top_k, seed=spec.seed)
-    named = {"tikmix_d": w_d, "tikmix_m": w_m, "reference": problem.prior}
-    # D and reference were labelled with the candidates (same probe, same seed); only M is new
-    measured = {"tikmix_d": float(y[-2]), "reference": float(y[-1]),
-                "tikmix_m": parallel_map(prober, [w_m], layout)[0]}
-    rows = compare_mixtures(named, regressor, problem.scores)
-    for row in rows:
-        row["measured_quality"] = measured[row["name"]]
-    report = {
-        "domains": domains,
-        "candidates": W.tolist(),
-        "labels": y.tolist(),
-        "regressor": regressor.describe(),
-        "comparison": rows,
-        "measured_quality": measured,
-        "weights": dict(zip(domains, w_m.tolist())),
-    }
-    return w_m, report
+    box_lo, box_hi = perturbation_box(w_d, problem.lower, problem.upper, opts.scale_low, opts.scale_high)
+    W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed)])
+    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
+    pools = _pools(cfg, plan, problem, tokenizer, opts)
+    ref = reference_set(cfg, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
+    prober = MixtureProber(cfg, model_uri, domains, pools, ref, opts.steps, opts.batch_size, opts.probe)
+    seeds = [opts.seed + i for i in range(opts.seeds)]
+    delta = measure(prober, list(W), seeds, layout)
+    y = -delta.mean(axis=1)  # quality: how much the validation loss dropped
+    seed_std, _ = pooled_std(dict(enumerate(delta)))
+    noise = {"seed_std": seed_std, "label_noise_std": seed_std / np.sqrt(len(seeds)),
+             "label_std": float(y.std()), "snr": float(y.std() / (seed_std / np.sqrt(len(seeds))))
+             if seed_std > 0 else None}
+    log.info("TiKMiX-M: %d candidates × %d seeds; label std %.4f, seed std %.4f", len(W), len(seeds),
+             noise["label_std"], seed_std)
+    w_m, reg, fit = search_mixture(W, y, problem.scores, domains, w_d, opts)
+    report: dict = {"domains": domains, "tikmix_d": dict(zip(domains, w_d.tolist())),
+                    "box": {"lower": box_lo.tolist(), "upper": box_hi.tolist()},
+                    "candidates": W.tolist(), "labels": y.tolist(), "label_deltas": delta.tolist(),
+                    "seeds": seeds, "steps": opts.steps, "batch_size": opts.batch_size,
+                    "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()}, "split": "validation",
+                    "reference_examples": int(ref[0].shape[0]), "label_noise": noise, **fit}
+    if w_m is None:
+        report.update({"fell_back": True, "reason": (
+            f"the regression has no held-out skill (leave-one-out R² {fit['regressor']['cv_r2']:.3f} <= "
+            f"{opts.min_cv_r2}; LOO RMSE {reg.cv_rmse:.4f} vs label std {noise['label_std']:.4f}, label noise "
+            f"{noise['label_noise_std']:.4f}); returning TiKMiX-D")})
+    else:
+        fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
+        conf = measure(prober, [w_d, w_m], fresh, layout)
+        decision = decide({"tikmix_d": conf[0], "tikmix_m": conf[1]}, "tikmix_d", ["tikmix_d", "tikmix_m"],
+                          opts.margin)
+        row = decision["candidates"]["tikmix_m"]
+        fell_back = not decision["improvement_found"]
+        report.update({"confirmation": {"seeds": fresh, "delta": {"tikmix_d": conf[0].tolist(),
+                                                                   "tikmix_m": conf[1].tolist()},
+                                        "gain": row["gain"], "se": row["se"], "z": row["z"],
+                                        "seed_std": decision["seed_std"], "margin": opts.margin},
+                       "tikmix_m": dict(zip(domains, w_m.tolist())), "fell_back": fell_back,
+                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on fresh seeds: gain "
+                                  f"{row['gain']:+.4f} nats ({row['z']:+.2f} standard errors, margin "
+                                  f"{opts.margin})" + ("; returning TiKMiX-D" if fell_back else ""))})
+    chosen = w_d if report["fell_back"] else w_m
+    report["wall_s"] = round(time.monotonic() - t0, 2)
+    log.info("TiKMiX-M: %s", report["reason"])
+    return chosen, report

@@ -100,3 +100,24 @@ def test_influence_feature_and_comparison_rows() -> None:
     assert compare_mixtures({"prior": PRIOR}, None, scores)[0]["predicted"] is None
     with pytest.raises(ConfigError):
         MixtureRegressor().predict(train)
+
+
+def test_leave_one_out_error_and_bootstrap_uncertainty() -> None:
+    rng = np.random.default_rng(11)
+    train = sample_dirichlet_mixtures(OPTIMUM, 40, seed=11, strengths=[200.0])  # a small local cloud
+    reg = MixtureRegressor().fit(train, _quality(train) + 1e-4 * rng.normal(size=40)).bootstrap(32, seed=1)
+    info = reg.describe()
+    assert info["cv_rmse"] < info["label_std"] and info["cv_r2"] > 0.5 and info["n_bootstrap"] == 32
+    near = sample_dirichlet_mixtures(OPTIMUM, 50, seed=12, strengths=[200.0])
+    far = np.tile(np.array([[0.9, 0.025, 0.025, 0.025, 0.025]]), (1, 1))
+    mean, std = reg.predict_std(np.vstack([near, far]))
+    np.testing.assert_allclose(mean, reg.predict(np.vstack([near, far])))
+    assert std[-1] > 10 * np.median(std[:-1])  # extrapolation is flagged as uncertain
+    np.testing.assert_allclose(reg.lower_bound(near, 2.0), mean[:-1] - 2.0 * std[:-1])
+
+
+def test_pure_noise_labels_have_no_held_out_skill() -> None:
+    train = sample_dirichlet_mixtures(PRIOR, 30, seed=13)
+    r2 = [MixtureRegressor().fit(train, np.random.default_rng(s).normal(size=30)).describe()["cv_r2"]
+          for s in range(5)]
+    assert max(r2) <= 0.05

@@ -1,0 +1,108 @@
+"""TiKMiX-M local search around TiKMiX-D's answer (ALGORITHMS_SOURCES.md §1.4, Algorithm 1).
+
+* :func:`perturbation_box`: per-domain interval [low·w_D, high·w_D] (paper: 0.5–2×) ∩ the problem bounds.
+* :func:`latin_hypercube_mixtures`: Latin Hypercube samples of that box, normalised to Σ = 1, rejected
+  when a coordinate leaves the box after normalisation (the paper keeps 254 of 256).
+* :func:`covered_box`: the per-domain [min, max] of the labelled candidates: the only region where a
+  regression fitted on them may be trusted.
+* :func:`annealed_search`: Algorithm 1 — T rounds of Dirichlet(α_t·w_best) samples with α_t log-spaced
+  from α_max down to α_min (as the paper writes it: tight around the start first, wider later), w_best ←
+  mean of the top-k by ``score``. Samples outside the allowed box are rejected, so every mean of kept
+  samples stays inside (the box and the simplex are convex). The best-scoring w_best of all rounds,
+  the start included, is returned, so the answer never scores below the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from operators.errors import ConfigError
+
+_TOL = 1e-12
+
+
+def perturbation_box(center: np.ndarray, lower: np.ndarray, upper: np.ndarray, low: float = 0.5,
+                     high: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """[max(low·c, lower), min(high·c, upper)] per domain; ConfigError if it cannot hold a mixture."""
+    c = np.asarray(center, dtype=np.float64).reshape(-1)
+    if not 0 < low <= 1 <= high:
+        raise ConfigError(f"perturbation scales need 0 < low <= 1 <= high, got {low}, {high}")
+    lo = np.maximum(low * c, np.asarray(lower, dtype=np.float64))
+    hi = np.minimum(high * c, np.asarray(upper, dtype=np.float64))
+    if np.any(lo > hi + _TOL) or lo.sum() > 1 + 1e-9 or hi.sum() < 1 - 1e-9:
+        raise ConfigError(f"perturbation box around {c.round(4).tolist()} holds no mixture: "
+                          f"lower={lo.round(4).tolist()}, upper={hi.round(4).tolist()}")
+    return lo, np.maximum(hi, lo)
+
+
+def in_box(W: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows of W inside [lo, hi] (with a 1e-12 tolerance)."""
+    W = np.atleast_2d(W)
+    return np.all((W >= lo - _TOL) & (W <= hi + _TOL), axis=1)
+
+
+def latin_hypercube_mixtures(lo: np.ndarray, hi: np.ndarray, n: int, seed: int,
+                             max_rounds: int = 50) -> np.ndarray:
+    """n mixtures: LHS in the box, normalised to Σ = 1, kept only if still inside the box."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if n < 1:
+        raise ConfigError(f"number of candidate mixtures must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    kept: list[np.ndarray] = []
+    have = drawn = 0
+    for _ in range(max_rounds):
+        m = max(2 * (n - have), 16)
+        strata = np.stack([rng.permutation(m) for _ in range(lo.size)], axis=1)
+        u = (strata + rng.random((m, lo.size))) / m  # one sample per stratum in every dimension
+        x = lo + u * (hi - lo)
+        w = x / x.sum(axis=1, keepdims=True)
+        w = w[in_box(w, lo, hi)]
+        drawn += m
+        kept.append(w)
+        have += w.shape[0]
+        if have >= n:
+            return np.concatenate(kept)[:n]
+    raise ConfigError(f"perturbation box too tight: {have} of {drawn} Latin Hypercube draws stayed inside "
+                      f"after normalisation, needed {n} (lower={lo.tolist()}, upper={hi.tolist()})")
+
+
+def covered_box(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-domain [min, max] over the labelled mixtures."""
+    W = np.atleast_2d(np.asarray(W, dtype=np.float64))
+    return W.min(axis=0), W.max(axis=0)
+
+
+def annealed_search(score: Callable[[np.ndarray], np.ndarray], start: np.ndarray, lo: np.ndarray,
+                    hi: np.ndarray, iterations: int = 8, samples: int = 2048, alpha_max: float = 1000.0,
+                    alpha_min: float = 30.0, top_k: int = 32, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Algorithm 1 restricted to [lo, hi] (see module docstring) → (best mixture, per-round trace).
+
+    ``score`` maps (n, K) mixtures to (n,) values to maximise (e.g. a lower confidence bound).
+    """
+    w_best = np.asarray(start, dtype=np.float64).reshape(-1)
+    if not in_box(w_best, lo, hi)[0]:
+        raise ConfigError("annealed_search: the start lies outside the allowed box")
+    if iterations < 1 or samples < 1 or top_k < 1 or not 0 < alpha_min <= alpha_max:
+        raise ConfigError("annealed_search: need iterations, samples, top_k >= 1 and 0 < alpha_min <= alpha_max")
+    rng = np.random.default_rng(seed)
+    best_w, best_s = w_best, float(score(w_best[None])[0])
+    trace = [{"round": 0, "alpha": None, "kept": 1, "score": best_s}]
+    for t, alpha in enumerate(np.geomspace(alpha_max, alpha_min, iterations), start=1):
+        g = rng.standard_gamma(np.broadcast_to(alpha * w_best, (samples, w_best.size)))
+        tot = g.sum(axis=1, keepdims=True)
+        W = g[tot[:, 0] > 0] / tot[tot[:, 0] > 0]
+        W = W[in_box(W, lo, hi)]
+        if W.shape[0] == 0:
+            trace.append({"round": t, "alpha": float(alpha), "kept": 0, "score": None})
+            continue
+        s = score(W)
+        top = np.argsort(-s, kind="stable")[:top_k]
+        w_best = W[top].mean(axis=0)
+        w_best /= w_best.sum()
+        s_best = float(score(w_best[None])[0])
+        trace.append({"round": t, "alpha": float(alpha), "kept": int(W.shape[0]), "score": s_best})
+        if s_best > best_s:
+            best_w, best_s = w_best, s_best
+    return best_w, trace

@@ -1,0 +1,62 @@
+"""Tests for operators.mixture_search (TiKMiX-M candidates and Algorithm 1 inside a box)."""
+
+import numpy as np
+import pytest
+
+from operators.errors import ConfigError
+from operators.mixture_search import (
+    annealed_search,
+    covered_box,
+    in_box,
+    latin_hypercube_mixtures,
+    perturbation_box,
+)
+
+W_D = np.array([0.45, 0.25, 0.15, 0.1, 0.05])
+
+
+def test_box_is_half_to_double_within_bounds() -> None:
+    lo, hi = perturbation_box(W_D, np.full(5, 0.02), np.full(5, 0.6))
+    np.testing.assert_allclose(lo, np.maximum(0.5 * W_D, 0.02))
+    np.testing.assert_allclose(hi, np.minimum(2 * W_D, 0.6))
+    with pytest.raises(ConfigError, match="scales"):
+        perturbation_box(W_D, np.zeros(5), np.ones(5), low=1.5)
+
+
+def test_latin_hypercube_candidates_stay_in_box_and_fill_it() -> None:
+    lo, hi = perturbation_box(W_D, np.zeros(5), np.ones(5))
+    W = latin_hypercube_mixtures(lo, hi, 256, seed=0)
+    assert W.shape == (256, 5)
+    np.testing.assert_allclose(W.sum(axis=1), 1.0, atol=1e-12)
+    assert in_box(W, lo, hi).all()
+    # they spread over the box: each domain covers most of its interval
+    c_lo, c_hi = covered_box(W)
+    assert np.all(c_hi - c_lo > 0.5 * (hi - lo))
+    np.testing.assert_array_equal(W, latin_hypercube_mixtures(lo, hi, 256, seed=0))
+    with pytest.raises(ConfigError, match="too tight"):
+        latin_hypercube_mixtures(np.full(3, 0.4), np.full(3, 0.41), 4, seed=0, max_rounds=2)
+
+
+def test_search_finds_interior_optimum_and_never_leaves_box() -> None:
+    lo, hi = perturbation_box(W_D, np.zeros(5), np.ones(5))
+    target = np.array([0.35, 0.3, 0.2, 0.1, 0.05])  # inside the box
+    w, trace = annealed_search(lambda X: -((X - target) ** 2).sum(axis=1), W_D, lo, hi, seed=1)
+    assert in_box(w, lo, hi)[0] and w.sum() == pytest.approx(1.0)
+    assert np.abs(w - target).sum() < np.abs(W_D - target).sum() / 3
+    assert trace[0]["round"] == 0 and len(trace) == 9
+
+
+def test_search_is_restricted_when_the_optimum_lies_outside() -> None:
+    lo, hi = perturbation_box(W_D, np.zeros(5), np.ones(5))
+    corner = np.array([0.0, 0.0, 0.0, 0.0, 1.0])  # far outside the covered box
+    w, _ = annealed_search(lambda X: -((X - corner) ** 2).sum(axis=1), W_D, lo, hi, seed=2)
+    assert in_box(w, lo, hi)[0]
+    assert w[4] > W_D[4]  # moved toward it as far as the box allows
+
+
+def test_search_keeps_start_when_nothing_scores_better() -> None:
+    lo, hi = perturbation_box(W_D, np.zeros(5), np.ones(5))
+    w, _ = annealed_search(lambda X: -np.abs(X - W_D).sum(axis=1), W_D, lo, hi, seed=3)
+    np.testing.assert_allclose(w, W_D)
+    with pytest.raises(ConfigError, match="outside"):
+        annealed_search(lambda X: X[:, 0], np.array([0.9, 0.1, 0, 0, 0]), lo, hi)
