@@ -106,3 +106,35 @@ def annealed_search(score: Callable[[np.ndarray], np.ndarray], start: np.ndarray
         if s_best > best_s:
             best_w, best_s = w_best, s_best
     return best_w, trace
+
+
+def label_noise(delta: np.ndarray) -> dict:
+    """Noise of probe labels ``delta`` (n_mixtures, n_seeds) measured with seeds shared by all mixtures.
+
+    ``seed_std``: pooled within-mixture std; ``interaction_std``: std of the mixture × seed residual, the
+    part that does not cancel when mixtures are compared under the same seeds; ``label_noise_std`` =
+    interaction_std / sqrt(n_seeds) is the noise of one label (a mean over seeds); ``snr`` = the std of
+    the labels across mixtures over that noise (below ~1 the labels cannot rank the mixtures).
+    """
+    d = np.asarray(delta, dtype=np.float64)
+    n, s = d.shape
+    if s < 2:
+        raise ConfigError("label_noise needs >= 2 seeds per mixture")
+    within = d - d.mean(axis=1, keepdims=True)
+    resid = within - d.mean(axis=0, keepdims=True) + d.mean()
+    seed_std = float(np.sqrt((within**2).sum() / (n * (s - 1))))
+    inter = float(np.sqrt((resid**2).sum() / max(1, (n - 1) * (s - 1))))
+    label_std = float(d.mean(axis=1).std())
+    noise = inter / np.sqrt(s)
+    return {"seed_std": seed_std, "interaction_std": inter, "label_noise_std": float(noise),
+            "label_std": label_std, "snr": float(label_std / noise) if noise > 0 else None}
+
+
+def paired_gain(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Loss saved by ``candidate`` over ``reference`` (ΔL per shared seed): mean, paired standard error, z."""
+    diff = np.asarray(reference, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
+    if diff.size < 2:
+        raise ConfigError("paired_gain needs >= 2 shared seeds")
+    gain, se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
+    z = gain / se if se > 0 else (0.0 if gain == 0 else float(np.sign(gain) * np.inf))
+    return {"gain": gain, "se": se, "z": z, "n_seeds": int(diff.size)}

@@ -190,9 +190,11 @@ class MatesSpec(_Spec):
     """MATES: oracle probes → data influence model → score pool on actors → Gumbel top-k per domain."""
 
     enabled: bool = False
-    oracle_samples: int = Field(default=128, ge=8)
+    oracle_samples: int = Field(default=384, ge=8, description=(
+        "one-step oracle probes (cheap on small models); the influence model's CV needs a few hundred"))
     reference_target: str | None = None  # default: the first target set
-    reference_examples: int = Field(default=32, ge=1)
+    reference_examples: int = Field(default=64, ge=2, description=(
+        "reference-set examples; probed as two halves to measure the label noise"))
     probe: ProbeSpec = ProbeSpec()
     model: InfluenceModelSpec = InfluenceModelSpec()
     selection_ratio: float = Field(default=0.2, gt=0, le=1)

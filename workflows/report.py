@@ -96,15 +96,17 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
         lines += _mixtures_table("Baselines (also measured above when validation is on)", report["baselines"],
                                  domains)
     m = report.get("solvers", {}).get("tikmix_m")
-    if m and m.get("comparison"):
-        lines += ["", "## TiKMiX-D vs TiKMiX-M", "",
-                  f"Regression CV Spearman: {m.get('regressor', {}).get('cv_spearman')}", "",
-                  "| mixture | measured quality (−ΔL target) | predicted | linear influence objective |",
-                  "| --- | ---: | ---: | ---: |"]
-        for row in m["comparison"]:
-            pred = "" if row["predicted"] is None else f"{row['predicted']:.4f}"
-            lines.append(f"| {row['name']} | {row['measured_quality']:.4f} | {pred} | {row['linear_objective']:.3f} |")
+    if m and "fell_back" in m:
+        reg, noise = m.get("regressor", {}), m.get("label_noise", {})
+        lines += ["", "## TiKMiX-M (local search around TiKMiX-D)", "",
+                  f"- {len(m['labels'])} candidates × {len(m['seeds'])} seeds × {m['steps']} steps on the "
+                  f"{m['split']} split; label std {noise.get('label_std', float('nan')):.4f}, label noise "
+                  f"{noise.get('label_noise_std', float('nan')):.4f} (seed std {noise.get('seed_std', float('nan')):.4f})",
+                  f"- regression leave-one-out RMSE {reg.get('cv_rmse', float('nan')):.4f} vs label std "
+                  f"{reg.get('label_std', float('nan')):.4f} (R² {reg.get('cv_r2', float('nan')):.3f})",
+                  f"- {'fell back to TiKMiX-D' if m['fell_back'] else 'published its search result'}: {m['reason']}"]
     mates = report.get("mates")
     if mates:
-        lines += ["", "## MATES selection", "", f"Pool {mates['pool_size']} examples; quotas {mates['quotas']}."]
+        lines += ["", "## MATES selection", "", f"Pool {mates['pool_size']} examples; quotas {mates['quotas']}; "
+                  f"selection: {mates.get('selection', 'influence model')}."]
     return "\n".join(lines) + "\n"

@@ -3,14 +3,14 @@
 1. Centre w_D = the ``tikmix_d`` solver's answer on the same problem; candidates = Latin Hypercube
    samples of the box [0.5·w_D, 2·w_D] ∩ bounds (operators/mixture_search.py), plus w_D itself.
 2. Labels = −ΔL of short training probes from the checkpoint, scored on the VALIDATION split of the
-   targets (never the influence split), ``seeds`` seeds each with shared seeds across candidates;
-   budget-scaled pools as in the validation stage. The seed noise is measured (pooled std).
+   targets (never the influence split), ``seeds`` seeds shared by all candidates; budget-scaled pools as
+   in the validation stage. The label noise is measured (operators/mixture_search.label_noise).
 3. Ridge regression on quadratic mixture features + the influence term; held-out (leave-one-out) error
    against the label spread, bootstrap refits for a prediction std. No held-out skill → fall back to w_D.
 4. Algorithm 1 (annealed Dirichlet search) inside the box the candidates covered, maximising the lower
    confidence bound mean − κ·std, so the answer never leaves the sampled region.
-5. Confirmation: w_M and w_D are re-measured with fresh seeds; w_M is returned only when it beats w_D by
-   ``margin`` standard errors (operators/mixture_validation.decide), else w_D with ``fell_back: true``.
+5. Confirmation: w_M and w_D are re-measured with fresh seeds (shared by both); w_M is returned only when
+   it beats w_D by ``margin`` paired standard errors, else w_D with ``fell_back: true`` and the reason.
 """
 
 from __future__ import annotations
@@ -23,8 +23,15 @@ import numpy as np
 from cluster.parallel import parallel_map
 from cluster.runtime import WorkerLayout
 from operators.mixture_regression import MixtureRegressor
-from operators.mixture_search import annealed_search, covered_box, latin_hypercube_mixtures, perturbation_box
-from operators.mixture_validation import budget_pool_sizes, decide, pooled_std
+from operators.mixture_search import (
+    annealed_search,
+    covered_box,
+    label_noise,
+    latin_hypercube_mixtures,
+    paired_gain,
+    perturbation_box,
+)
+from operators.mixture_validation import budget_pool_sizes
 from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
 from operators.probing import ProbeSpec, probe_mixture
 from operators.tokenize import prepare_tokenizer
@@ -108,12 +115,9 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
     seeds = [opts.seed + i for i in range(opts.seeds)]
     delta = measure(prober, list(W), seeds, layout)
     y = -delta.mean(axis=1)  # quality: how much the validation loss dropped
-    seed_std, _ = pooled_std(dict(enumerate(delta)))
-    noise = {"seed_std": seed_std, "label_noise_std": seed_std / np.sqrt(len(seeds)),
-             "label_std": float(y.std()), "snr": float(y.std() / (seed_std / np.sqrt(len(seeds))))
-             if seed_std > 0 else None}
-    log.info("TiKMiX-M: %d candidates × %d seeds; label std %.4f, seed std %.4f", len(W), len(seeds),
-             noise["label_std"], seed_std)
+    noise = label_noise(delta)
+    log.info("TiKMiX-M: %d candidates × %d seeds; label std %.4f, label noise %.4f (seed std %.4f)", len(W),
+             len(seeds), noise["label_std"], noise["label_noise_std"], noise["seed_std"])
     w_m, reg, fit = search_mixture(W, y, problem.scores, domains, w_d, opts)
     report: dict = {"domains": domains, "tikmix_d": dict(zip(domains, w_d.tolist())),
                     "box": {"lower": box_lo.tolist(), "upper": box_hi.tolist()},
@@ -125,21 +129,18 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
         report.update({"fell_back": True, "reason": (
             f"the regression has no held-out skill (leave-one-out R² {fit['regressor']['cv_r2']:.3f} <= "
             f"{opts.min_cv_r2}; LOO RMSE {reg.cv_rmse:.4f} vs label std {noise['label_std']:.4f}, label noise "
-            f"{noise['label_noise_std']:.4f}); returning TiKMiX-D")})
+            f"{noise['label_noise_std']:.4f}): the probes cannot rank mixtures this close; returning TiKMiX-D")})
     else:
         fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
         conf = measure(prober, [w_d, w_m], fresh, layout)
-        decision = decide({"tikmix_d": conf[0], "tikmix_m": conf[1]}, "tikmix_d", ["tikmix_d", "tikmix_m"],
-                          opts.margin)
-        row = decision["candidates"]["tikmix_m"]
-        fell_back = not decision["improvement_found"]
+        row = paired_gain(conf[0], conf[1])
+        fell_back = not row["z"] > opts.margin
         report.update({"confirmation": {"seeds": fresh, "delta": {"tikmix_d": conf[0].tolist(),
                                                                    "tikmix_m": conf[1].tolist()},
-                                        "gain": row["gain"], "se": row["se"], "z": row["z"],
-                                        "seed_std": decision["seed_std"], "margin": opts.margin},
+                                        **row, "margin": opts.margin},
                        "tikmix_m": dict(zip(domains, w_m.tolist())), "fell_back": fell_back,
-                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on fresh seeds: gain "
-                                  f"{row['gain']:+.4f} nats ({row['z']:+.2f} standard errors, margin "
+                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on fresh shared seeds: gain "
+                                  f"{row['gain']:+.4f} nats ({row['z']:+.2f} paired standard errors, margin "
                                   f"{opts.margin})" + ("; returning TiKMiX-D" if fell_back else ""))})
     chosen = w_d if report["fell_back"] else w_m
     report["wall_s"] = round(time.monotonic() - t0, 2)

@@ -8,7 +8,9 @@ from operators.mixture_search import (
     annealed_search,
     covered_box,
     in_box,
+    label_noise,
     latin_hypercube_mixtures,
+    paired_gain,
     perturbation_box,
 )
 
@@ -60,3 +62,21 @@ def test_search_keeps_start_when_nothing_scores_better() -> None:
     np.testing.assert_allclose(w, W_D)
     with pytest.raises(ConfigError, match="outside"):
         annealed_search(lambda X: X[:, 0], np.array([0.9, 0.1, 0, 0, 0]), lo, hi)
+
+
+def test_label_noise_separates_shared_seed_effects() -> None:
+    rng = np.random.default_rng(4)
+    quality = np.linspace(0, 0.01, 20)[:, None]
+    seed_effect = rng.normal(0, 0.05, (1, 3))  # shared by all mixtures: cancels in comparisons
+    delta = quality + seed_effect + rng.normal(0, 0.002, (20, 3))
+    noise = label_noise(delta)
+    assert noise["seed_std"] > 0.02 and noise["interaction_std"] == pytest.approx(0.002, rel=0.3)
+    assert noise["snr"] > 1.5
+    assert label_noise(rng.normal(0, 0.01, (20, 3)))["snr"] < 1.5
+
+
+def test_paired_gain_sign_and_z() -> None:
+    ref = np.array([-0.30, -0.20, -0.25, -0.22])
+    row = paired_gain(ref, ref - 0.01 + np.array([0.001, -0.001, 0.0, 0.0005]))
+    assert row["gain"] == pytest.approx(0.01 - 0.000125) and row["z"] > 10
+    assert paired_gain(ref, ref)["z"] == 0.0

@@ -33,10 +33,10 @@ class TikmixM(Solver):
         alpha_max: float = Field(default=1000.0, gt=0, description="first (tightest) Dirichlet concentration")
         alpha_min: float = Field(default=30.0, gt=0, description="last (widest) Dirichlet concentration")
         top_k: int = Field(default=32, ge=1)
-        min_cv_r2: float = Field(default=0.0, description=(
+        min_cv_r2: float = Field(default=0.2, description=(
             "fall back to TiKMiX-D without searching when the regression's leave-one-out R² is not above this"))
         confirm_seeds: int = Field(default=4, ge=2, description="fresh seeds measuring w_M against w_D")
-        margin: float = Field(default=1.0, ge=0, description="w_M must beat w_D by this many standard errors")
+        margin: float = Field(default=2.0, ge=0, description="w_M must beat w_D by this many paired standard errors")
         probe: ProbeSpec = ProbeSpec(lr=1e-3, reference_batch_size=64)
         seed: int = 0
 
