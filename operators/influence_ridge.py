@@ -6,7 +6,8 @@ that needs no download: each example is described by its masked mean-pooled hidd
 layer, its mean token loss and its log length (:func:`lm_features`), and a ridge regression maps them to
 the z-scored oracle label. Alpha is chosen by k-fold cross-validation over ALL labels, and the
 out-of-fold predictions give the reported CV Spearman with a one-sided p-value; the model is ``usable``
-only when that Spearman exceeds a threshold and is significantly above 0.
+only when that Spearman (within domains, when the domains are given) exceeds a threshold and is
+significantly above 0.
 """
 
 from __future__ import annotations
@@ -127,10 +128,31 @@ class RidgeInfluenceModel:
                    encoder.eval())
 
 
+def _one_sided_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Spearman of a and b and its one-sided p-value for > 0 (0, 1 when either is constant)."""
+    if np.ptp(a) <= 0 or np.ptp(b) <= 0:
+        return 0.0, 1.0
+    rho, p_two = spearmanr(a, b)
+    rho = float(rho) if np.isfinite(rho) else 0.0
+    return rho, (float(p_two) / 2 if rho > 0 else 1.0 - float(p_two) / 2)
+
+
+def _demean(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    out = x.astype(np.float64).copy()
+    for g in np.unique(groups):
+        out[groups == g] -= out[groups == g].mean()
+    return out
+
+
 def fit_ridge_influence(X: np.ndarray, labels: np.ndarray, encoder_uri: str, folds: int = 5, seed: int = 0,
-                        min_spearman: float = 0.2, max_p: float = 0.01,
-                        encoder: nn.Module | None = None) -> RidgeInfluenceModel:
-    """Fit on all labels; metrics: k-fold CV Spearman/R² over all labels, its p-value, ``usable``."""
+                        min_spearman: float = 0.2, max_p: float = 0.01, encoder: nn.Module | None = None,
+                        groups: np.ndarray | None = None) -> RidgeInfluenceModel:
+    """Fit on all labels; metrics: k-fold CV Spearman/R² over all labels, its p-value, ``usable``.
+
+    With ``groups`` (the domain of each label) the Spearman that decides ``usable`` is the WITHIN-group
+    one (labels and out-of-fold predictions centred per group): selection happens inside domain quotas,
+    so telling domains apart is worth nothing to it.
+    """
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if X.ndim != 2 or X.shape[0] != y.size or y.size < 2 * folds or not np.all(np.isfinite(y)):
         raise CorpusError(f"ridge influence model: need >= {2 * folds} finite labels, one per feature row; "
@@ -138,13 +160,19 @@ def fit_ridge_influence(X: np.ndarray, labels: np.ndarray, encoder_uri: str, fol
     lm, ls = float(y.mean()), float(y.std()) or 1.0
     z = (y - lm) / ls
     alpha, oof = cv_ridge(X, z, folds, seed)
-    rho, p_two = spearmanr(oof, z) if np.ptp(oof) > 0 else (0.0, 1.0)
-    rho = float(rho) if np.isfinite(rho) else 0.0
-    p = float(p_two) / 2 if rho > 0 else 1.0 - float(p_two) / 2
+    rho, p = _one_sided_spearman(oof, z)
+    decide_rho, decide_p = rho, p
+    within: dict[str, Any] = {}
+    if groups is not None:
+        g = np.asarray(groups)
+        decide_rho, decide_p = _one_sided_spearman(_demean(oof, g), _demean(z, g))
+        within = {"cv_spearman_within_group": decide_rho, "cv_spearman_within_group_p": decide_p,
+                  "n_groups": int(np.unique(g).size)}
     mu, sd = _standardize(X)
     coef = _ridge((X - mu) / sd, z - z.mean(), alpha) * ls
     metrics = {"model": "lm_ridge", "n_labels": int(y.size), "n_features": int(X.shape[1]), "alpha": alpha,
                "cv_folds": folds, "cv_spearman": rho, "cv_spearman_p": p,
                "cv_r2": float(1.0 - np.mean((oof - z) ** 2)), "min_spearman": min_spearman, "max_p": max_p,
-               "usable": bool(rho > min_spearman and p < max_p), "label_mean": lm, "label_std": ls}
+               **within, "usable": bool(decide_rho > min_spearman and decide_p < max_p), "label_mean": lm,
+               "label_std": ls}
     return RidgeInfluenceModel(coef, lm, mu, sd, alpha, metrics, encoder_uri, encoder)

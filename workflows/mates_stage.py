@@ -58,22 +58,30 @@ class OracleProber:
                 for r, m in rows]
 
 
-def label_noise(a: np.ndarray, b: np.ndarray) -> dict:
+def label_noise(a: np.ndarray, b: np.ndarray, domains: np.ndarray) -> dict:
     """Split-half agreement of two independent oracle measurements: Spearman r and the Spearman-Brown
-    reliability 2r/(1+r) of their mean; sqrt(reliability) bounds any model's correlation with the labels."""
-    r = float(spearmanr(a, b)[0]) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0
-    rel = 2 * r / (1 + r) if r > 0 else 0.0
+    reliability 2r/(1+r) of their mean (sqrt bounds any model's correlation with the labels), overall and
+    within domains (labels centred per domain: what selection inside quotas can use)."""
+    def half(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        r = float(spearmanr(x, y)[0]) if np.ptp(x) > 0 and np.ptp(y) > 0 else 0.0
+        return r, (2 * r / (1 + r) if r > 0 else 0.0)
+
+    r, rel = half(a, b)
+    rw, relw = half(*(np.concatenate([x[domains == d] - x[domains == d].mean() for d in np.unique(domains)])
+                      for x in (a, b)))
     return {"split_half_spearman": r, "reliability": rel, "max_attainable_spearman": float(np.sqrt(rel)),
+            "split_half_spearman_within_domain": rw, "reliability_within_domain": relw,
             "half_diff_std": float(np.std(a - b))}
 
 
-def _fit_ridge(cfg: RunConfig, model_uri: str, ids, mask, labels: np.ndarray):
+def _fit_ridge(cfg: RunConfig, model_uri: str, ids, mask, labels: np.ndarray, domains: np.ndarray):
     spec = cfg.mates.model
     loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
                             cache_dir=cfg.model.cache_dir)
     with small_model_threads(loaded.model):
         X = lm_features(loaded.model, ids, mask)
-    return fit_ridge_influence(X, labels, model_uri, spec.cv_folds, spec.seed, spec.min_spearman, spec.max_p)
+    return fit_ridge_influence(X, labels, model_uri, spec.cv_folds, spec.seed, spec.min_spearman, spec.max_p,
+                               groups=domains)
 
 
 def _fit_bert(cfg: RunConfig, tokenizer, ids, mask, labels: np.ndarray):
@@ -97,7 +105,8 @@ def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout
     tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
     per_domain = math.ceil(spec.oracle_samples / n_domains)
     cands = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, spec.seed + 1)
-    ids, mask, _ = tokenize_table(tokenizer, cands, spec.model.max_length)
+    ids, mask, keep = tokenize_table(tokenizer, cands, spec.model.max_length)
+    domains = np.array(cands.column("domain").to_pylist())[keep]
     reference = spec.reference_target or cfg.targets[0].name
     ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference,
                                      split="influence")
@@ -105,15 +114,15 @@ def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout
     halves = np.array(parallel_map(OracleProber(cfg, model_uri, ref_ids, ref_mask), rows, layout))
     n_tok = np.array([int(ref_mask[h::2][:, 1:].sum()) for h in (0, 1)], dtype=np.float64)
     labels = halves @ (n_tok / n_tok.sum())  # = ΔL on the whole reference set (token-weighted)
-    noise = label_noise(halves[:, 0], halves[:, 1])
+    noise = label_noise(halves[:, 0], halves[:, 1], domains)
     if spec.model.kind == "lm_ridge":
-        model = _fit_ridge(cfg, model_uri, ids, mask, labels)
+        model = _fit_ridge(cfg, model_uri, ids, mask, labels, domains)
     else:
         model = _fit_bert(cfg, tokenizer, ids, mask, labels)
     metrics = model.metrics
-    log.info("MATES: %d oracle probes (split-half Spearman %.3f), %s influence model CV Spearman %.3f "
-             "(p %.2g): %s", len(labels), noise["split_half_spearman"], metrics["model"], metrics["cv_spearman"],
-             metrics["cv_spearman_p"] if metrics["cv_spearman_p"] is not None else float("nan"),
+    log.info("MATES: %d oracle probes (split-half Spearman %.3f), %s influence model CV Spearman %.3f, "
+             "within domains %s: %s", len(labels), noise["split_half_spearman"], metrics["model"],
+             metrics["cv_spearman"], metrics.get("cv_spearman_within_group"),
              "usable" if metrics["usable"] else "NOT usable: selection falls back to random within quotas")
     return model.to_bytes(), {"oracle_probes": int(len(labels)), "reference_target": reference,
                               "reference_examples": int(ref_ids.shape[0]), "label_mean": float(np.mean(labels)),

@@ -9,8 +9,10 @@
    against the label spread, bootstrap refits for a prediction std. No held-out skill → fall back to w_D.
 4. Algorithm 1 (annealed Dirichlet search) inside the box the candidates covered, maximising the lower
    confidence bound mean − κ·std, so the answer never leaves the sampled region.
-5. Confirmation: w_M and w_D are re-measured with fresh seeds (shared by both); w_M is returned only when
-   it beats w_D by ``margin`` paired standard errors, else w_D with ``fell_back: true`` and the reason.
+5. Confirmation: w_M and w_D are re-measured with fresh seeds (shared by both) on the OTHER half of the
+   validation examples (steps 2–4 only see one half: cross-fitting, so fitting the particular examples does
+   not pass); w_M is returned only when it beats w_D by ``margin`` paired standard errors, else w_D with
+   ``fell_back: true`` and the reason.
 """
 
 from __future__ import annotations
@@ -111,7 +113,10 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
     tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
     pools = _pools(cfg, plan, problem, tokenizer, opts)
     ref = reference_set(cfg, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
-    prober = MixtureProber(cfg, model_uri, domains, pools, ref, opts.steps, opts.batch_size, opts.probe)
+    # cross-fitting: the search sees one half of the validation examples, the confirmation the other half,
+    # so a mixture that only fits the particular examples it was chosen on does not pass
+    search_ref, confirm_ref = (ref[0][0::2], ref[1][0::2]), (ref[0][1::2], ref[1][1::2])
+    prober = MixtureProber(cfg, model_uri, domains, pools, search_ref, opts.steps, opts.batch_size, opts.probe)
     seeds = [opts.seed + i for i in range(opts.seeds)]
     delta = measure(prober, list(W), seeds, layout)
     y = -delta.mean(axis=1)  # quality: how much the validation loss dropped
@@ -124,7 +129,9 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
                     "candidates": W.tolist(), "labels": y.tolist(), "label_deltas": delta.tolist(),
                     "seeds": seeds, "steps": opts.steps, "batch_size": opts.batch_size,
                     "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()}, "split": "validation",
-                    "reference_examples": int(ref[0].shape[0]), "label_noise": noise, **fit}
+                    "reference_examples": {"search": int(search_ref[0].shape[0]),
+                                           "confirm": int(confirm_ref[0].shape[0])},
+                    "label_noise": noise, **fit}
     if w_m is None:
         report.update({"fell_back": True, "reason": (
             f"the regression has no held-out skill (leave-one-out R² {fit['regressor']['cv_r2']:.3f} <= "
@@ -132,14 +139,15 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
             f"{noise['label_noise_std']:.4f}): the probes cannot rank mixtures this close; returning TiKMiX-D")})
     else:
         fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
-        conf = measure(prober, [w_d, w_m], fresh, layout)
+        confirm = MixtureProber(cfg, model_uri, domains, pools, confirm_ref, opts.steps, opts.batch_size, opts.probe)
+        conf = measure(confirm, [w_d, w_m], fresh, layout)
         row = paired_gain(conf[0], conf[1])
         fell_back = not row["z"] > opts.margin
         report.update({"confirmation": {"seeds": fresh, "delta": {"tikmix_d": conf[0].tolist(),
                                                                    "tikmix_m": conf[1].tolist()},
                                         **row, "margin": opts.margin},
                        "tikmix_m": dict(zip(domains, w_m.tolist())), "fell_back": fell_back,
-                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on fresh shared seeds: gain "
+                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on held-out validation examples and fresh seeds: gain "
                                   f"{row['gain']:+.4f} nats ({row['z']:+.2f} paired standard errors, margin "
                                   f"{opts.margin})" + ("; returning TiKMiX-D" if fell_back else ""))})
     chosen = w_d if report["fell_back"] else w_m

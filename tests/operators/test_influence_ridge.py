@@ -71,3 +71,15 @@ def test_trained_influence_model_loader_reads_ridge_bytes(lm, tmp_path) -> None:
     model = fit_ridge_influence(X, X[:, -1], str(tmp_path), folds=2)
     back = TrainedInfluenceModel.from_bytes(model.to_bytes())
     np.testing.assert_allclose(back.predict(ids, mask), model.predict_features(X), atol=1e-6)
+
+
+def test_domain_offsets_alone_are_not_usable_for_selection_within_quotas() -> None:
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(5), 40)
+    X = np.column_stack([groups == g for g in range(5)] + [rng.normal(size=(200, 10))]).astype(float)
+    labels = groups * 1.0 + 0.1 * rng.normal(size=200)  # only the domain predicts the label
+    model = fit_ridge_influence(X, labels, "uri", groups=groups)
+    assert model.metrics["cv_spearman"] > 0.9  # across domains: easy
+    assert not model.usable and model.metrics["cv_spearman_within_group"] < 0.2
+    within = labels + 0.5 * X[:, 5]  # a within-domain signal in a feature
+    assert fit_ridge_influence(X, within, "uri", groups=groups).usable
