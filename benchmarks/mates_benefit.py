@@ -62,7 +62,8 @@ def main() -> None:
           f"-> usable={params['usable']}; selection: {mates.get('selection')}")
 
     plan = build_plan(cfg)
-    selected = {d: set(storage.read_text(e.uri, cfg.storage).split()) for d, e in manifest.selection.domains.items()}
+    selected = {d: set(storage.read_text(e.uri, cfg.storage).split())
+                for d, e in manifest.selection.domains.items()}
     weights = {d.name: d.weight for d in manifest.domains if d.weight > 0 and selected.get(d.name)}
     loaded = load_causal_lm(resolve_model_uri(cfg), device="cpu", dtype="float32", storage=cfg.storage,
                             cache_dir=cfg.model.cache_dir)
@@ -95,7 +96,8 @@ def main() -> None:
     std = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
     diff = b - a  # loss saved by MATES per seed
     print(f"test split, {args.steps} steps x {len(args.seeds)} seeds ({time.perf_counter() - t0:.0f}s):")
-    print(f"  MATES  ΔL {a.mean():+.4f} ± {a.std(ddof=1):.4f}\n  random ΔL {b.mean():+.4f} ± {b.std(ddof=1):.4f}")
+    print(f"  MATES  ΔL {a.mean():+.4f} ± {a.std(ddof=1):.4f}")
+    print(f"  random ΔL {b.mean():+.4f} ± {b.std(ddof=1):.4f}")
     print(f"  MATES saves {diff.mean():+.4f} nats = {diff.mean() / std:+.2f} seed std "
           f"(paired: {diff.mean() / (diff.std(ddof=1) / math.sqrt(diff.size)):+.2f} standard errors)")
     if args.json:

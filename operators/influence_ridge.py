@@ -87,7 +87,8 @@ class RidgeInfluenceModel:
     def __init__(self, coef: np.ndarray, intercept: float, mu: np.ndarray, sd: np.ndarray, alpha: float,
                  metrics: dict[str, Any], encoder_uri: str, encoder: nn.Module | None = None) -> None:
         self.coef, self.intercept, self.mu, self.sd = coef, float(intercept), mu, sd
-        self.alpha, self.metrics, self.encoder_uri, self.encoder = float(alpha), dict(metrics), encoder_uri, encoder
+        self.alpha, self.metrics = float(alpha), dict(metrics)
+        self.encoder_uri, self.encoder = encoder_uri, encoder
 
     @property
     def usable(self) -> bool:

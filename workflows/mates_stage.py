@@ -191,6 +191,7 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
     position = {i: k for k, i in enumerate(ids)}
     mean_selected = {d: float(np.mean(scores[[position[i] for i in picked]])) for d, picked in chosen.items() if picked}
     report = {"quotas": quotas, "usable": usable,
-              "selection": "influence model" if usable else "random within quotas (influence model not usable)", "pool_size": len(ids), "mean_score_selected": mean_selected,
+              "selection": "influence model" if usable else "random within quotas (influence model not usable)",
+              "pool_size": len(ids), "mean_score_selected": mean_selected,
               "mean_score_pool": float(scores.mean()) if len(scores) else None}
     return Selection(method="mates", domains=selected, params=params), report

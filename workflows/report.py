@@ -97,13 +97,13 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
                                  domains)
     m = report.get("solvers", {}).get("tikmix_m")
     if m and "fell_back" in m:
-        reg, noise = m.get("regressor", {}), m.get("label_noise", {})
+        reg, noise, nan = m.get("regressor", {}), m.get("label_noise", {}), float("nan")
         lines += ["", "## TiKMiX-M (local search around TiKMiX-D)", "",
                   f"- {len(m['labels'])} candidates × {len(m['seeds'])} seeds × {m['steps']} steps on the "
-                  f"{m['split']} split; label std {noise.get('label_std', float('nan')):.4f}, label noise "
-                  f"{noise.get('label_noise_std', float('nan')):.4f} (seed std {noise.get('seed_std', float('nan')):.4f})",
-                  f"- regression leave-one-out RMSE {reg.get('cv_rmse', float('nan')):.4f} vs label std "
-                  f"{reg.get('label_std', float('nan')):.4f} (R² {reg.get('cv_r2', float('nan')):.3f})",
+                  f"{m['split']} split; label std {noise.get('label_std', nan):.4f}, label noise "
+                  f"{noise.get('label_noise_std', nan):.4f} (seed std {noise.get('seed_std', nan):.4f})",
+                  f"- regression leave-one-out RMSE {reg.get('cv_rmse', nan):.4f} vs label std "
+                  f"{reg.get('label_std', nan):.4f} (R² {reg.get('cv_r2', nan):.3f})",
                   f"- {'fell back to TiKMiX-D' if m['fell_back'] else 'published its search result'}: {m['reason']}"]
     mates = report.get("mates")
     if mates:

@@ -4,7 +4,8 @@
    samples of the box [0.5·w_D, 2·w_D] ∩ bounds (operators/mixture_search.py), plus w_D itself.
 2. Labels = −ΔL of short training probes from the checkpoint, scored on the VALIDATION split of the
    targets (never the influence split), ``seeds`` seeds shared by all candidates; budget-scaled pools as
-   in the validation stage. The label noise is measured (operators/mixture_search.label_noise).
+   in the validation stage, drawn afresh for every seed (which examples a probe sees is part of the
+   noise). The label noise is measured (operators/mixture_search.label_noise).
 3. Ridge regression on quadratic mixture features + the influence term; held-out (leave-one-out) error
    against the label spread, bootstrap refits for a prediction std. No held-out skill → fall back to w_D.
 4. Algorithm 1 (annealed Dirichlet search) inside the box the candidates covered, maximising the lower
@@ -46,9 +47,13 @@ log = logging.getLogger(__name__)
 
 
 class MixtureProber:
-    """Picklable probe job: load the checkpoint once per task, return ΔL for (weights, seed) items."""
+    """Picklable probe job: load the checkpoint once per task, return ΔL for (weights, seed) items.
 
-    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict, ref,
+    ``pools`` maps a seed to its per-domain pools: every seed trains on its own draw of examples, so
+    the measured noise includes which examples a short probe happens to see, not only batch order.
+    """
+
+    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict[int, dict], ref,
                  steps: int, batch_size: int, probe: ProbeSpec) -> None:
         self.cfg_data = cfg.model_dump(mode="json")
         self.model_uri, self.domains, self.pools, self.ref = model_uri, domains, pools, ref
@@ -61,14 +66,15 @@ class MixtureProber:
         adam = checkpoint_adam_state(loaded)
         out = []
         for weights, seed in items:
-            w = {d: float(x) for d, x in zip(self.domains, weights) if x > 0 and d in self.pools}
-            out.append(float(probe_mixture(loaded.model, self.pools, w, self.steps, self.batch_size,
+            pools = self.pools[seed]
+            w = {d: float(x) for d, x in zip(self.domains, weights) if x > 0 and d in pools}
+            out.append(float(probe_mixture(loaded.model, pools, w, self.steps, self.batch_size,
                                            self.ref[0], self.ref[1], self.probe, seed, optimizer_state=adam)))
         return out
 
 
-def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer, opts) -> dict:
-    pools = domain_pools(cfg, plan, tokenizer, per_domain=opts.max_pool, seed=opts.seed, domains=problem.domains)
+def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer, opts, seed: int) -> dict:
+    pools = domain_pools(cfg, plan, tokenizer, per_domain=opts.max_pool, seed=seed, domains=problem.domains)
     if not opts.budget_scaled_pools:
         return pools
     sizes = budget_pool_sizes(problem.budget.tokens_available, problem.budget.tokens_next_stage,
@@ -111,13 +117,14 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
     box_lo, box_hi = perturbation_box(w_d, problem.lower, problem.upper, opts.scale_low, opts.scale_high)
     W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed)])
     tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
-    pools = _pools(cfg, plan, problem, tokenizer, opts)
     ref = reference_set(cfg, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
     # cross-fitting: the search sees one half of the validation examples, the confirmation the other half,
     # so a mixture that only fits the particular examples it was chosen on does not pass
     search_ref, confirm_ref = (ref[0][0::2], ref[1][0::2]), (ref[0][1::2], ref[1][1::2])
-    prober = MixtureProber(cfg, model_uri, domains, pools, search_ref, opts.steps, opts.batch_size, opts.probe)
     seeds = [opts.seed + i for i in range(opts.seeds)]
+    fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
+    pools = {s: _pools(cfg, plan, problem, tokenizer, opts, s) for s in seeds + fresh}
+    prober = MixtureProber(cfg, model_uri, domains, pools, search_ref, opts.steps, opts.batch_size, opts.probe)
     delta = measure(prober, list(W), seeds, layout)
     y = -delta.mean(axis=1)  # quality: how much the validation loss dropped
     noise = label_noise(delta)
@@ -128,7 +135,8 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
                     "box": {"lower": box_lo.tolist(), "upper": box_hi.tolist()},
                     "candidates": W.tolist(), "labels": y.tolist(), "label_deltas": delta.tolist(),
                     "seeds": seeds, "steps": opts.steps, "batch_size": opts.batch_size,
-                    "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()}, "split": "validation",
+                    "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools[seeds[0]].items()},
+                    "split": "validation",
                     "reference_examples": {"search": int(search_ref[0].shape[0]),
                                            "confirm": int(confirm_ref[0].shape[0])},
                     "label_noise": noise, **fit}
@@ -138,8 +146,8 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
             f"{opts.min_cv_r2}; LOO RMSE {reg.cv_rmse:.4f} vs label std {noise['label_std']:.4f}, label noise "
             f"{noise['label_noise_std']:.4f}): the probes cannot rank mixtures this close; returning TiKMiX-D")})
     else:
-        fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
-        confirm = MixtureProber(cfg, model_uri, domains, pools, confirm_ref, opts.steps, opts.batch_size, opts.probe)
+        confirm = MixtureProber(cfg, model_uri, domains, pools, confirm_ref, opts.steps, opts.batch_size,
+                                opts.probe)
         conf = measure(confirm, [w_d, w_m], fresh, layout)
         row = paired_gain(conf[0], conf[1])
         fell_back = not row["z"] > opts.margin
@@ -147,7 +155,8 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
                                                                    "tikmix_m": conf[1].tolist()},
                                         **row, "margin": opts.margin},
                        "tikmix_m": dict(zip(domains, w_m.tolist())), "fell_back": fell_back,
-                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on held-out validation examples and fresh seeds: gain "
+                       "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on held-out validation "
+                                  f"examples and fresh seeds and pools: gain "
                                   f"{row['gain']:+.4f} nats ({row['z']:+.2f} paired standard errors, margin "
                                   f"{opts.margin})" + ("; returning TiKMiX-D" if fell_back else ""))})
     chosen = w_d if report["fell_back"] else w_m

@@ -23,7 +23,8 @@ def setup(ray_cluster, model_cache, tmp_path_factory):
 
     cfg = fast_config(str(tmp_path_factory.mktemp("tikmix_m")), model_cache)
     plan = build_plan(cfg)
-    domains = sorted({d for t in plan.corpus_tasks() for d in read_task_rows(cfg, t).column("domain").to_pylist()})
+    domains = sorted({d for t in plan.corpus_tasks()
+                      for d in read_task_rows(cfg, t).column("domain").to_pylist()})
     problem = build_problem(cfg, domains, {d: 20_000 for d in domains}, previous=None)
     gi = np.linspace(1.0, -1.0, len(domains))[:, None] * np.ones((1, len(cfg.targets)))
     problem = problem.with_gi(gi)
