@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators import storage
+from operators.influence import combine_targets, normalize_per_target
 from operators.mixture import objective
 from workflows.aggregate import InfluenceResult, aggregate_influence, domain_order
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
@@ -91,7 +92,9 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         order, tokens = domain_order(cfg, plan)
         problem = build_problem(cfg, order, tokens, previous)
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
-        infl = aggregate_influence(cfg, plan, order, layout, extra=problem.solve)
+        t_weights = [t.weight for t in cfg.targets]
+        infl = aggregate_influence(cfg, plan, order, layout, extra=lambda gi: problem.solve(
+            combine_targets(normalize_per_target(gi, cfg.influence.normalize), t_weights)))
         weights = problem.solve(infl.scores)
         solver = _solver_info(problem, infl.scores, weights, "tikmix_d")
         report: dict = {"tikmix_d": dict(zip(order, weights.tolist()))}
