@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cluster.parallel import map_shards
-from cluster.runtime import WorkerLayout
+from cluster.runtime import layout_or_local
 from operators import datastore, storage
 from operators.errors import ConfigError
 from operators.influence import (
@@ -59,17 +59,7 @@ class InfluenceResult:
     scores_uri: str = ""
 
 
-def _layout(cfg: RunConfig) -> WorkerLayout:
-    import ray
-
-    if not ray.is_initialized():
-        return WorkerLayout(1, 0.0, 1.0)
-    from cluster.runtime import worker_layout
-
-    return worker_layout(cfg.cluster)
-
-
-def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers: WorkerLayout):
+def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
     """Fold pass-1 statistics → (preconditioner, target sums, target tokens, target counts)."""
     kind = cfg.influence.preconditioner
     names = [t.name for t in cfg.targets]
@@ -140,7 +130,7 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
     targets = [t.name for t in cfg.targets]
     weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
     spec = cfg.influence
-    workers = _layout(cfg)
+    workers = layout_or_local(cfg.cluster)
     pre, t_sums, t_tokens, t_counts = _pass1(cfg, plan, kfac_layout, workers)
     directions = pre.solve(token_weighted_means(t_sums, t_tokens, targets), relative_damping=spec.relative_damping)
     job = ScoreJob(plan.root, cfg.storage, tuple(order), np.asarray(directions, dtype=np.float64),
