@@ -2,7 +2,7 @@
 
 1. moments: per shard and domain, count, Σs, Σs², min, max → per-domain mean/std, availability, quotas;
 2. histogram: per shard, perturbed keys ``−z/τ + G`` (G seeded by (seed, domain, shard)) binned on a
-   per-domain range → the bin holding each domain's quota-th key (operators/selection.threshold_bin);
+   per-domain range (2^16 bins, returned sparse) → the bin holding each domain's quota-th key (operators/selection.threshold_bin);
 3. emit: per shard, ids with keys above that bin go to ``<root>/mates/selected/<key>/<shard>/<domain>.txt``
    and the rows inside the bin come back (few); the driver picks the remainder by (key, id) and streams
    the per-shard files into ``selection/<domain>.txt``.
@@ -85,7 +85,11 @@ class KeyJob:
 
     def __call__(self, shard_id: str) -> dict:
         if self.threshold is None:
-            return {d: np.bincount(b, minlength=KEY_BINS) for d, _, _, b, _, _ in self._keys(shard_id)}
+            out = {}
+            for d, _, _, b, _, _ in self._keys(shard_id):  # sparse: at most one entry per row
+                idx, n = np.unique(b, return_counts=True)
+                out[d] = (idx.astype(np.int32), n.astype(np.int64))
+            return out
         out: dict = {}
         for d, idx, keys, bins, ids, scores in self._keys(shard_id):
             t = self.threshold[d]
@@ -141,8 +145,8 @@ def select_distributed(root: str, shard_ids: list[str], weights: dict[str, float
     job = KeyJob(root, spec, params, temperature, seed)
     hists = {d: np.zeros(KEY_BINS, dtype=np.int64) for d in params}
     for part in map_shards(job, shard_ids, workers, retries):
-        for d, h in part.items():
-            hists[d] += h
+        for d, (idx, n) in part.items():
+            hists[d][idx] += n
     cut = {d: threshold_bin(hists[d], quotas[d]) for d in params}
     tag = hashlib.sha256(json.dumps([params, temperature, seed, cut], sort_keys=True).encode()).hexdigest()[:16]
     prefix = storage.join(root, "mates", "selected", tag)
