@@ -66,3 +66,10 @@ def worker_layout(spec: ClusterSpec) -> WorkerLayout:
     n = spec.num_workers or max(1, min(2, int(cpus)))
     cpus_per = min(spec.cpus_per_worker, cpus / n)
     return WorkerLayout(n, 0.0, cpus_per)
+
+
+def layout_or_local(spec: ClusterSpec) -> WorkerLayout:
+    """:func:`worker_layout` when Ray is running, else one in-process CPU worker."""
+    if not ray.is_initialized():
+        return WorkerLayout(1, 0.0, 1.0)
+    return worker_layout(spec)

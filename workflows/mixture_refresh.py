@@ -104,7 +104,7 @@ def _problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
 def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
     """Run (or resume) one mixture refresh end to end and publish its manifest."""
     from cluster.metrics import DriverMetrics
-    from cluster.runtime import init_ray, worker_layout
+    from cluster.runtime import init_ray, layout_or_local
 
     t0 = time.monotonic()
     plan, model_uri = prepare_run(cfg)
@@ -123,7 +123,7 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
         infl = aggregate_influence(cfg, plan, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))
         problem = template.with_gi(infl.gi)
-        ctx = SolveContext(cfg=cfg, plan=plan, model_uri=model_uri, layout=worker_layout(cfg.cluster))
+        ctx = SolveContext(cfg=cfg, plan=plan, model_uri=model_uri, layout=layout_or_local(cfg.cluster))
         solved, baselines = _solve_all(cfg, problem, ctx)
         t_solve = time.monotonic()
         primary = cfg.mixture.solver

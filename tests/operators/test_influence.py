@@ -7,15 +7,21 @@ from scipy.stats import spearmanr
 import operators.influence as inf
 from operators.errors import ConfigError
 from operators.influence import (
+    BootstrapSums,
     DomainSums,
     bootstrap_influence,
+    bootstrap_intervals,
     combine_targets,
     group_influence,
     normalize_per_target,
     per_example_scores,
     spearman,
     summarize_influence,
+    poisson_weights,
+    shard_seed,
     target_means,
+    target_token_sums,
+    token_weighted_means,
 )
 
 DOMAINS = ["web", "code", "books"]
@@ -91,17 +97,32 @@ def test_zscore_per_target_removes_scale_and_handles_constant_columns() -> None:
     gi = rng.normal(size=(5, 3))
     gi[:, 1] *= 1e6  # a target with a huge gradient norm must not dominate after normalisation
     gi[:, 2] = 0.1  # constant column
-    z = normalize_per_target(gi)
+    z = normalize_per_target(gi, "zscore")
     np.testing.assert_allclose(z[:, :2].mean(0), 0, atol=1e-12)
     np.testing.assert_allclose(z[:, :2].std(0), 1, atol=1e-12)
     assert np.all(z[:, 2] == 0) and np.all(np.isfinite(z))
     affine = gi * np.array([3.0, 0.5, 1.0]) + np.array([10.0, -2.0, 0.0])
-    np.testing.assert_allclose(normalize_per_target(affine), z, atol=1e-9)
+    np.testing.assert_allclose(normalize_per_target(affine, "zscore"), z, atol=1e-9)
     raw = normalize_per_target(gi, "none")
     np.testing.assert_array_equal(raw, gi)
     assert raw is not gi
     with pytest.raises(ConfigError, match="normalize"):
         normalize_per_target(gi, "rank")  # type: ignore[arg-type]
+
+
+def test_loss_normalisation_keeps_each_targets_nats_scale() -> None:
+    """`loss` divides every target by ONE shared scale: a hard target (larger influence in nats) keeps
+    its larger say in the combined score, which z-scoring would erase."""
+    easy = np.array([0.01, 0.00, 0.00])  # low-loss target: small effects, prefers domain 0
+    hard = np.array([0.05, 0.10, 0.00])  # high-loss target: 10x larger effects, prefers domain 1
+    gi = np.stack([easy, hard], axis=1)
+    loss = normalize_per_target(gi, "loss")
+    c = gi[1, 1] / loss[1, 1]
+    assert c > 0
+    np.testing.assert_allclose(loss * c, gi, atol=1e-15)  # one positive scale for every entry
+    assert np.argmax(combine_targets(loss, [1.0, 1.0])) == 1  # what the summed nats prefer
+    assert np.argmax(combine_targets(normalize_per_target(gi, "zscore"), [1.0, 1.0])) == 0  # targets equal
+    np.testing.assert_allclose(normalize_per_target(gi, "max").max(axis=0), 1.0)
 
 
 def test_combine_targets_normalises_weights() -> None:
@@ -139,13 +160,16 @@ def test_bootstrap_is_stratified_deterministic_and_maps_extra() -> None:
     np.testing.assert_allclose(a["gi_low"][2], 0.25)
     np.testing.assert_allclose(a["gi_high"][2], 0.25)
 
-    def softmax(s: np.ndarray) -> np.ndarray:
+    def softmax(gi: np.ndarray) -> np.ndarray:  # extra gets a replicate's raw GI (K, V)
+        s = combine_targets(normalize_per_target(gi), [1, 1, 1])
         e = np.exp(s - s.max())
         return e / e.sum()
 
-    c = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=100, seed=3, extra=softmax)
-    gi_norm = normalize_per_target(group_influence(scores, labels, DOMAINS))
-    point = softmax(combine_targets(gi_norm, [1, 1, 1]))
+    def mixture(gi: np.ndarray) -> np.ndarray:  # `extra` receives a replicate's raw GI (K, V)
+        return softmax(combine_targets(normalize_per_target(gi), [1, 1, 1]))
+
+    c = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=100, seed=3, extra=mixture)
+    point = mixture(group_influence(scores, labels, DOMAINS))
     assert c["extra_low"].shape == (3,)
     assert np.all(c["extra_low"] <= point + 1e-12) and np.all(point <= c["extra_high"] + 1e-12)
 
@@ -184,3 +208,43 @@ def test_spearman_matches_scipy_with_ties() -> None:
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ConfigError):
         spearman([1, 2], [1, 2, 3])
+
+
+def test_token_weighted_target_sums_for_mean_and_sum_reductions() -> None:
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    n_tok = np.array([1, 3, 4])
+    names = np.array(["a", "a", "b"])
+    sums, tokens, counts = target_token_sums(feats, n_tok, names, ["a", "b"], "mean")
+    np.testing.assert_allclose(token_weighted_means(sums, tokens, ["a", "b"]), [[0.25, 0.75], [2.0, 2.0]])
+    np.testing.assert_array_equal(counts, [2, 1])
+    sums, tokens, _ = target_token_sums(feats, n_tok, names, ["a", "b"], "sum")
+    np.testing.assert_allclose(token_weighted_means(sums, tokens, ["a", "b"]), [[0.25, 0.25], [0.5, 0.5]])
+    with pytest.raises(ConfigError, match="target sets with no examples: \\['c'\\]"):
+        token_weighted_means(np.zeros((3, 2)), np.array([1.0, 1.0, 0.0]), ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="loss_reduction"):
+        target_token_sums(feats, n_tok, names, ["a", "b"], "max")  # type: ignore[arg-type]
+
+
+def test_poisson_weights_are_batch_invariant_with_unit_moments() -> None:
+    whole = poisson_weights(shard_seed(3, "shard-a"), 5000, 37)
+    rng = shard_seed(3, "shard-a")
+    split = np.concatenate([poisson_weights(rng, n, 37) for n in (1, 999, 4000)])
+    np.testing.assert_array_equal(whole, split)
+    assert abs(whole.mean() - 1) < 0.01 and abs(whole.var() - 1) < 0.02
+    assert not np.array_equal(whole, poisson_weights(shard_seed(3, "shard-b"), 5000, 37))
+
+
+def test_poisson_bootstrap_sums_merge_across_shards_and_cover() -> None:
+    scores, labels = _toy((400, 300, 200), seed=11)
+    codes = np.array([DOMAINS.index(x) for x in labels])
+    parts = []
+    for i, idx in enumerate(np.array_split(np.arange(len(codes)), 3)):
+        w = poisson_weights(shard_seed(0, f"s{i}"), idx.size, 300)
+        parts.append(BootstrapSums(300, 3, 3).update(scores[idx], codes[idx], w))
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    gi = group_influence(scores, labels, DOMAINS)
+    ci = bootstrap_intervals(merged.gi(gi), [1, 1, 1], confidence=0.9, normalize="none")
+    assert np.all(ci["gi_low"] <= gi) and np.all(gi <= ci["gi_high"])
+    # the Poisson CI width matches the normal approximation 2·1.645·σ/√n within 20%
+    sd = np.stack([scores[labels == d].std(0) / np.sqrt((labels == d).sum()) for d in DOMAINS])
+    np.testing.assert_allclose(ci["gi_high"] - ci["gi_low"], 2 * 1.645 * sd, rtol=0.2)

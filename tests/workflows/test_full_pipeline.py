@@ -28,6 +28,7 @@ def test_kfac_influence_and_tikmix_m_choice(full_run):
     manifest = parse_manifest(storage.read_bytes(result.manifest_uri))
     assert manifest.influence.preconditioner == "kfac"
     assert manifest.solver["name"] == "tikmix_m"
+    assert result.report["published"] in result.report["validation"]["candidates"]
     report = result.report["solvers"]["tikmix_m"]
     assert len(report["labels"]) == 8 + 1  # Latin Hypercube candidates + TiKMiX-D's answer
     assert report["split"] == "validation" and report["label_noise"]["seed_std"] > 0
@@ -35,6 +36,10 @@ def test_kfac_influence_and_tikmix_m_choice(full_run):
     # TiKMiX-M returns its searched mixture only when it measured better, else TiKMiX-D's answer
     expected = report["tikmix_m"] if not report["fell_back"] else report["tikmix_d"]
     assert report["weights"] == pytest.approx(expected) and report["reason"]
+    # it is one of the validated candidates
+    validated = result.report["validation"]["candidates"]
+    assert validated[result.report["validation"]["aliases"].get("tikmix_m", "tikmix_m")]["weights"] == \
+        pytest.approx(report["weights"], abs=1e-6)
     assert all(0.02 - 1e-9 <= w <= 0.6 + 1e-9 for w in result.weights.values())
 
 
