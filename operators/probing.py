@@ -30,6 +30,7 @@ __all__ = [
     "ProbeSpec",
     "causal_lm_loss",
     "reference_loss",
+    "reference_token_sums",
     "OneStepProber",
     "probe_mixture",
 ]
@@ -133,6 +134,20 @@ def reference_loss(
     if count == 0:
         raise CorpusError("reference set has no valid target tokens (attention_mask[:, 1:] all 0)")
     return total / count
+
+
+def reference_token_sums(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, batch_size: int
+) -> np.ndarray:
+    """(n,) summed next-token loss of each reference example (eval mode, no grad), float64."""
+    _check_batch(input_ids, attention_mask, "reference set")
+    out = []
+    with _eval_mode(model), torch.no_grad():
+        for start in range(0, input_ids.shape[0], batch_size):
+            ids = input_ids[start : start + batch_size]
+            mask = attention_mask[start : start + batch_size]
+            out.append(causal_lm_loss(model, ids, mask, "sum_tokens").double().cpu().numpy())
+    return np.concatenate(out)
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -295,8 +310,12 @@ def probe_mixture(
     spec: ProbeSpec,
     seed: int,
     optimizer_state: dict | None = None,
-) -> float:
+    per_example: bool = False,
+) -> float | np.ndarray:
     """Train a copy of ``model`` for ``steps`` mixture batches; return L_ref(after) − L_ref(before).
+
+    ``per_example``: return instead the (n,) change of each reference example's summed token loss
+    (their sum over the reference's token count is the scalar ΔL), for resampling the reference set.
 
     Each batch draws per-domain counts ~ Multinomial(batch_size, weights) from
     ``np.random.default_rng(seed)``; within a domain, examples are taken without replacement
@@ -307,7 +326,8 @@ def probe_mixture(
     _check_batch(reference_ids, reference_mask, "reference set")
     names, probs = _normalised_weights(domain_pools, weights)
     rng = np.random.default_rng(seed)
-    before = reference_loss(model, reference_ids, reference_mask, spec.reference_batch_size)
+    ref_loss = reference_token_sums if per_example else reference_loss
+    before = ref_loss(model, reference_ids, reference_mask, spec.reference_batch_size)
     work = copy.deepcopy(model)
     params = _trainable(work)
     opt = _make_optimizer(params, spec, optimizer_state)
@@ -327,5 +347,5 @@ def probe_mixture(
                 rows.append((ids[i : i + 1], mask[i : i + 1]))
         batch_ids, batch_mask = _pad_cat(rows)
         _train_step(work, opt, params, batch_ids, batch_mask, spec.grad_clip)
-    after = reference_loss(work, reference_ids, reference_mask, spec.reference_batch_size)
+    after = ref_loss(work, reference_ids, reference_mask, spec.reference_batch_size)
     return after - before

@@ -11,9 +11,10 @@
 4. Algorithm 1 (annealed Dirichlet search) inside the box the candidates covered, maximising the lower
    confidence bound mean − κ·std, so the answer never leaves the sampled region.
 5. Confirmation: w_M and w_D are re-measured with fresh seeds (shared by both) on the OTHER half of the
-   validation examples (steps 2–4 only see one half: cross-fitting, so fitting the particular examples does
-   not pass); w_M is returned only when it beats w_D by ``margin`` paired standard errors, else w_D with
-   ``fell_back: true`` and the reason.
+   validation examples (steps 2–4 only see one half: cross-fitting); the standard error resamples both the
+   seeds and the validation examples (which ~50 target examples a split holds moves mixtures this close
+   by more than seed noise does). w_M is returned only when it beats w_D by ``margin`` such standard
+   errors, else w_D with ``fell_back: true`` and the reason.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from operators.mixture_search import (
     covered_box,
     label_noise,
     latin_hypercube_mixtures,
-    paired_gain,
+    paired_gain_examples,
     perturbation_box,
 )
 from operators.mixture_validation import budget_pool_sizes
@@ -54,12 +55,12 @@ class MixtureProber:
     """
 
     def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict[int, dict], ref,
-                 steps: int, batch_size: int, probe: ProbeSpec) -> None:
+                 steps: int, batch_size: int, probe: ProbeSpec, per_example: bool = False) -> None:
         self.cfg_data = cfg.model_dump(mode="json")
         self.model_uri, self.domains, self.pools, self.ref = model_uri, domains, pools, ref
-        self.steps, self.batch_size, self.probe = steps, batch_size, probe
+        self.steps, self.batch_size, self.probe, self.per_example = steps, batch_size, probe, per_example
 
-    def __call__(self, items: list[tuple[list[float], int]], device: str) -> list[float]:
+    def __call__(self, items: list[tuple[list[float], int]], device: str) -> list:
         cfg = RunConfig.model_validate(self.cfg_data)
         loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
                                 cache_dir=cfg.model.cache_dir)
@@ -68,8 +69,9 @@ class MixtureProber:
         for weights, seed in items:
             pools = self.pools[seed]
             w = {d: float(x) for d, x in zip(self.domains, weights) if x > 0 and d in pools}
-            out.append(float(probe_mixture(loaded.model, pools, w, self.steps, self.batch_size,
-                                           self.ref[0], self.ref[1], self.probe, seed, optimizer_state=adam)))
+            delta = probe_mixture(loaded.model, pools, w, self.steps, self.batch_size, self.ref[0], self.ref[1],
+                                  self.probe, seed, optimizer_state=adam, per_example=self.per_example)
+            out.append(delta if self.per_example else float(delta))
         return out
 
 
@@ -83,9 +85,10 @@ def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer, opts,
 
 
 def measure(prober, mixtures: list[np.ndarray], seeds: list[int], layout) -> np.ndarray:
-    """(n_mixtures, n_seeds) ΔL, one Ray task per worker slot."""
+    """(n_mixtures, n_seeds[, n_examples]) ΔL, one Ray task per worker slot."""
     items = [(np.asarray(w).tolist(), s) for w in mixtures for s in seeds]
-    return np.array(parallel_map(prober, items, layout)).reshape(len(mixtures), len(seeds))
+    out = np.array(parallel_map(prober, items, layout))
+    return out.reshape(len(mixtures), len(seeds), *out.shape[1:])
 
 
 def search_mixture(W: np.ndarray, y: np.ndarray, scores: np.ndarray, domains: list[str], start: np.ndarray,
@@ -147,18 +150,21 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
             f"{noise['label_noise_std']:.4f}): the probes cannot rank mixtures this close; returning TiKMiX-D")})
     else:
         confirm = MixtureProber(cfg, model_uri, domains, pools, confirm_ref, opts.steps, opts.batch_size,
-                                opts.probe)
-        conf = measure(confirm, [w_d, w_m], fresh, layout)
-        row = paired_gain(conf[0], conf[1])
+                                opts.probe, per_example=True)
+        conf = measure(confirm, [w_d, w_m], fresh, layout)  # (2, seeds, examples) summed-token ΔL
+        tokens = confirm_ref[1][:, 1:].sum(dim=1).double().numpy()
+        row = paired_gain_examples(conf[0], conf[1], tokens, seed=opts.seed)
         fell_back = not row["z"] > opts.margin
-        report.update({"confirmation": {"seeds": fresh, "delta": {"tikmix_d": conf[0].tolist(),
-                                                                   "tikmix_m": conf[1].tolist()},
+        per_seed = conf.sum(axis=2) / tokens.sum()
+        report.update({"confirmation": {"seeds": fresh, "delta": {"tikmix_d": per_seed[0].tolist(),
+                                                                   "tikmix_m": per_seed[1].tolist()},
                                         **row, "margin": opts.margin},
                        "tikmix_m": dict(zip(domains, w_m.tolist())), "fell_back": fell_back,
                        "reason": (f"w_M {'did not beat' if fell_back else 'beat'} w_D on held-out validation "
-                                  f"examples and fresh seeds and pools: gain "
-                                  f"{row['gain']:+.4f} nats ({row['z']:+.2f} paired standard errors, margin "
-                                  f"{opts.margin})" + ("; returning TiKMiX-D" if fell_back else ""))})
+                                  f"examples and fresh seeds and pools: gain {row['gain']:+.4f} nats "
+                                  f"({row['z']:+.2f} standard errors over seeds and validation examples, "
+                                  f"{row['se_seeds']:.4f} nats over seeds alone; margin {opts.margin})"
+                                  + ("; returning TiKMiX-D" if fell_back else ""))})
     chosen = w_d if report["fell_back"] else w_m
     report["wall_s"] = round(time.monotonic() - t0, 2)
     log.info("TiKMiX-M: %s", report["reason"])

@@ -11,6 +11,7 @@ from operators.mixture_search import (
     label_noise,
     latin_hypercube_mixtures,
     paired_gain,
+    paired_gain_examples,
     perturbation_box,
 )
 
@@ -80,3 +81,17 @@ def test_paired_gain_sign_and_z() -> None:
     row = paired_gain(ref, ref - 0.01 + np.array([0.001, -0.001, 0.0, 0.0005]))
     assert row["gain"] == pytest.approx(0.01 - 0.000125) and row["z"] > 10
     assert paired_gain(ref, ref)["z"] == 0.0
+
+
+def test_example_bootstrap_widens_the_error_when_examples_disagree() -> None:
+    rng = np.random.default_rng(6)
+    tokens = np.full(40, 100.0)
+    # the candidate helps half of the examples and hurts the other half; seeds barely matter
+    per_example = np.where(np.arange(40) < 20, 3.0, -2.0)
+    ref = rng.normal(0, 0.01, (4, 40))
+    cand = ref - per_example + rng.normal(0, 0.01, (4, 40))
+    row = paired_gain_examples(ref, cand, tokens, n_boot=500, seed=0)
+    assert row["gain"] == pytest.approx(0.005, abs=1e-3)
+    assert row["se"] > 5 * row["se_seeds"] and row["z"] < 2  # not significant once examples are resampled
+    consistent = paired_gain_examples(ref, ref - 0.5 + rng.normal(0, 0.01, (4, 40)), tokens, n_boot=500)
+    assert consistent["z"] > 10

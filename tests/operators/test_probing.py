@@ -180,6 +180,9 @@ def test_probe_mixture_deterministic_and_does_not_mutate() -> None:
     assert a == b
     assert a != c  # a different seed draws different batches
     assert state_equal(model.state_dict(), before)
+    # per example: summed-token changes whose total over the reference's tokens is the scalar ΔL
+    per = probe_mixture(model, pools, mix, seed=7, per_example=True, **kw)
+    assert per.shape == (8,) and per.sum() / float(ref[1][:, 1:].sum()) == pytest.approx(a, abs=1e-6)
 
 
 def test_probe_mixture_matching_domain_beats_noise_domain() -> None:
