@@ -184,11 +184,17 @@ def summarize(report: dict) -> str:
               "| arm | vs | diff (nats) | diff / seed std | paired diff std |", "| --- | --- | ---: | ---: | ---: |"]
     for name in final:
         for base in ("uniform", "first"):
-            if name == base or base not in final:
+            if name == base or name == "uniform" or base not in final:
                 continue
             d = final[name] - final[base]
             paired = d.std(ddof=1) if n_seeds > 1 else float("nan")
             lines.append(f"| {name} | {base} | {d.mean():+.4f} | {d.mean() / pooled:+.2f} | {paired:.4f} |")
+    for name, a in arms.items():
+        done = [r for seed_runs in a["refreshes"] for r in seed_runs]
+        if done:
+            moved = sum(1 for r in done if r["improvement_found"])
+            lines.append(f"{name}: {moved} of {len(done)} stage refreshes published a new mixture "
+                         f"(the others kept the previous one: validation found no improvement)")
     lines += ["", "mixtures per stage (seed 0):"]
     for name, a in arms.items():
         for s, w in enumerate(a["mixtures"][0]):
