@@ -78,6 +78,10 @@ class ModelSpec(_Spec):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinyLMSpec = TinyLMSpec()
     cache_dir: Location | None = None
+    average_checkpoints: int = Field(default=1, ge=1, description=(
+        "with checkpoint_root: featurize the last N checkpoints and use their AVERAGE group influence "
+        "(LESS/TracIn style; each checkpoint under runs/<run_id>/ckpt-<step>/, the chosen ones pinned "
+        "in checkpoints.json); 1: only the latest"))
 
 
 class FeaturizeSpec(_Spec):

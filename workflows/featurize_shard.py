@@ -63,11 +63,11 @@ def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamS
 class ShardFeaturizer:
     """Holds the model and projector for one worker; featurizes shards on request."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str, device: str, worker: str) -> None:
+    def __init__(self, cfg: RunConfig, model_uri: str, device: str, worker: str, root: str | None = None) -> None:
         self.cfg = cfg
         self.device = device
         self.worker = worker
-        self.root = run_root(cfg)
+        self.root = root or run_root(cfg)  # the plan's root (a checkpoint's sub-root when averaging)
         self.max_rows: int | None = None  # learned after a CUDA out-of-memory error
         self.loaded = load_causal_lm(model_uri, device=device, dtype=cfg.model.dtype,
                                      storage=cfg.storage, cache_dir=cfg.model.cache_dir)

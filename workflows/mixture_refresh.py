@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators import datastore, storage
-from workflows.aggregate import InfluenceResult, aggregate_influence, domain_order
+from workflows.aggregate import InfluenceResult, domain_order
 from workflows.baselines import BASELINES
+from workflows.checkpoint_average import average_influence, featurize_all, plan_checkpoints
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.featurize_stage import run_featurize
 from workflows.mixture_stage import build_problem, load_previous, tokens_available
@@ -114,14 +115,15 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
     started_ray = init_ray(cfg.cluster)
     try:
         metrics = DriverMetrics(plan.run_id)
-        featurizer = run_featurize(cfg, plan, model_uri, metrics)
+        ckpts = plan_checkpoints(cfg, plan, model_uri)  # [model_uri] at the run root unless averaging
+        featurizer = featurize_all(ckpts, lambda p, uri: run_featurize(cfg, p, uri, metrics))
         t_feat = time.monotonic()
         previous_uri, previous = load_previous(cfg)
-        order, _ = domain_order(cfg, plan)
-        available = tokens_available(cfg, datastore.list_completions(plan.root, cfg.storage))
+        order, _ = domain_order(cfg, ckpts.newest)
+        available = tokens_available(cfg, datastore.list_completions(ckpts.newest.root, cfg.storage))
         template = build_problem(cfg, order, available, previous, model_uri)
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
-        infl = aggregate_influence(cfg, plan, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))
+        infl = average_influence(cfg, ckpts, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))
         problem = template.with_gi(infl.gi)
         ctx = SolveContext(cfg=cfg, plan=plan, model_uri=model_uri, layout=layout_or_local(cfg.cluster))
         solved, baselines = _solve_all(cfg, problem, ctx)
@@ -146,6 +148,7 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
             selection, report["mates"] = run_mates(cfg, plan, model_uri, dict(zip(order, weights.tolist())),
                                                    manifest_dir(cfg))
         report["problem"] = _problem_report(problem, weights)
+        report["checkpoints"] = ckpts.describe()
         solver_info = {"name": primary, "published": source, "beta": cfg.mixture.beta, "prior": problem.prior_kind,
                        "reference": problem.reference_kind, **solved[primary].report}
         manifest = build_manifest(
