@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from operators import storage as st
 from operators.errors import CorpusError, StorageError
+from operators.names import check_shard_table
 from operators.storage import StorageSpec
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -245,6 +246,8 @@ def read_shard(
     else:
         domain = pa.array([_domain_for_path(shard.uri, spec.domain_from_path)] * n, pa.string())
     table = pa.Table.from_arrays([ids, domain, text], schema=SHARD_SCHEMA)
+    check_shard_table(table, shard.uri, {"id": spec.id_column or "id", "text": spec.text_column,
+                                         "domain": spec.domain_column or "domain_from_path"})
     if n and pc.count_distinct(ids).as_py() != n:
         counts = pc.value_counts(ids)
         first = int(np.argmax(counts.field("counts").to_numpy(zero_copy_only=False) > 1))

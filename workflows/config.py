@@ -24,6 +24,8 @@ from operators.corpus import SamplingSpec
 from operators.errors import ConfigError
 from operators.influence_model import InfluenceModelSpec
 from operators.mixture import MixtureConstraints
+from operators.names import SAFE_NAME
+from operators.secrets import redact
 from operators.probing import ProbeSpec
 from operators.projection import ProjectionSpec
 from operators.storage import StorageSpec
@@ -60,7 +62,7 @@ class DatasetSpec(_Spec):
 class TargetSpec(_Spec):
     """One target/validation set: its examples' mean gradient is what the mixture should serve."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(min_length=1, pattern=SAFE_NAME)
     paths: list[Location] = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0)
     format: Literal["auto", "parquet", "jsonl"] = "auto"
@@ -158,13 +160,16 @@ class ClusterSpec(_Spec):
     metrics_export_port: int | None = None
     progress_interval_s: float = Field(default=5.0, gt=0)
     actor_start_timeout_s: float = Field(default=600.0, gt=0)
+    dashboard_host: str = "127.0.0.1"  # local cluster only; expose deliberately (see README, security)
+    lease_ttl_s: float = Field(default=120.0, ge=1)  # a crashed driver's run lease lapses after this
+    lease_wait_s: float = Field(default=0.0, ge=0)  # wait this long for another driver's lease, then exit
 
 
 class RunConfig(_Spec):
     """A whole mixture refresh: corpus → features → influence → mixture → manifest."""
 
-    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
-    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="default", pattern=SAFE_NAME)
+    run_id: str | None = Field(default=None, pattern=SAFE_NAME)
     output_uri: Location
     storage: StorageSpec = StorageSpec()
     corpus: DatasetSpec
@@ -286,5 +291,6 @@ def _merge_bases(conf: Any, directory: Path) -> Any:
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """Resolved config as YAML (written into every run directory)."""
-    return OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump(mode="json")))
+    """Resolved config as YAML (written into every run directory); secret environment values that an
+    interpolation pulled in are masked."""
+    return redact(OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump(mode="json"))))

@@ -18,6 +18,7 @@ from operators import storage
 from operators.influence_model import train_influence_model
 from operators.manifest import SelectedDomain, Selection
 from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
+from operators.names import path_component
 from operators.probing import OneStepProber
 from operators.selection import domain_quotas, select_per_domain
 from operators.tokenize import prepare_tokenizer
@@ -116,7 +117,7 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
                                higher_is_better=False)
     selected = {}
     for domain, picked in sorted(chosen.items()):
-        uri = storage.join(out_dir, "selection", f"{domain}.txt")
+        uri = storage.join(out_dir, "selection", f"{path_component(domain, 'domain')}.txt")
         storage.write_text_atomic(uri, "".join(f"{i}\n" for i in picked), cfg.storage)
         selected[domain] = SelectedDomain(uri=uri, count=len(picked), pool=available.get(domain, 0))
     params = {"selection_ratio": spec.selection_ratio, "temperature": spec.temperature, "seed": spec.seed,

@@ -13,7 +13,10 @@ from operators.mixture import objective
 from workflows.aggregate import InfluenceResult, aggregate_influence, domain_order
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.featurize_stage import run_featurize
+from workflows.integrity import check_unique_ids
+from workflows.lease import run_lease
 from workflows.mixture_stage import MixtureProblem, build_problem, load_previous
+from workflows.pins import pin_run
 from workflows.plan import Plan, build_plan, check_or_record_plan
 from workflows.publish import build_manifest, manifest_dir, publish
 from workflows.report import ranking_stability, render_markdown
@@ -51,11 +54,11 @@ def _check_storage(cfg: RunConfig) -> None:
             storage.check_reachable(uri, cfg.storage)
 
 
-def prepare_run(cfg: RunConfig) -> tuple[Plan, str]:
+def prepare_run(cfg: RunConfig, pins: dict | None = None) -> tuple[Plan, str]:
     _check_storage(cfg)
     plan = build_plan(cfg)  # cheap input validation first: missing shards fail before any model work
     model_uri = resolve_model_uri(cfg)
-    resumed = check_or_record_plan(plan, cfg.storage)
+    resumed = check_or_record_plan(plan, cfg.storage, pins)
     if not resumed:
         storage.write_text_atomic(storage.join(plan.root, "config.yaml"), dump_config(cfg), cfg.storage)
     log.info("run %s (%s) at %s; model %s", plan.run_id, "resuming" if resumed else "new", plan.root, model_uri)
@@ -74,20 +77,31 @@ def _solver_info(problem: MixtureProblem, scores: np.ndarray, weights: np.ndarra
 
 def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
     """Run (or resume) one mixture refresh end to end and publish its manifest."""
-    from cluster.metrics import DriverMetrics
-    from cluster.runtime import init_ray
-
     t0 = time.monotonic()
-    plan, model_uri = prepare_run(cfg)
+    _check_storage(cfg)
+    cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/pins.py)
+    plan, model_uri = prepare_run(cfg, pins)
     finished = _finished(cfg, plan)
     if finished is not None:
         return finished
+    with run_lease(cfg, plan) as lease:  # one driver per run id; a waiter finds the result when done
+        finished = _finished(cfg, plan)
+        if finished is not None:
+            return finished
+        return _run_leased(cfg, plan, model_uri, pins, lease, t0)
+
+
+def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t0: float) -> RefreshResult:
+    from cluster.metrics import DriverMetrics
+    from cluster.runtime import init_ray
+
     started_ray = init_ray(cfg.cluster)
     try:
         metrics = DriverMetrics(plan.run_id)
         featurizer = run_featurize(cfg, plan, model_uri, metrics)
+        check_unique_ids(cfg, plan)
         t_feat = time.monotonic()
-        previous_uri, previous = load_previous(cfg)
+        previous_uri, previous = load_previous(cfg, pins["previous_manifest"])
         order, tokens = domain_order(cfg, plan)
         problem = build_problem(cfg, order, tokens, previous)
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
@@ -124,7 +138,7 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         storage.write_json_atomic(storage.join(plan.root, "report.json"), report, cfg.storage)
         storage.write_text_atomic(storage.join(plan.root, "report.md"), render_markdown(manifest, report),
                                   cfg.storage)
-        outputs = publish(cfg, manifest, plan.root)  # manifest files, _SUCCESS, then the latest pointer
+        outputs = publish(cfg, manifest, plan.root, lease)  # manifest files, _SUCCESS, then latest pointer
         metrics.weights(final)
         log.info("published %s: %s", outputs["manifest.json"], {d: round(w, 4) for d, w in final.items()})
         return RefreshResult(run_id=plan.run_id, run_root=plan.root, manifest_uri=outputs["manifest.json"],
