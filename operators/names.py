@@ -11,9 +11,11 @@ id per line).
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import AfterValidator
 
 from operators.errors import CorpusError
 
@@ -35,6 +37,16 @@ def check_name(name: object, what: str) -> str:
     if not is_safe_name(name):
         raise ValueError(f"{what} {name!r} is not a safe name: {SAFE_NAME_HELP}")
     return name  # type: ignore[return-value]
+
+
+def _validated(name: str) -> str:
+    if not is_safe_name(name):
+        raise ValueError(f"{name!r} is not a safe name: {SAFE_NAME_HELP}")
+    return name
+
+
+# A pydantic field type for safe names (config names, run ids, manifest domain and target names).
+SafeName = Annotated[str, AfterValidator(_validated)]
 
 
 def path_component(name: str, what: str = "name") -> str:
