@@ -43,3 +43,9 @@ def check_unique_ids(cfg: RunConfig, plan: Plan) -> int:
                         "(ids must be unique across shards; deduplicate the inputs)")
         total += len(seen)
     return total
+
+
+def skipped_examples(cfg: RunConfig, plan: Plan) -> dict[str, int]:
+    """Examples skipped by documented policy, summed over the run's completion records (for report.json)."""
+    records = datastore.list_completions(plan.root, cfg.storage)
+    return {"nonfinite_features": sum(r.skipped_nonfinite for r in records.values())}

@@ -13,7 +13,7 @@ from operators.mixture import objective
 from workflows.aggregate import InfluenceResult, aggregate_influence, domain_order
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.featurize_stage import run_featurize
-from workflows.integrity import check_unique_ids
+from workflows.integrity import check_unique_ids, skipped_examples
 from workflows.lease import run_lease
 from workflows.mixture_stage import MixtureProblem, build_problem, load_previous
 from workflows.pins import pin_run
@@ -108,7 +108,7 @@ def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t
         infl = aggregate_influence(cfg, plan, order, layout, extra=problem.solve)
         weights = problem.solve(infl.scores)
         solver = _solver_info(problem, infl.scores, weights, "tikmix_d")
-        report: dict = {"tikmix_d": dict(zip(order, weights.tolist()))}
+        report: dict = {"tikmix_d": dict(zip(order, weights.tolist())), "skipped_examples": skipped_examples(cfg, plan)}
         if cfg.mixture.solver == "tikmix_m" or cfg.mixture.tikmix_m.enabled:
             from cluster.runtime import worker_layout
             from workflows.tikmix_m_stage import run_tikmix_m
