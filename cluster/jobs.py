@@ -15,7 +15,8 @@ from operators.secrets import is_secret_name
 log = logging.getLogger(__name__)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-DEFAULT_EXCLUDES = [".git", ".venv", "**/__pycache__", "influmix-out", "*.egg-info", ".pytest_cache"]
+DEFAULT_EXCLUDES = [".git", ".venv", "**/__pycache__", "influmix-out", "*.egg-info", ".pytest_cache",
+                    ".env", ".env.*", ".aws", "*.pem", "*.key", "credentials*"]  # never ship secrets
 
 
 class JobError(InfluMixError):
