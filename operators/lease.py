@@ -24,6 +24,7 @@ from operators import storage
 from operators.errors import InfluMixError
 
 log = logging.getLogger(__name__)
+_LIVE_OWNERS: set[str] = set()  # leases held by Lease objects of this process
 
 
 class LeaseHeld(InfluMixError):
@@ -68,16 +69,22 @@ class Lease:
         return json.dumps(doc, sort_keys=True).encode()
 
     def _stale(self, holder: dict) -> bool:
+        """Expired, or held on this host by a dead process, or by this process without a live Lease."""
         if float(holder.get("expires_at", 0)) < self.clock():
             return True
-        same_host = holder.get("host") == socket.gethostname()
-        return same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"])
+        pid = holder.get("pid")
+        if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+            return False
+        if pid == os.getpid():
+            return holder.get("owner") not in _LIVE_OWNERS
+        return not _pid_alive(pid)
 
     def _confirm(self) -> bool:
         found = storage.read_versioned(self.uri, self.spec)
         if found is None or json.loads(found[0]).get("owner") != self.owner:
             return False
         self.version = found[1]
+        _LIVE_OWNERS.add(self.owner)
         return True
 
     def try_acquire(self) -> dict | None:
@@ -94,6 +101,7 @@ class Lease:
                 holder = {}
             if holder.get("owner") == self.owner:
                 self.version = found[1]
+                _LIVE_OWNERS.add(self.owner)
                 return None
             if not self._stale(holder):
                 return holder
@@ -150,6 +158,7 @@ class Lease:
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""
+        _LIVE_OWNERS.discard(self.owner)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -106,3 +106,21 @@ def test_heartbeat_keeps_the_lease_alive(tmp_path) -> None:
         lease.check()
     finally:
         lease.release()
+
+
+def test_lease_left_by_this_process_after_a_failed_release_is_stale(tmp_path, monkeypatch) -> None:
+    uri = str(tmp_path / "_lease.json")
+    live = Lease(uri, ttl_s=3600)
+    live.acquire()
+    assert Lease(uri, ttl_s=3600).try_acquire() is not None  # a live lease of this process is respected
+
+    def unreachable(*args, **kwargs):
+        raise st.StorageError("S3 endpoint down")
+
+    monkeypatch.setattr(st, "delete_if_match", unreachable)
+    live.release()  # the lease object stays behind (storage down), but its holder is gone
+    monkeypatch.undo()
+    assert st.exists(uri)
+    rerun = Lease(uri, ttl_s=3600)
+    assert rerun.try_acquire() is None  # the same process resumes without waiting for the TTL
+    rerun.release()
