@@ -196,7 +196,7 @@ def _read_jsonl(shard: ShardRef, spec: CorpusSpec, storage: StorageSpec | None) 
     for col, values in columns.items():
         try:
             arrays[col] = pa.array(values)
-        except (pa.ArrowException, TypeError) as exc:
+        except (pa.ArrowException, TypeError, OverflowError) as exc:
             raise CorpusError(f"shard {shard.uri}: column {col!r} has mixed/invalid values: {exc}") from exc
     if not columns[spec.text_column]:
         return pa.table({c: pa.array([], pa.string()) for c in wanted})

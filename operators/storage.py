@@ -51,7 +51,8 @@ class StorageSpec(BaseModel):
     @classmethod
     def _no_credentials(cls, url: str | None) -> str | None:
         if url is not None and has_userinfo(url):
-            raise ValueError("must not embed credentials (user:password@); use the AWS_* environment variables")
+            raise ValueError("must not embed credentials (user:password@); "
+                             "use the AWS_* environment variables")
         return url
 
 

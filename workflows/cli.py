@@ -44,6 +44,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(cfg))
     print(f"# run_id: {cfg.resolved_run_id()}")
+    if cfg.model.checkpoint_root and not cfg.run_id:
+        print("# (a run pins the newest checkpoint under model.checkpoint_root into its run id)")
     return 0
 
 

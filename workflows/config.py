@@ -262,7 +262,8 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         if not isinstance(merged, DictConfig):
-            raise ConfigError(f"config {path} must be a YAML mapping (key: value), got {type(merged).__name__}")
+            raise ConfigError(f"config {path} must be a YAML mapping (key: value), "
+                              f"got {type(merged).__name__}")
         data: Any = OmegaConf.to_container(merged, resolve=True)
     except (OmegaConfBaseException, yaml.YAMLError, UnicodeError, ValueError, TypeError, LookupError,
             OSError) as exc:  # PyYAML and OmegaConf raise these on malformed text, keys or values

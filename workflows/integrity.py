@@ -21,7 +21,8 @@ from workflows.plan import Plan, ShardTask
 
 def _ids(uri: str, spec: storage.StorageSpec) -> list[str]:
     try:
-        return pq.read_table(io.BytesIO(storage.read_bytes(uri, spec)), columns=["id"]).column("id").to_pylist()
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri, spec)), columns=["id"])
+        return table.column("id").to_pylist()
     except (OSError, ValueError) as exc:
         raise CorpusError(f"feature shard {uri}: unreadable id column: {exc}") from exc
 

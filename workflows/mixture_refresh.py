@@ -108,7 +108,8 @@ def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t
         infl = aggregate_influence(cfg, plan, order, layout, extra=problem.solve)
         weights = problem.solve(infl.scores)
         solver = _solver_info(problem, infl.scores, weights, "tikmix_d")
-        report: dict = {"tikmix_d": dict(zip(order, weights.tolist())), "skipped_examples": skipped_examples(cfg, plan)}
+        report: dict = {"tikmix_d": dict(zip(order, weights.tolist())),
+                        "skipped_examples": skipped_examples(cfg, plan)}
         if cfg.mixture.solver == "tikmix_m" or cfg.mixture.tikmix_m.enabled:
             from cluster.runtime import worker_layout
             from workflows.tikmix_m_stage import run_tikmix_m

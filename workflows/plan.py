@@ -118,6 +118,6 @@ def check_or_record_plan(plan: Plan, spec: storage.StorageSpec, pins: dict | Non
             "start a new run (set run_id=...) or restore the inputs."
         )
     if pins is not None and "pins" in recorded and recorded["pins"] != pins:
-        raise ConfigError(f"run {plan.run_id} was started with inputs {recorded['pins']} (recorded at {uri}), "
-                          f"not {pins}; rerun to resume it with the recorded inputs")
+        raise ConfigError(f"run {plan.run_id} was started with inputs {recorded['pins']} (recorded at "
+                          f"{uri}), not {pins}; rerun to resume it with the recorded inputs")
     return True

@@ -35,7 +35,8 @@ def refresh_config(cfg: RunConfig, stamp: str) -> RunConfig:
     tag = f"-step{step}" if step is not None else ""
     run_id = f"{cfg.name}-{stamp}{tag}-{pinned.config_hash()[:8]}"
     if not is_safe_name(run_id):
-        raise ConfigError(f"--stamp {stamp!r} gives the run id {run_id!r}, which is not a safe name: {SAFE_NAME_HELP}")
+        raise ConfigError(f"--stamp {stamp!r} gives the run id {run_id!r}, which is not a safe name: "
+                          f"{SAFE_NAME_HELP}")
     return pinned.model_copy(update={"run_id": run_id})
 
 

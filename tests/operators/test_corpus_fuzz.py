@@ -109,6 +109,11 @@ def test_wrong_column_types_in_parquet(tmp_path, id_t, domain_t, text_t, n) -> N
     _check(tmp_path, "w.parquet", _parquet(table))
 
 
+def test_integer_overflow_in_jsonl(tmp_path) -> None:
+    row = {"id": 2**64, "domain": "web", "text": "t"}  # found by hypothesis: pyarrow raised OverflowError
+    assert _check(tmp_path, "o.jsonl", (json.dumps(row) + "\n").encode()) is None
+
+
 @pytest.mark.parametrize("name", ["e.parquet", "e.jsonl", "e.jsonl.gz"])
 def test_empty_files(tmp_path, name) -> None:
     table = _check(tmp_path, name, b"")

@@ -28,7 +28,7 @@ from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 from workflows.plan import build_plan
 
-SMALL = ("sampling.rate=0.05",)
+SMALL = ("sampling.rate=0.05", "featurize.batch_size=4")  # several batches per shard
 
 
 def _overrides(out: str, cache: str, run_id: str, *extra: str) -> list[str]:
