@@ -39,6 +39,22 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
+def _parse(data: bytes) -> dict:
+    """A lease record; an unreadable one counts as expired (empty record)."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _expires(holder: dict) -> float:
+    try:
+        return float(holder.get("expires_at", 0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -70,7 +86,7 @@ class Lease:
 
     def _stale(self, holder: dict) -> bool:
         """Expired, or held on this host by a dead process, or by this process without a live Lease."""
-        if float(holder.get("expires_at", 0)) < self.clock():
+        if _expires(holder) < self.clock():
             return True
         pid = holder.get("pid")
         if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
@@ -81,7 +97,7 @@ class Lease:
 
     def _confirm(self) -> bool:
         found = storage.read_versioned(self.uri, self.spec)
-        if found is None or json.loads(found[0]).get("owner") != self.owner:
+        if found is None or _parse(found[0]).get("owner") != self.owner:
             return False
         self.version = found[1]
         _LIVE_OWNERS.add(self.owner)
@@ -95,10 +111,7 @@ class Lease:
             found = storage.read_versioned(self.uri, self.spec)
             if found is None:
                 continue  # released meanwhile
-            try:
-                holder = json.loads(found[0])
-            except ValueError:
-                holder = {}
+            holder = _parse(found[0])
             if holder.get("owner") == self.owner:
                 self.version = found[1]
                 _LIVE_OWNERS.add(self.owner)
@@ -109,7 +122,7 @@ class Lease:
             if storage.put_if_match(self.uri, self._record(), found[1], self.spec) and self._confirm():
                 return None
         found = storage.read_versioned(self.uri, self.spec)
-        return json.loads(found[0]) if found else {}
+        return _parse(found[0]) if found else {}
 
     def acquire(self, wait_s: float = 0.0, poll_s: float = 1.0, what: str = "this lease") -> None:
         """Acquire, waiting up to ``wait_s`` for a live holder to release; LeaseHeld otherwise."""
@@ -120,7 +133,7 @@ class Lease:
                 self._start_heartbeat()
                 return
             if time.monotonic() >= deadline:
-                left = float(holder.get("expires_at", 0)) - self.clock()
+                left = _expires(holder) - self.clock()
                 raise LeaseHeld(
                     f"{what} is held by another driver (host {holder.get('host')}, pid {holder.get('pid')}, "
                     f"lease {self.uri}, renewed {holder.get('renewed_at')}, expires in {max(left, 0):.0f}s "

@@ -124,3 +124,12 @@ def test_lease_left_by_this_process_after_a_failed_release_is_stale(tmp_path, mo
     rerun = Lease(uri, ttl_s=3600)
     assert rerun.try_acquire() is None  # the same process resumes without waiting for the TTL
     rerun.release()
+
+
+def test_corrupt_lease_record_counts_as_expired(where) -> None:
+    spec, root = where
+    uri = st.join(root, "_lease.json")
+    st.write_bytes_atomic(uri, b"\xff not json", spec)
+    lease = Lease(uri, ttl_s=30, spec=spec)
+    assert lease.try_acquire() is None
+    lease.release()
