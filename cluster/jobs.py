@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import InfluMixError
+from operators.secrets import is_secret_name
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-DEFAULT_EXCLUDES = [".git", ".venv", "**/__pycache__", "influmix-out", "*.egg-info", ".pytest_cache"]
+DEFAULT_EXCLUDES = [".git", ".venv", "**/__pycache__", "influmix-out", "*.egg-info", ".pytest_cache",
+                    ".env", ".env.*", ".aws", "*.pem", "*.key", "credentials*"]  # never ship secrets
 
 
 class JobError(InfluMixError):
@@ -38,6 +40,12 @@ def project_root() -> Path | None:
 
 
 def build_runtime_env(working_dir: str | None, env_vars: dict[str, str]) -> dict[str, Any]:
+    """The job's runtime_env. It is readable by anyone with dashboard access, so credentials are refused."""
+    secret = sorted(k for k in env_vars if is_secret_name(k))
+    if secret:
+        raise JobError(
+            f"refusing to forward {secret} to the Ray job: a runtime_env is visible in the Ray dashboard and "
+            "Jobs API. Give the cluster its own credentials (IAM role, Kubernetes secret, instance profile)")
     env: dict[str, Any] = {"env_vars": dict(env_vars)}
     if working_dir:
         env["working_dir"] = working_dir

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from operators import storage as st
 from operators.errors import CorpusError, StorageError
+from operators.names import check_shard_table
 from operators.storage import StorageSpec
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -195,7 +196,7 @@ def _read_jsonl(shard: ShardRef, spec: CorpusSpec, storage: StorageSpec | None) 
     for col, values in columns.items():
         try:
             arrays[col] = pa.array(values)
-        except (pa.ArrowException, TypeError) as exc:
+        except (pa.ArrowException, TypeError, OverflowError) as exc:
             raise CorpusError(f"shard {shard.uri}: column {col!r} has mixed/invalid values: {exc}") from exc
     if not columns[spec.text_column]:
         return pa.table({c: pa.array([], pa.string()) for c in wanted})
@@ -245,6 +246,8 @@ def read_shard(
     else:
         domain = pa.array([_domain_for_path(shard.uri, spec.domain_from_path)] * n, pa.string())
     table = pa.Table.from_arrays([ids, domain, text], schema=SHARD_SCHEMA)
+    check_shard_table(table, shard.uri, {"id": spec.id_column or "id", "text": spec.text_column,
+                                         "domain": spec.domain_column or "domain_from_path"})
     if n and pc.count_distinct(ids).as_py() != n:
         counts = pc.value_counts(ids)
         first = int(np.argmax(counts.field("counts").to_numpy(zero_copy_only=False) > 1))

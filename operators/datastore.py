@@ -194,6 +194,7 @@ class CompletionRecord(BaseModel):
     started_at: str
     finished_at: str
     duration_s: float
+    skipped_nonfinite: int = 0  # examples dropped because their features or loss were NaN/Inf
 
 
 def write_completion(root: str, record: CompletionRecord, storage: StorageSpec | None = None) -> str:

@@ -154,9 +154,16 @@ class ShardFeaturizer:
         fp = self.featurizer.describe()["fingerprint"]
         features = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
         n_tokens = np.concatenate(ntoks) if ntoks else np.zeros(0, np.int64)
-        table_out = datastore.features_table(
-            out_ids, out_domains, n_tokens, np.concatenate(losses) if losses else np.zeros(0, np.float32),
-            features, fp)
+        loss = np.concatenate(losses) if losses else np.zeros(0, np.float32)
+        finite = np.isfinite(features).all(axis=1) & np.isfinite(loss)
+        skipped = int((~finite).sum())
+        if skipped:  # documented skip (docs/RELIABILITY.md): counted in the completion record and report
+            log.warning("shard %s (%s): skipping %d example(s) with NaN/Inf features or loss, first id %r",
+                        task.shard_id, task.uri, skipped, out_ids[int(np.flatnonzero(~finite)[0])])
+            out_ids = [i for i, ok in zip(out_ids, finite) if ok]
+            out_domains = [d for d, ok in zip(out_domains, finite) if ok]
+            features, n_tokens, loss = features[finite], n_tokens[finite], loss[finite]
+        table_out = datastore.features_table(out_ids, out_domains, n_tokens, loss, features, fp)
         out_uri = datastore.feature_uri(self.root, task.shard_id)
         datastore.write_feature_shard(out_uri, table_out, self.cfg.storage)
         if kfac:
@@ -173,7 +180,7 @@ class ShardFeaturizer:
             output_uri=out_uri, n_examples=len(out_ids), n_tokens=int(n_tokens.sum()),
             domain_counts=counts, domain_tokens=tokens, feature_dim=dim, projector_fingerprint=fp,
             worker=self.worker, attempt=attempt, started_at=_iso(started), finished_at=_iso(finished),
-            duration_s=round(finished - started, 4),
+            duration_s=round(finished - started, 4), skipped_nonfinite=skipped,
         )
         datastore.write_completion(self.root, record, self.cfg.storage)
         return record

@@ -105,12 +105,12 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
         storage.write_json_atomic(info_uri, info, cfg.storage)
     score_pool(cfg, plan, model_uri, dim_uri)
     from cluster.runtime import layout_or_local
-    from workflows.mates_select import select_distributed
+    from workflows.mates_select import select_distributed, selection_uri
 
     counts, report = select_distributed(plan.root, [t.shard_id for t in plan.corpus_tasks()], weights,
                                         spec.selection_ratio, spec.temperature, spec.seed, out_dir, cfg.storage,
                                         layout_or_local(cfg.cluster), cfg.cluster.max_task_retries)
-    selected = {d: SelectedDomain(uri=storage.join(out_dir, "selection", f"{d}.txt"), count=n,
+    selected = {d: SelectedDomain(uri=selection_uri(out_dir, d), count=n,
                                   pool=report["available"].get(d, 0)) for d, n in sorted(counts.items())}
     params = {"selection_ratio": spec.selection_ratio, "temperature": spec.temperature, "seed": spec.seed,
               "budget": report["budget"], "influence_model_uri": dim_uri, **info}

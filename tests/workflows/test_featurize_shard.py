@@ -80,3 +80,32 @@ def test_out_of_memory_batches_are_split_without_changing_features(model_cache, 
     assert got.column("id").to_pylist() == want.column("id").to_pylist()
     np.testing.assert_allclose(datastore.features_to_numpy(got), datastore.features_to_numpy(want),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_nonfinite_features_are_skipped_and_counted(model_cache, tmp_path, monkeypatch):
+    import torch
+
+    from workflows.integrity import skipped_examples
+
+    cfg = fast_config(str(tmp_path / "out"), model_cache, "run_id=nan")
+    plan = build_plan(cfg)
+    task = plan.corpus_tasks()[0]
+    worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "w")
+    real = worker.featurizer.featurize
+    calls = []
+
+    def poisoned(ids, mask):
+        fb = real(ids, mask)
+        if not calls:
+            fb.features[0, 3] = torch.nan  # first example: NaN feature
+            fb.losses[1] = torch.inf  # second example: infinite loss
+        calls.append(1)
+        return fb
+
+    monkeypatch.setattr(worker.featurizer, "featurize", poisoned)
+    record = worker.process(task)
+    table = datastore.read_feature_shard(record.output_uri)
+    assert record.skipped_nonfinite == 2 and record.n_examples == table.num_rows
+    assert np.isfinite(datastore.features_to_numpy(table)).all()
+    assert np.isfinite(table.column("loss").to_numpy()).all()
+    assert skipped_examples(cfg, plan) == {"nonfinite_features": 2}
