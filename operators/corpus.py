@@ -189,18 +189,40 @@ def _iter_parquet(
         raise CorpusError(f"shard {shard.uri}: corrupt or unreadable Parquet file: {exc}") from exc
 
 
-def _text_stream(uri: str, raw: Any) -> Any:
-    """Binary line stream over ``raw``, decompressing gzip or zstd (detected by magic bytes)."""
-    buffered = io.BufferedReader(raw, buffer_size=1 << 20) if not hasattr(raw, "peek") else raw
+def _text_stream(uri: str, raw: Any) -> Iterator[bytes]:
+    """Lines of ``raw``, decompressing gzip or zstd (detected by magic bytes) as they stream."""
+    buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw, buffer_size=1 << 20)
     head = buffered.peek(4)[:4]
     if head[:2] == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=buffered)
+        return iter(gzip.GzipFile(fileobj=buffered))
     if head == _ZSTD_MAGIC:
-        import zstandard
+        return _zstd_lines(uri, buffered)
+    return iter(buffered)
 
-        reader = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)
-    return buffered
+
+def _zstd_lines(uri: str, fh: Any) -> Iterator[bytes]:
+    """Lines of a (multi-frame) zstd stream; a truncated last frame is a CorpusError."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor()
+    dobj = None
+    rest = b""
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        while chunk:
+            dobj = dobj or dctx.decompressobj()
+            try:
+                rest += dobj.decompress(chunk)
+            except zstandard.ZstdError as exc:
+                raise CorpusError(f"shard {uri}: corrupt zstd stream: {exc}") from exc
+            chunk = dobj.unused_data if dobj.eof else b""
+            dobj = None if dobj.eof else dobj
+        lines = rest.split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if dobj is not None:
+        raise CorpusError(f"shard {uri}: truncated zstd stream")
+    if rest:
+        yield rest
 
 
 def _jsonl_columns(uri: str, wanted: list[str], lines: list[tuple[int, bytes]]) -> pa.Table:
@@ -243,6 +265,8 @@ def _iter_jsonl(
                 if len(lines) >= batch_rows:
                     yield _jsonl_columns(shard.uri, wanted, lines)
                     lines, emitted = [], True
+        except CorpusError:
+            raise
         except (OSError, EOFError, ValueError) as exc:  # gzip.BadGzipFile, zstd.ZstdError
             raise CorpusError(f"shard {shard.uri}: corrupt compressed stream: {exc}") from exc
         if lines or not emitted:
