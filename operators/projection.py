@@ -314,8 +314,8 @@ def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     if n != 1 << p:
         raise ConfigError(f"walsh_hadamard: length {n} is not a power of two")
     factors = [HADAMARD_FACTOR_LOG2] * (p // HADAMARD_FACTOR_LOG2)
-    if p % HADAMARD_FACTOR_LOG2:
-        factors.append(p % HADAMARD_FACTOR_LOG2)
+    if p % HADAMARD_FACTOR_LOG2:  # the small factor first: a last GEMM with K=2 is very slow
+        factors.insert(0, p % HADAMARD_FACTOR_LOG2)
     lead, rest = rows, n
     for log_m in factors:
         m = 1 << log_m
