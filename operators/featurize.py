@@ -151,12 +151,18 @@ class AdamState:
 def causal_lm_losses(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, reduction: LossReduction
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example next-token loss (float32) and predicted-token counts; right padding assumed."""
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    mask = attention_mask[:, 1:].to(logits.dtype)
-    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    summed = (tok.view_as(mask) * mask).sum(dim=1)
+    """Per-example next-token loss (float32) and predicted-token counts; right padding assumed.
+
+    Works on the whole (B, T, V) logits with the last position ignored, so neither the forward nor
+    the backward copies a sliced logits tensor.
+    """
+    bsz, width, vocab = logits.shape
+    logits = logits.float()
+    ignore = torch.full((bsz, 1), -100, dtype=input_ids.dtype, device=input_ids.device)
+    targets = torch.cat([input_ids[:, 1:], ignore], dim=1)
+    tok = F.cross_entropy(logits.view(-1, vocab), targets.reshape(-1), reduction="none", ignore_index=-100)
+    mask = attention_mask[:, 1:].to(tok.dtype)
+    summed = (tok.view(bsz, width)[:, :-1] * mask).sum(dim=1)
     n_tokens = attention_mask[:, 1:].sum(dim=1).to(torch.int64)
     if reduction == "mean":
         summed = summed / n_tokens.clamp(min=1).to(summed.dtype)
