@@ -130,7 +130,8 @@ def _sync(device: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--gpus", default="auto", choices=["auto", "never"])
     parser.add_argument("--only-step", action="store_true", help="only the training-step ratio")

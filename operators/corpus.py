@@ -1,7 +1,8 @@
 """Shards of a pretraining corpus (Parquet/JSONL(.gz/.zst), local or s3://) grouped into domains.
 
 Reading streams a shard in record batches (:func:`iter_shard_batches`; memory O(batch), not O(shard))
-and normalises each to a table with exactly the string columns ``id``, ``domain`` and ``text``; sampling is a deterministic function of ``(seed, id)`` so the selected rows do not
+and normalises each to a table with exactly the string columns ``id``, ``domain`` and ``text``;
+sampling is a deterministic function of ``(seed, id)`` so the selected rows do not
 depend on how the corpus is split into shards.
 """
 

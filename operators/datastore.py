@@ -255,7 +255,8 @@ class FeaturePartWriter:
         table = features_table(all_ids[:rows], all_doms[:rows], ntok_a[:rows], loss_a[:rows],
                                feats_a[:rows], self.fingerprint)
         rest = len(all_ids) - rows
-        self._buf = [(all_ids[rows:], all_doms[rows:], ntok_a[rows:], loss_a[rows:], feats_a[rows:])] if rest else []
+        tail = (all_ids[rows:], all_doms[rows:], ntok_a[rows:], loss_a[rows:], feats_a[rows:])
+        self._buf = [tail] if rest else []
         self._buffered = rest
         uri = feature_part_uri(self.root, self.shard_id, len(self._parts))
         self._parts.append((uri, rows))
@@ -395,7 +396,9 @@ def list_completions(
     return dict(sorted(out.items()))
 
 
-def estimated_tokens_available(records: list[CompletionRecord] | dict[str, CompletionRecord]) -> dict[str, int]:
+def estimated_tokens_available(
+    records: list[CompletionRecord] | dict[str, CompletionRecord],
+) -> dict[str, int]:
     """Untruncated tokens per domain in the whole corpus, estimated from corpus completion records.
 
     Per domain ``Σ bytes_all × Σ tokens_untruncated / Σ bytes_featurized`` over records that carry

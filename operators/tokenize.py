@@ -88,7 +88,8 @@ def tokenize_texts(
     if n == 0:
         empty = torch.zeros((0, 0), dtype=torch.long)
         zeros = torch.zeros(0, dtype=torch.long)
-        return TokenizedBatch(empty, empty.clone(), zeros, zeros.bool(), zeros.clone() if count_untruncated else None)
+        full = zeros.clone() if count_untruncated else None
+        return TokenizedBatch(empty, empty.clone(), zeros, zeros.bool(), full)
     full_lengths = None
     if count_untruncated:
         encoded = _encode(tokenizer, texts, add_special_tokens, None)

@@ -155,7 +155,8 @@ class ShardFeaturizer:
                     _maybe_inject_fault(task)
                 pieces = self.featurize_adaptive(batch.input_ids, batch.attention_mask, featurizer)
                 n_tok = np.concatenate([fb.n_tokens.numpy() for fb in pieces])
-                writer.add(batch.ids, batch.domains, n_tok, np.concatenate([fb.losses.numpy() for fb in pieces]),
+                losses = np.concatenate([fb.losses.numpy() for fb in pieces])
+                writer.add(batch.ids, batch.domains, n_tok, losses,
                            np.concatenate([fb.features.numpy() for fb in pieces]))
                 for fb in pieces:
                     _accumulate_kfac(kfac, fb.kfac)

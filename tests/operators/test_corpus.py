@@ -220,8 +220,10 @@ def _zst(data: bytes) -> bytes:
 def test_streaming_reads_record_batches(tmp_path: Path, suffix: str) -> None:
     rows = _rows("s", "web", 23)
     path = tmp_path / f"shard{suffix}"
-    data = {".parquet": lambda: _parquet_bytes(pa.Table.from_pylist(rows)), ".jsonl": lambda: _jsonl_bytes(rows),
-            ".jsonl.gz": lambda: gzip.compress(_jsonl_bytes(rows)), ".jsonl.zst": lambda: _zst(_jsonl_bytes(rows))}
+    data = {".parquet": lambda: _parquet_bytes(pa.Table.from_pylist(rows)),
+            ".jsonl": lambda: _jsonl_bytes(rows),
+            ".jsonl.gz": lambda: gzip.compress(_jsonl_bytes(rows)),
+            ".jsonl.zst": lambda: _zst(_jsonl_bytes(rows))}
     path.write_bytes(data[suffix]())
     spec = CorpusSpec(paths=[str(tmp_path)])
     (ref,) = discover_shards(spec)

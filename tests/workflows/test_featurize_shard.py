@@ -26,8 +26,10 @@ def _featurize_on_worker(cfg_data: dict, model_uri: str, shard_index: int) -> di
             "features": datastore.features_to_numpy(table), "fingerprint": worker.fingerprint}
 
 
-@pytest.mark.parametrize("projection", [[], ["featurize.projection.kind=dense", "featurize.projection.dim=256"]],
-                         ids=["kronecker", "dense"])
+DENSE = ["featurize.projection.kind=dense", "featurize.projection.dim=256"]
+
+
+@pytest.mark.parametrize("projection", [[], DENSE], ids=["kronecker", "dense"])
 def test_two_workers_produce_identical_features(ray_cluster, model_cache, tmp_path, projection):
     cfgs = [fast_config(str(tmp_path / f"out{i}"), model_cache, "run_id=same", *projection) for i in range(2)]
     model_uri = resolve_model_uri(cfgs[0])
@@ -73,7 +75,7 @@ def _true_untruncated_tokens(tokenizer, table) -> dict[str, int]:
 
 @pytest.mark.parametrize("cap", [None, 3])
 def test_records_count_the_whole_shard_untruncated(model_cache, tmp_path, cap):
-    from operators.corpus import CorpusSpec, ShardRef, read_shard
+    from operators.corpus import ShardRef, read_shard
 
     extra = ["sampling.rate=1.0", "featurize.max_length=12", "featurize.part_rows=4", f"run_id=stats{cap}"]
     if cap is not None:
@@ -89,10 +91,13 @@ def test_records_count_the_whole_shard_untruncated(model_cache, tmp_path, cap):
     true_tokens = _true_untruncated_tokens(worker.tokenizer, whole)
     rows = {d: whole.column("domain").to_pylist().count(d) for d in true_tokens}
     assert record.domain_rows_all == rows
-    assert sum(record.domain_bytes_all.values()) == sum(len(t.encode()) for t in whole.column("text").to_pylist())
+    texts = whole.column("text").to_pylist()
+    assert sum(record.domain_bytes_all.values()) == sum(len(t.encode()) for t in texts)
     # parts split by rows; the record lists them and nothing is lost or duplicated
-    assert record.part_rows and all(n <= 4 for n in record.part_rows) and sum(record.part_rows) == record.n_examples
-    ids = [i for b in datastore.iter_feature_batches(worker.root, task.shard_id) for i in b.column("id").to_pylist()]
+    assert record.part_rows and all(n <= 4 for n in record.part_rows)
+    assert sum(record.part_rows) == record.n_examples and len(record.parts) == len(record.part_rows) > 1
+    batches = datastore.iter_feature_batches(worker.root, task.shard_id)
+    ids = [i for b in batches for i in b.column("id").to_pylist()]
     assert len(ids) == len(set(ids)) == record.n_examples
     est = datastore.estimated_tokens_available([record])
     for d, n in true_tokens.items():

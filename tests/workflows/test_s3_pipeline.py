@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from operators import datastore, storage
