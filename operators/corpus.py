@@ -202,13 +202,17 @@ def _text_stream(uri: str, raw: Any) -> Iterator[bytes]:
 
 
 def _zstd_lines(uri: str, fh: Any) -> Iterator[bytes]:
-    """Lines of a (multi-frame) zstd stream; a truncated last frame is a CorpusError."""
+    """Lines of a (multi-frame) zstd stream; a truncated last frame is a CorpusError.
+
+    Input is fed 8 KiB at a time, so the decompressed text held at once is about 8 KiB × the
+    compression ratio plus one line.
+    """
     import zstandard
 
     dctx = zstandard.ZstdDecompressor()
     dobj = None
     rest = b""
-    for chunk in iter(lambda: fh.read(1 << 20), b""):
+    for chunk in iter(lambda: fh.read(1 << 13), b""):
         while chunk:
             dobj = dobj or dctx.decompressobj()
             try:

@@ -256,3 +256,33 @@ def test_domain_cap_streaming_equals_whole_table() -> None:
     for start in range(0, table.num_rows, 8):
         cap.add(table.slice(start, 8))
     assert cap.result().equals(cap_per_domain(table, 9, 3))
+
+
+def test_streaming_memory_is_bounded_by_the_batch(tmp_path: Path) -> None:
+    """A ~27 MB (uncompressed) .jsonl.zst shard streams with a peak far below its size."""
+    import tracemalloc
+
+    import zstandard
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(5000)])
+    rows = ({"id": f"r{i}", "domain": "web", "text": " ".join(rng.choice(words, 250))} for i in range(20000))
+
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    path = tmp_path / "big.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    size = len(raw)
+    del raw
+    spec = CorpusSpec(paths=[str(path)])
+    tracemalloc.start()
+    arrow_peak, n = 0, 0
+    try:
+        for batch in iter_shard_batches(_ref(path, "jsonl"), spec, batch_rows=500):
+            n += batch.num_rows
+            arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
+        _, py_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 20000 and size > 20e6
+    print(f"streamed {size / 1e6:.1f} MB: python peak {py_peak / 1e6:.1f} MB, arrow peak {arrow_peak / 1e6:.1f} MB")
+    assert py_peak + arrow_peak < size / 4, (py_peak, arrow_peak, size)
