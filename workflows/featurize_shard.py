@@ -88,8 +88,12 @@ class ShardFeaturizer:
 
     @property
     def fingerprint(self) -> str:
-        """Model + projector identity; every worker of a run must report the same value."""
-        kind = "adam" if self.cfg.featurize.adam_aware else "sgd"
+        """Model + projector identity; every worker of a run must report the same value.
+
+        ``adam-corpus``: Adam-transformed corpus features, plain target features (older runs that
+        also transformed targets recorded ``adam`` and are refused on resume).
+        """
+        kind = "adam-corpus" if self.cfg.featurize.adam_aware else "sgd"
         return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}:{kind}"
 
     def describe(self) -> dict:
