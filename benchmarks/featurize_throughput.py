@@ -2,6 +2,7 @@
 
     python benchmarks/featurize_throughput.py [--rate 0.5] [--gpus auto|never] [--skip-actors]
     python benchmarks/featurize_throughput.py --only-step --hidden 256 --layers 4   # the 3M-weight model
+    python benchmarks/featurize_throughput.py --skip-actors --shard-path --kron-ranks --dense-dims
     python benchmarks/featurize_throughput.py --only-step --hidden 768 --layers 12 --intermediate 2048 \
         --dense-dims 4096 --kron-ranks --batch 2 --repeats 1              # ~100M params: memory
 
@@ -124,6 +125,38 @@ def step_ratio(args: argparse.Namespace) -> None:
     print("goals: kronecker k~4k >= 1.3x train step; dense >= 0.5x (3M-weight model)")
 
 
+def shard_path(args: argparse.Namespace, cache: str) -> None:
+    """The per-shard path (read, tokenize, featurize, write parts) with background tokenize/write
+    threads vs the same work done serially, interleaved, on the embedded default's corpus shards."""
+    import workflows.featurize_shard as fs
+    from workflows.featurize_shard import ShardFeaturizer
+    from workflows.mixture_refresh import resolve_model_uri
+    from workflows.plan import build_plan
+
+    serial = lambda items, depth=2: iter(items)  # noqa: E731
+    threaded = fs._background
+    timings: dict[str, list[float]] = {"threaded": [], "serial": []}
+    examples = 0
+    for rep in range(args.repeats):
+        for mode in ("threaded", "serial"):
+            out = tempfile.mkdtemp(prefix=f"influmix-bench-shard-{mode}-")
+            cfg = load_config("default", [f"output_uri={out}", f"model.cache_dir={cache}",
+                                          f"sampling.rate={args.rate}", f"run_id=bench-{mode}-{rep}"])
+            tasks = build_plan(cfg).corpus_tasks()[: args.shards]
+            worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "bench")
+            fs._background = threaded if mode == "threaded" else serial
+            try:
+                t0 = time.perf_counter()
+                examples = sum(worker.process(t).n_examples for t in tasks)
+                timings[mode].append(time.perf_counter() - t0)
+            finally:
+                fs._background = threaded
+    best = {m: min(v) for m, v in timings.items()}
+    print(f"shard path ({args.shards} shards, {examples} examples): threaded {examples / best['threaded']:.1f} "
+          f"examples/s, serial {examples / best['serial']:.1f} examples/s, "
+          f"speed-up {best['serial'] / best['threaded']:.2f}x")
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -145,12 +178,16 @@ def main() -> None:
     parser.add_argument("--kron-ranks", type=int, nargs="*", default=[12])
     parser.add_argument("--dense-dims", type=int, nargs="*", default=[1024, 4096])
     parser.add_argument("--no-train", action="store_true", help="skip the training step (memory runs)")
+    parser.add_argument("--shard-path", action="store_true", help="also time the shard path, threads on/off")
+    parser.add_argument("--shards", type=int, default=3, help="corpus shards for --shard-path")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     step_ratio(args)
+    cache = tempfile.mkdtemp(prefix="influmix-bench-cache-")
+    if args.shard_path:
+        shard_path(args, cache)
     if args.only_step or args.skip_actors:
         return
-    cache = tempfile.mkdtemp(prefix="influmix-bench-cache-")
     steady, total = {}, {}
     for workers in (1, 2):
         elapsed, busy, examples = measure(workers, args.rate, args.gpus, cache)
