@@ -97,6 +97,7 @@ class FeaturizeSpec(_Spec):
     max_length: int = Field(default=128, ge=2)
     batch_size: int = Field(default=16, ge=1)
     adam_aware: bool = False
+    part_rows: int | None = Field(default=None, ge=1)  # rows per feature part (None: 64 MiB of features)
 
 
 class InfluenceSpec(_Spec):

@@ -19,12 +19,14 @@ from workflows.config import RunConfig
 from workflows.plan import Plan, ShardTask
 
 
-def _ids(uri: str, spec: storage.StorageSpec) -> list[str]:
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri, spec)), columns=["id"])
-        return table.column("id").to_pylist()
-    except (OSError, ValueError) as exc:
-        raise CorpusError(f"feature shard {uri}: unreadable id column: {exc}") from exc
+def _ids(root: str, shard_id: str, spec: storage.StorageSpec) -> list[str]:
+    out: list[str] = []
+    for uri in datastore.shard_part_uris(root, shard_id, spec):
+        try:
+            out.extend(pq.read_table(io.BytesIO(storage.read_bytes(uri, spec)), columns=["id"]).column("id").to_pylist())
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"feature shard {uri}: unreadable id column: {exc}") from exc
+    return out
 
 
 def check_unique_ids(cfg: RunConfig, plan: Plan) -> int:
@@ -36,7 +38,7 @@ def check_unique_ids(cfg: RunConfig, plan: Plan) -> int:
     for group, tasks in groups.items():
         seen: dict[str, str] = {}
         for task in tasks:
-            for example_id in _ids(datastore.feature_uri(plan.root, task.shard_id), cfg.storage):
+            for example_id in _ids(plan.root, task.shard_id, cfg.storage):
                 first = seen.setdefault(example_id, task.uri)
                 if first != task.uri:
                     raise CorpusError(

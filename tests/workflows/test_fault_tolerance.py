@@ -189,11 +189,11 @@ def test_disk_full_while_writing_a_shard(baseline, model_cache, tmp_path, monkey
     cfg = _config(str(tmp_path / "out"), model_cache, "disk-full")
     plan = build_plan(cfg)
     victim = plan.corpus_tasks()[2].shard_id
-    monkeypatch.setenv("INFLUMIX_FAULT_ENOSPC", f"{victim}.parquet:{marker}")
+    monkeypatch.setenv("INFLUMIX_FAULT_ENOSPC", f"{victim}/part-:{marker}")
     result = run_mixture_refresh(cfg)
     assert victim in marker.read_text(), "the fault was not injected"
     assert datastore.list_completions(plan.root)[victim].attempt == 2  # failed write, retried
-    features_dir = os.path.dirname(datastore.feature_uri(plan.root, victim))
+    features_dir = datastore.feature_uri(plan.root, victim)  # the shard's part folder
     assert not [n for n in os.listdir(features_dir) if n.startswith(".")], "partial temp file left behind"
     assert_same_as_baseline(baseline, cfg, result)
 

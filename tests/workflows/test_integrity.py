@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 def _write(plan, task, ids: list[str]) -> None:
     table = datastore.features_table(ids, ["code"] * len(ids), np.ones(len(ids), np.int64),
                                      np.zeros(len(ids), np.float32), np.zeros((len(ids), 4), np.float32), "fp")
-    datastore.write_feature_shard(datastore.feature_uri(plan.root, task.shard_id), table)
+    datastore.write_feature_shard(datastore.legacy_feature_uri(plan.root, task.shard_id), table)
 
 
 def test_duplicate_id_across_shards_is_an_error(tmp_path) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from operators import datastore, storage
@@ -64,7 +62,7 @@ def test_corpus_and_outputs_on_s3_without_leaking_credentials(ray_cluster, model
     assert all(t.uri.startswith("s3://") for t in plan.corpus_tasks())
     done = datastore.list_completions(plan.root, spec)
     assert set(done) == {t.shard_id for t in plan.tasks}
-    table = pq.read_table(io.BytesIO(storage.read_bytes(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)))
+    table = datastore.read_feature_shard(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)
     assert table.schema.field("features").type.list_size == datastore.feature_dim(table)
     latest = storage.read_json(storage.join(bucket, "out", "manifests", "default", "latest.json"), spec)
     assert latest["manifest_uri"] == result.manifest_uri
