@@ -51,7 +51,7 @@ class Generate:
         shard_id, rows, seed, target = item
         rng = np.random.default_rng(seed)
         shift = np.random.default_rng(0).normal(scale=0.3, size=(len(DOMAINS), self.dim)).astype(np.float32)
-        path = datastore.feature_uri(self.root, shard_id)
+        path = datastore.legacy_feature_uri(self.root, shard_id)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         schema = datastore.feature_schema(self.dim, "synthetic")
         with pq.ParquetWriter(path + ".tmp", schema, compression="zstd") as writer:

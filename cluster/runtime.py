@@ -43,6 +43,7 @@ def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
         include_dashboard=spec.include_dashboard,
+        dashboard_host=spec.dashboard_host,  # 127.0.0.1 by default: not reachable from other hosts
         dashboard_port=spec.dashboard_port,
         _metrics_export_port=spec.metrics_export_port,
         **kwargs,

@@ -33,9 +33,16 @@ BATCH_ROWS = 8192
 _COLUMNS = ["id", "domain", "n_tokens", "features"]
 
 
+def iter_shard_feature_batches(root: str, shard_id: str, spec: storage.StorageSpec | None, columns: list[str],
+                               batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Record batches of every part of a shard's features, in order (datastore.shard_part_uris)."""
+    for uri in datastore.shard_part_uris(root, shard_id, spec):
+        yield from iter_feature_batches(uri, spec, columns, batch_rows)
+
+
 def iter_feature_batches(uri: str, spec: storage.StorageSpec | None, columns: list[str],
                          batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches of a feature shard; CorpusError naming the URI if it is missing or corrupt."""
+    """Record batches of one feature Parquet file; CorpusError naming the URI if missing or corrupt."""
     fs, path = storage.filesystem_for(uri, spec)
     try:
         with fs.open(path, "rb") as fh:
@@ -89,7 +96,7 @@ class PreconditionerJob:
             return {"kfac": {n: (a.numpy(), b.numpy(), c) for n, (a, b, c) in kfac_from_arrays(arrays).items()}}
         uri = datastore.feature_uri(self.root, shard_id)
         pre: GaussNewtonPreconditioner | None = None
-        for batch in iter_feature_batches(uri, self.spec, ["features"], self.batch_rows):
+        for batch in iter_shard_feature_batches(self.root, shard_id, self.spec, ["features"], self.batch_rows):
             feats = batch_features(batch, uri)
             pre = pre or GaussNewtonPreconditioner(feats.shape[1])
             pre.update(feats)
@@ -99,7 +106,8 @@ class PreconditionerJob:
         uri = datastore.feature_uri(self.root, shard_id)
         out: dict[str, np.ndarray] = {}
         names = list(self.targets)
-        for batch in iter_feature_batches(uri, self.spec, ["domain", "n_tokens", "features"], self.batch_rows):
+        for batch in iter_shard_feature_batches(self.root, shard_id, self.spec, ["domain", "n_tokens", "features"],
+                                                self.batch_rows):
             labels = np.asarray(batch.column("domain").to_pylist(), dtype=object)
             n_tok = batch.column("n_tokens").to_numpy(zero_copy_only=False)
             sums, tokens, counts = target_token_sums(batch_features(batch, uri), n_tok, labels, names,
@@ -158,7 +166,7 @@ class ScoreJob:
         schema = pa.schema([("id", pa.string()), ("domain", pa.string()), ("n_tokens", pa.int32()),
                             ("scores", pa.list_(pa.float32(), n_v))])
         with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in iter_feature_batches(uri, self.spec, _COLUMNS, self.batch_rows):
+            for batch in iter_shard_feature_batches(self.root, shard_id, self.spec, _COLUMNS, self.batch_rows):
                 scores = per_example_scores(batch_features(batch, uri), self.directions)
                 codes = domain_codes(batch.column("domain"), order)
                 n_tok = batch.column("n_tokens").to_numpy(zero_copy_only=False).astype(np.int64)

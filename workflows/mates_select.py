@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from cluster.parallel import map_shards
 from cluster.runtime import WorkerLayout
 from operators import storage
+from operators.names import path_component
 from operators.selection import (
     KEY_BINS,
     domain_quotas,
@@ -167,10 +168,15 @@ def select_distributed(root: str, shard_ids: list[str], weights: dict[str, float
             chosen_sum[d] += sum(e[2] for e in picked)
             mean_selected[d] = chosen_sum[d] / quotas[d]
         parts = [storage.join(prefix, s, f"{d}.txt") for s in shard_ids] if d in params else []
-        _stream_concat(parts, extra, storage.join(out_dir, "selection", f"{d}.txt"), spec)
+        _stream_concat(parts, extra, selection_uri(out_dir, d), spec)
         counts[d] = quotas[d]
     total = sum(m[1] for m in moments.values())
     report = {"quotas": quotas, "pool_size": pool, "budget": budget, "available": available, "mean_score_selected": mean_selected,
               "mean_score_pool": float(total / pool) if pool else None,
               "score_std": {d: p["std"] for d, p in params.items()}}
     return counts, report
+
+
+def selection_uri(out_dir: str, domain: str) -> str:
+    """Where a domain's selected ids go; the domain is untrusted data, so it passes path_component."""
+    return storage.join(out_dir, "selection", f"{path_component(domain, 'domain')}.txt")

@@ -170,7 +170,7 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
         storage.write_json_atomic(info_uri, info, cfg.storage)
     score_pool(cfg, plan, model_uri, dim_uri)
     from cluster.runtime import layout_or_local
-    from workflows.mates_select import select_distributed
+    from workflows.mates_select import select_distributed, selection_uri
 
     usable = bool(info.get("usable", True))
     # no usable signal: a temperature this high leaves only the Gumbel noise, i.e. random within the quotas
@@ -180,7 +180,7 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
                                         layout_or_local(cfg.cluster), cfg.cluster.max_task_retries)
     report.update({"usable": usable, "selection": "influence model" if usable else
                    "random within quotas (influence model not usable)"})
-    selected = {d: SelectedDomain(uri=storage.join(out_dir, "selection", f"{d}.txt"), count=n,
+    selected = {d: SelectedDomain(uri=selection_uri(out_dir, d), count=n,
                                   pool=report["available"].get(d, 0)) for d, n in sorted(counts.items())}
     params = {"selection_ratio": spec.selection_ratio, "temperature": temperature, "seed": spec.seed,
               "budget": report["budget"], "influence_model_uri": dim_uri, **info}

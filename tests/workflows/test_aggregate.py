@@ -21,7 +21,7 @@ TARGETS = ["target_mixed", "val_code", "val_docs"]
 
 def _write(root: str, shard_id: str, ids, domains, n_tokens, feats) -> None:
     table = datastore.features_table(list(ids), list(domains), n_tokens, np.zeros(len(ids)), feats, "fp")
-    datastore.write_feature_shard(datastore.feature_uri(root, shard_id), table)
+    datastore.write_feature_shard(datastore.legacy_feature_uri(root, shard_id), table)
 
 
 def _synth(root: str, dim: int = 16, shards: int = 5, rows: int = 300, seed: int = 0) -> tuple[Plan, dict]:
@@ -126,7 +126,7 @@ def test_target_directions_are_token_weighted(tmp_path, reduction):
 
 def test_corrupt_feature_shard_names_the_file(tmp_path):
     plan, _ = _synth(str(tmp_path / "run"), shards=2, rows=20)
-    bad = datastore.feature_uri(plan.root, "c1")
+    bad = datastore.legacy_feature_uri(plan.root, "c1")
     with open(bad, "wb") as fh:
         fh.write(b"not parquet")
     with pytest.raises(CorpusError, match="c1.parquet"):
