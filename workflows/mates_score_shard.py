@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from operators import storage
-from operators.influence_model import TrainedInfluenceModel
+from operators.influence_model import load_influence_model
 from operators.model_io import load_tokenizer
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
@@ -46,7 +46,7 @@ class ShardScorer:
         self.tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage,
                                                           cache_dir=cfg.model.cache_dir))
         data = storage.read_bytes(dim_uri, cfg.storage)
-        self.model = TrainedInfluenceModel.from_bytes(data, device=device)
+        self.model = load_influence_model(data, device, storage=cfg.storage, cache_dir=cfg.model.cache_dir)
         self.fingerprint = f"dim:{hashlib.sha256(data).hexdigest()[:16]}"
 
     def describe(self) -> dict:

@@ -17,7 +17,7 @@ from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.featurize_stage import run_featurize
 from workflows.integrity import check_unique_ids, skipped_examples
 from workflows.lease import run_lease
-from workflows.mixture_stage import build_problem, load_previous, tokens_available
+from workflows.mixture_stage import build_problem, load_previous
 from workflows.pins import pin_run
 from workflows.plan import Plan, build_plan, check_or_record_plan
 from workflows.publish import build_manifest, manifest_dir, publish
@@ -134,7 +134,7 @@ def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t
         t_feat = time.monotonic()
         previous_uri, previous = load_previous(cfg, pins["previous_manifest"])
         order, _ = domain_order(cfg, ckpts.newest)
-        available = tokens_available(cfg, datastore.list_completions(ckpts.newest.root, cfg.storage))
+        available = datastore.estimated_tokens_available(datastore.list_completions(ckpts.newest.root, cfg.storage))
         template = build_problem(cfg, order, available, previous, model_uri)
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
         infl = average_influence(cfg, ckpts, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))

@@ -48,38 +48,6 @@ def load_previous(cfg: RunConfig, pinned_uri: object = _UNPINNED) -> tuple[str |
         raise ConfigError(f"previous manifest {uri} does not exist") from exc
 
 
-def tokens_available(cfg: RunConfig, records: dict) -> dict[str, int]:
-    """Unique tokens per domain over the WHOLE corpus (not the featurized sample, not truncated).
-
-    Completion records carry, per shard, the bytes of every row and the untruncated tokens and bytes
-    of the featurized rows; tokens = bytes_all × tokens/byte of the featurized rows (exact when every
-    row was featurized). Records without those fields fall back to featurized tokens / sampling rate.
-    """
-    bytes_all: dict[str, float] = {}
-    tok_feat: dict[str, float] = {}
-    bytes_feat: dict[str, float] = {}
-    fallback: dict[str, float] = {}
-    for rec in records.values():
-        if rec.role != "corpus":
-            continue
-        full = getattr(rec, "domain_bytes_all", None) or {}
-        for d, n in rec.domain_tokens.items():
-            fallback[d] = fallback.get(d, 0.0) + n / cfg.sampling.rate
-        for d, b in full.items():
-            bytes_all[d] = bytes_all.get(d, 0.0) + b
-        for d, t in (getattr(rec, "domain_tokens_untruncated", None) or {}).items():
-            tok_feat[d] = tok_feat.get(d, 0.0) + t
-        for d, b in (getattr(rec, "domain_bytes_featurized", None) or {}).items():
-            bytes_feat[d] = bytes_feat.get(d, 0.0) + b
-    out = {}
-    for d in set(fallback) | set(bytes_all):
-        if d in bytes_all and bytes_feat.get(d, 0) > 0:
-            out[d] = int(round(bytes_all[d] * tok_feat.get(d, 0.0) / bytes_feat[d]))
-        else:
-            out[d] = int(round(fallback.get(d, 0.0)))
-    return out
-
-
 def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int],
                    model_uri: str | None = None) -> Budget:
     """The next stage's budget: config > stage_steps × tokens_per_step > checkpoint trainer_state.json
