@@ -105,6 +105,15 @@ class Lease:
 
     def try_acquire(self) -> dict | None:
         """Take the lease if it is free or stale. Returns None on success, else the live holder's record."""
+        # Live from the first write attempt: a contender in this process that reads our record between
+        # our write and our confirmation must not take it for an abandoned lease of this process.
+        _LIVE_OWNERS.add(self.owner)
+        holder = self._try_acquire()
+        if holder is not None:
+            _LIVE_OWNERS.discard(self.owner)
+        return holder
+
+    def _try_acquire(self) -> dict | None:
         for _ in range(5):
             if storage.put_if_absent(self.uri, self._record(), self.spec) and self._confirm():
                 return None
@@ -114,7 +123,6 @@ class Lease:
             holder = _parse(found[0])
             if holder.get("owner") == self.owner:
                 self.version = found[1]
-                _LIVE_OWNERS.add(self.owner)
                 return None
             if not self._stale(holder):
                 return holder

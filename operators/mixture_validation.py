@@ -38,6 +38,8 @@ def decide(delta: dict[str, np.ndarray], reference: str, eligible: list[str], ma
     if unknown:
         raise ConfigError(f"validation: eligible candidates {unknown} were not measured")
     sigma, df = pooled_std(delta)
+    if df == 0:
+        raise ConfigError("validation needs at least 2 seeds per candidate to estimate seed noise")
     ref_mean = float(np.mean(delta[reference]))
     t = float(stats.t.ppf((1 + confidence) / 2, df)) if df > 0 else float("inf")
     rows = {}
@@ -47,7 +49,7 @@ def decide(delta: dict[str, np.ndarray], reference: str, eligible: list[str], ma
         gain = ref_mean - float(v.mean())  # nats of validation loss saved vs the reference
         rows[name] = {"mean_delta": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
                       "gain": gain, "se": se, "ci": [gain - t * se, gain + t * se],
-                      "z": gain / se if se > 0 else (0.0 if gain == 0 else math.copysign(math.inf, gain))}
+                      "z": gain / se if se > 0 else (0.0 if gain == 0 else math.copysign(1e9, gain))}  # finite for JSON
     best = min(eligible, key=lambda n: (rows[n]["mean_delta"], n))
     found = best != reference and rows[best]["z"] > margin
     return {"reference": reference, "best": best, "published": best if found else reference,

@@ -132,7 +132,8 @@ class ValidationSpec(_Spec):
     enabled: bool = True
     steps: int = Field(default=16, ge=1, description="optimizer steps per probe")
     batch_size: int = Field(default=8, ge=1)
-    seeds: int = Field(default=2, ge=1, description="probe seeds per candidate (batch draws)")
+    seeds: int = Field(default=2, ge=2, description=(
+        "probe seeds per candidate (batch draws); at least 2, or seed noise cannot be estimated"))
     line_points: list[float] = Field(default=[0.5], description=(
         "points between the reference (0) and the solved mixture (1) that are also measured"))
     reference_examples: int = Field(default=96, ge=8, description="validation-split target examples")

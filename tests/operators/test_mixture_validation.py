@@ -36,6 +36,8 @@ def test_ineligible_candidates_are_not_published() -> None:
     assert d["published"] == "reference"
     with pytest.raises(ConfigError):
         decide(delta, "missing", ["reference"])
+    with pytest.raises(ConfigError, match="2 seeds"):
+        decide({"reference": np.array([-0.3]), "a": np.array([-0.4])}, "reference", ["a"])
 
 
 def test_budget_pool_sizes_scale_with_unique_share() -> None:
