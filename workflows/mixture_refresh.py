@@ -175,7 +175,7 @@ def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t
             validation=_validation_summary(validation))
         final = dict(zip(order, weights.tolist()))
         scores = dict(zip(order, problem.scores.tolist()))
-        report.update({"timings_s": {"featurize": round(t_feat - t0, 2), "solve": round(t_solve - t_feat, 2),
+        report.update({"timings_s": {"featurize": round(t_feat - t0, 2), "aggregate_and_solve": round(t_solve - t_feat, 2),
                                      "validate": round(t_valid - t_solve, 2),
                                      "total": round(time.monotonic() - t0, 2)},
                        "published": source, "weights": final, "domain_scores": scores,
