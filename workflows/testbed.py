@@ -11,6 +11,7 @@ the mixture beat every grid mixture. The loss before training is common to all m
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from workflows.plan import Plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["grid_mixtures", "evaluate_mixtures", "run_testbed", "compare"]
+__all__ = ["grid_mixtures", "evaluate_mixtures", "run_testbed", "compare", "testbed_reference"]
 
 #: Default probe optimizer of the testbed (AdamW, as TiKMiX-M probes).
 DEFAULT_PROBE = ProbeSpec(lr=1e-3, reference_batch_size=64)
@@ -94,6 +95,28 @@ def _check_mixtures(mixtures: Mapping[str, Mapping[str, float]]) -> list[str]:
     return sorted(domains)
 
 
+def testbed_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int,
+                      split: str | None = None) -> tuple[object, object, str]:
+    """(ids, mask, split used) of the testbed's reference set.
+
+    ``split`` (``"influence"``, ``"validation"``, ``"test"``) asks :func:`workflows.examples.reference_set`
+    for that held-out part of the targets (split by a hash of the example id, config
+    ``targets_split``). Where this checkout's ``reference_set`` has no ``split`` argument yet, the
+    whole target sets are used and the returned split says so (``"all (no split API)"``), so a report
+    never claims a held-out measurement it did not make.
+    """
+    if split is None:
+        ids, mask = reference_set(cfg, plan, tokenizer, total=total, seed=seed)
+        return ids, mask, "all"
+    if "split" not in inspect.signature(reference_set).parameters:
+        log.warning("testbed: reference_set has no `split` argument in this checkout; measuring on the "
+                    "whole target sets instead of the %r split", split)
+        ids, mask = reference_set(cfg, plan, tokenizer, total=total, seed=seed)
+        return ids, mask, "all (no split API)"
+    ids, mask = reference_set(cfg, plan, tokenizer, total=total, seed=seed, split=split)
+    return ids, mask, split
+
+
 def _sd(x: np.ndarray) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else 0.0
 
@@ -113,6 +136,7 @@ def evaluate_mixtures(
     reference_examples: int = 128,
     data_seed: int = 1,
     full_corpus: bool = True,
+    split: str | None = None,
 ) -> dict:
     """Train the checkpoint on each mixture × seed and report the target-loss change ΔL.
 
@@ -120,7 +144,9 @@ def evaluate_mixtures(
     not only the featurization sample); the reference set has about ``reference_examples`` target
     examples mixed by target weight. Pools and reference are chosen by ``data_seed`` (fixed across
     seeds); a seed changes the batch draws. ``grid`` names the mixtures the regret is measured
-    against (default: all). Returns a JSON-able dict (see module docstring).
+    against (default: all). ``split`` picks the held-out part of the targets the reference set is
+    drawn from (:func:`testbed_reference`; None: whole target sets). Returns a JSON-able dict (see
+    module docstring).
     """
     if steps < 1 or batch_size < 1 or per_domain < 1 or reference_examples < 1:
         raise ConfigError("evaluate_mixtures: steps, batch_size, per_domain, reference_examples must be "
@@ -147,7 +173,7 @@ def evaluate_mixtures(
     if missing:
         raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "
                           "mixtures")
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=reference_examples, seed=data_seed)
+    ref_ids, ref_mask, split_used = testbed_reference(cfg, plan, tokenizer, reference_examples, data_seed, split)
     rows: dict[str, dict] = {}
     with small_model_threads(loaded.model):
         base = reference_loss(loaded.model, ref_ids, ref_mask, spec.reference_batch_size)
@@ -169,7 +195,8 @@ def evaluate_mixtures(
         "model_uri": model_uri,
         "settings": {"steps": steps, "batch_size": batch_size, "seeds": seeds, "per_domain": per_domain,
                      "reference_examples": int(ref_ids.shape[0]), "data_seed": data_seed,
-                     "full_corpus": full_corpus, "probe": spec.model_dump(mode="json")},
+                     "full_corpus": full_corpus, "probe": spec.model_dump(mode="json"),
+                     "reference_split": split_used},
         "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()},
         "base_loss": float(base),
         "mixtures": rows,
@@ -211,11 +238,14 @@ def run_testbed(
     per_domain: int = 64,
     probe: ProbeSpec | None = None,
     reference_examples: int = 128,
+    name: str = "chosen",
+    split: str | None = None,
 ) -> dict:
-    """Evaluate a finished refresh's mixture (``chosen``) against ``tokens`` (token-proportional over the
+    """Evaluate a finished refresh's mixture (``name``, default ``chosen``) against ``tokens`` (token-proportional over the
     featurized sample), any ``extra`` mixtures and a grid within the config's constraints (default size
-    ``2K + 1``). Needs the refresh's completion records (token counts). Adds ``comparison`` (chosen vs
-    uniform) to :func:`evaluate_mixtures`' report.
+    ``2K + 1``). Needs the refresh's completion records (token counts). ``split``: the held-out target
+    split to measure on (see :func:`testbed_reference`). Adds ``comparison`` (``name`` vs uniform) to
+    :func:`evaluate_mixtures`' report.
     """
     from workflows.aggregate import domain_order
     from workflows.mixture_refresh import resolve_model_uri
@@ -233,7 +263,7 @@ def run_testbed(
     grid = grid_mixtures(order, grid_size or 2 * len(order) + 1, grid_seed, problem.lower, problem.upper)
     total = sum(tokens.values())
     named: dict[str, Mapping[str, float]] = {
-        "chosen": dict(result_weights),
+        name: dict(result_weights),
         "tokens": {d: tokens[d] / total for d in order},
         **(extra or {}),
     }
@@ -241,7 +271,8 @@ def run_testbed(
     if clash:
         raise ConfigError(f"run_testbed: mixture names {clash} clash with grid names")
     report = evaluate_mixtures(cfg, plan, model_uri, {**named, **grid}, steps, batch_size, seeds, per_domain,
-                               grid=list(grid), probe=probe, reference_examples=reference_examples)
+                               grid=list(grid), probe=probe, reference_examples=reference_examples,
+                               split=split)
     report["run_id"] = plan.run_id
-    report["comparison"] = compare(report, "chosen", "uniform")
+    report["comparison"] = compare(report, name, "uniform")
     return report
