@@ -6,8 +6,8 @@
 Scenarios (default ``all``; issue 9 item 7, ``workflows/testbed_scenarios.py``): ``oop_small`` (target
 nl outside the pool, its related pool domain de has only 70 examples), ``oop`` (target pt outside the
 pool), ``mixed`` (half code, half French). Each runs its refresh (fast settings: sampling.rate=0.2, 40
-bootstrap draws), then trains the checkpoint on the published mixture, uniform, token-proportional
-and a grid (uniform, one heavy corner per domain, Dirichlet samples) for each seed, for the config's
+bootstrap draws), then trains the checkpoint on the published mixture, uniform, token-proportional,
+a DSIR-style hashed n-gram importance baseline (``dsir``) and a grid (uniform, one heavy corner per domain, Dirichlet samples) for each seed, for the config's
 next-stage token budget (``--steps`` overrides), and measures ΔL on the held-out ``--split`` of the
 targets. It prints a table per scenario and an ACCEPTANCE block: gain over uniform in seed-std
 units (goal >= 1), worse than uniform beyond noise (goal no), regret vs the grid best (goal <= 0.02
@@ -77,9 +77,11 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
             print(f"per-token loss of the checkpoint on {target}: "
                   + ", ".join(f"{h} {v:.3f}" for h, v in halves.items()))
         print_table(rep, st["steps"], st["batch_size"])
-        for baseline in ("uniform", "tokens"):
-            c = compare(rep, PUBLISHED, baseline)
-            print(f"{PUBLISHED} vs {baseline}: improvement {c['improvement']:+.4f} nats")
+        for baseline in ("uniform", "tokens", "dsir"):
+            if baseline in rep["mixtures"]:
+                c = compare(rep, PUBLISHED, baseline)
+                units = f" ({c['improvement'] / c['seed_std']:+.2f} seed std)" if c["seed_std"] > 0 else ""
+                print(f"{PUBLISHED} vs {baseline}: improvement {c['improvement']:+.4f} nats{units}")
         print(f"grid best: {rep['best']} (ΔL {rep['best_mean']:.4f}); pooled seed std {rep['seed_std']:.4f}")
 
     print("\nACCEPTANCE (published = the refresh's published mixture; seed std pooled over all mixtures)")

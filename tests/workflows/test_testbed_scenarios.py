@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from operators.errors import ConfigError
@@ -13,6 +14,8 @@ from workflows.testbed_scenarios import (
     SCENARIOS,
     acceptance,
     budget_steps,
+    dsir_mixture,
+    hashed_ngrams,
     run_scenario,
     scenario_config,
 )
@@ -61,6 +64,19 @@ def test_acceptance_arithmetic() -> None:
                    "missing")
 
 
+def test_dsir_baseline_mixture(tmp_path) -> None:
+    a = hashed_ngrams("Hallo Welt, hallo Welt", 1000)
+    assert a.tolist() == hashed_ngrams("hallo welt hallo welt", 1000).tolist() and len(a) == 4 + 3
+    cfg = scenario_config("oop", str(tmp_path))
+    domains = ["changelog", "code", "config", "de", "docs", "es", "fr", "legal"]
+    lo, hi = np.full(8, 0.02), np.full(8, 0.6)
+    w = dsir_mixture(cfg, domains, lo, hi)
+    v = np.array([w[d] for d in domains])
+    assert v.sum() == pytest.approx(1.0) and np.all(v >= lo - 1e-9) and np.all(v <= hi + 1e-9)
+    assert w == dsir_mixture(cfg, domains, lo, hi)  # deterministic
+    assert w["es"] > w["legal"]  # a Portuguese target resamples Spanish over licence texts
+
+
 @pytest.mark.slow
 def test_scenario_end_to_end_structure(ray_cluster, model_cache, tmp_path) -> None:
     seeds, steps, grid_size = [0, 1], 5, 9
@@ -72,7 +88,7 @@ def test_scenario_end_to_end_structure(ray_cluster, model_cache, tmp_path) -> No
     assert res["scenario"] == "oop_small" and res["config"] == "scenario_oop_small"
     assert report["settings"]["steps"] == steps and report["settings"]["seeds"] == seeds
     assert report["settings"]["reference_split"] in ("test", "all (no split API)")
-    assert len(grid) == grid_size and grid[0] == "uniform" and {PUBLISHED, "tokens"} <= set(rows)
+    assert len(grid) == grid_size and grid[0] == "uniform" and {PUBLISHED, "tokens", "dsir"} <= set(rows)
     assert report["pool_sizes"]["de"] == 70  # the small domain is used whole, not capped
     assert rows[PUBLISHED]["weights"] == pytest.approx(res["refresh"]["weights"])
     for name, row in rows.items():
