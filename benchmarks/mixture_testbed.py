@@ -7,7 +7,7 @@ Scenarios (default ``all``; issue 9 item 7, ``workflows/testbed_scenarios.py``):
 nl outside the pool, its related pool domain de has only 70 examples), ``oop`` (target pt outside the
 pool), ``mixed`` (half code, half French). Each runs its refresh (fast settings: sampling.rate=0.2, 40
 bootstrap draws), then trains the checkpoint on the published mixture, uniform, token-proportional,
-a DSIR-style hashed n-gram importance baseline (``dsir``) and a grid (uniform, one heavy corner per domain, Dirichlet samples) for each seed, for the config's
+the refresh's other candidates (``solver:<name>``, ``baseline:<name>`` e.g. the DSIR baseline) and a grid (uniform, one heavy corner per domain, Dirichlet samples) for each seed, for the config's
 next-stage token budget (``--steps`` overrides), and measures ΔL on the held-out ``--split`` of the
 targets. It prints a table per scenario and an ACCEPTANCE block: gain over uniform in seed-std
 units (goal >= 1), worse than uniform beyond noise (goal no), regret vs the grid best (goal <= 0.02
@@ -70,6 +70,8 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
               f"{len(rep['mixtures'])} mixtures x {len(st['seeds'])} seeds x {st['steps']} steps "
               f"(batch {st['batch_size']}, ~{st['steps'] * st['batch_size']} examples; tokens_next_stage "
               f"{res['tokens_next_stage']}) in {res['testbed_wall_s']:.1f}s; total {time.perf_counter() - started:.0f}s")
+        print(f"published: {res['refresh']['published_source']} (validation stage's pick); bounds upper: "
+              + ", ".join(f"{d} {v:.2f}" for d, v in rep["bounds"]["upper"].items()))
         print(f"pool sizes: {rep['pool_sizes']}")
         print(f"reference: {st['reference_examples']} target examples, split {st['reference_split']!r}; "
               f"loss before training {rep['base_loss']:.4f}  (ΔL < 0: the target loss dropped)")
@@ -77,7 +79,8 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
             print(f"per-token loss of the checkpoint on {target}: "
                   + ", ".join(f"{h} {v:.3f}" for h, v in halves.items()))
         print_table(rep, st["steps"], st["batch_size"])
-        for baseline in ("uniform", "tokens", "dsir"):
+        others = [n for n in rep["mixtures"] if n.startswith(("solver:", "baseline:"))]
+        for baseline in ("uniform", "tokens", *others):
             if baseline in rep["mixtures"]:
                 c = compare(rep, PUBLISHED, baseline)
                 units = f" ({c['improvement'] / c['seed_std']:+.2f} seed std)" if c["seed_std"] > 0 else ""
@@ -96,9 +99,6 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
               f"   [noise = 2 SE of a difference = {a['noise']:.4f} nats]")
         print(f"  regret = {a['regret']:.3f} nats (goal <= {GOALS['regret']:g})   [grid best {a['best']}]")
         print(f"  {'PASS' if a['passed'] else 'FAIL'}")
-    if any("no split API" in r["testbed"]["settings"]["reference_split"] for r in results):
-        print("NOTE: this checkout has no held-out target split API yet; the reference sets are the whole "
-              "target sets, which the influence scores also used.")
     passed = sum(r["acceptance"]["passed"] for r in results)
     print(f"overall: {passed}/{len(results)} scenarios PASS")
     if args.json:

@@ -4,7 +4,8 @@ Conventions (see ALGORITHMS.md §1.2-1.4, §6.1):
 * per-example score s_iv = φ_i · d_v with d_v = Ĥ⁻¹ t_v (the caller preconditions the target means);
 * GI[k, v] = mean of s_iv over domain k ("benefit": positive means training on domain k lowers target
   loss, since an SGD step along ḡ_k changes L_v by −η⟨∇L_v, ḡ_k⟩);
-* per-target z-scores across domains (BIDS-style) before a weighted sum over targets.
+* a normalisation (``normalize_per_target``: default ``loss`` keeps every target's nats scale,
+  ``zscore`` makes targets equal) before a weighted sum over targets.
 All arithmetic is float64; everything here is pure numpy.
 """
 
@@ -146,14 +147,39 @@ def _zscore(gi: np.ndarray) -> np.ndarray:
     return np.where(flat, 0.0, centred / np.where(flat, 1.0, std))
 
 
-def normalize_per_target(gi: np.ndarray, method: Literal["zscore", "none"] = "zscore") -> np.ndarray:
-    """BIDS-style per-target normalisation across domains (population std; constant column → zeros)."""
+Normalization = Literal["loss", "zscore", "max", "none"]
+
+
+def _loss_scale(gi: np.ndarray) -> np.ndarray:
+    """One scale for all targets: sqrt of the mean over targets of the across-domain variance."""
+    var = gi.var(axis=-2, keepdims=True).mean(axis=-1, keepdims=True)
+    scale = np.sqrt(var)
+    tiny = 1e-12 * np.maximum(np.abs(gi).max(axis=(-2, -1), keepdims=True), np.finfo(np.float64).tiny)
+    return np.where(scale <= tiny, 1.0, scale)
+
+
+def normalize_per_target(gi: np.ndarray, method: Normalization = "loss") -> np.ndarray:
+    """Put the (K, V) group-influence matrix (or a stack of them) on the solver's scale.
+
+    * ``loss`` (default): every entry is divided by ONE scale shared by all targets, so each target
+      keeps its weight in nats: a hard target (high per-token loss, large gradients) moves the
+      mixture more than an easy one, exactly as it moves a trainer's token-weighted target loss.
+    * ``zscore``: BIDS-style per-target z-scores across domains; every target counts the same
+      whatever its loss scale (the pre-issue-9 default).
+    * ``max``: TiKMiX Eq. 9, each target divided by its best domain's value (sign kept).
+    * ``none``: raw values (nats of target loss per unit step; tiny, needs a small solver beta).
+    """
     gi = np.asarray(gi, dtype=np.float64)
     if method == "none":
         return gi.copy()
     if method == "zscore":
         return _zscore(gi)
-    raise ConfigError(f"influence normalize must be 'zscore' or 'none', got {method!r}")
+    if method == "loss":
+        return gi / _loss_scale(gi)
+    if method == "max":
+        top = gi.max(axis=-2, keepdims=True)
+        return gi / np.where(np.abs(top) < 1e-300, 1.0, np.abs(top))
+    raise ConfigError(f"influence normalize must be one of loss|zscore|max|none, got {method!r}")
 
 
 def _normalised_weights(weights: np.ndarray | Sequence[float], n_targets: int) -> np.ndarray:
@@ -194,7 +220,7 @@ def summarize_influence(
     domain_order: list[str],
     target_order: list[str],
     target_weights: np.ndarray | Sequence[float],
-    normalize: Literal["zscore", "none"] = "zscore",
+    normalize: Normalization = "loss",
     n_boot: int = 200,
     confidence: float = 0.9,
     seed: int = 0,
@@ -222,13 +248,13 @@ def bootstrap_influence(
     n_boot: int = 200,
     confidence: float = 0.9,
     seed: int = 0,
-    normalize: Literal["zscore", "none"] = "zscore",
+    normalize: Normalization = "loss",
     extra: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Percentile CIs from a bootstrap that resamples examples with replacement within each domain.
 
-    Returns gi_low/gi_high (K, V), score_low/score_high (K,) and, when `extra` maps a domain-score vector
-    (K,) to another (K,) vector (e.g. the mixture it induces), extra_low/extra_high.
+    Returns gi_low/gi_high (K, V), score_low/score_high (K,) and, when `extra` maps a replicate's raw
+    group-influence matrix (K, V) to a (K,) vector (e.g. the mixture it induces), extra_low/extra_high.
     """
     if n_boot < 1:
         raise ConfigError(f"influence bootstrap count must be >= 1, got {n_boot}")
@@ -264,7 +290,7 @@ def bootstrap_influence(
         "confidence": confidence,
     }
     if extra is not None:
-        boot_extra = np.stack([np.asarray(extra(s), dtype=np.float64) for s in boot_scores])
+        boot_extra = np.stack([np.asarray(extra(g), dtype=np.float64) for g in boot_gi])
         out["extra_low"], out["extra_high"] = np.percentile(boot_extra, q, axis=0)
     return out
 

@@ -70,6 +70,7 @@ class DomainEntry(_Model):
     n_examples: int = Field(default=0, ge=0)
     n_tokens: int = Field(default=0, ge=0)
     tokens_available: int | None = Field(default=None, ge=0)
+    planned_epochs: float | None = Field(default=None, ge=0)  # weight × stage budget / tokens_available
     data_prefix: str | None = None
 
     @model_validator(mode="after")
@@ -150,6 +151,8 @@ class Manifest(_Model):
     targets: list[TargetEntry] = []
     influence: InfluenceBlock
     solver: JsonDict = {}
+    budget: JsonDict = {}  # next-stage token budget, its source and the reuse cap
+    validation: JsonDict = {}  # pre-publish probe summary: what was published and why
     selection: Selection | None = None
     provenance: Provenance
 

@@ -26,6 +26,7 @@ from operators.influence_model import InfluenceModelSpec
 from operators.mixture import MixtureConstraints
 from operators.probing import ProbeSpec
 from operators.projection import ProjectionSpec
+from operators.splits import TargetSplitSpec
 from operators.storage import StorageSpec
 from operators.tiny_lm import TinyLMSpec
 
@@ -96,7 +97,7 @@ class InfluenceSpec(_Spec):
 
     preconditioner: Literal["identity", "gauss_newton", "kfac"] = "gauss_newton"
     relative_damping: float = Field(default=0.1, gt=0)
-    normalize: Literal["zscore", "none"] = "zscore"
+    normalize: Literal["loss", "zscore", "max", "none"] = "loss"
     bootstrap: int = Field(default=200, ge=0)
     confidence: float = Field(default=0.9, gt=0, lt=1)
     seed: int = 0
@@ -115,16 +116,88 @@ class TikmixMSpec(_Spec):
     seed: int = 0
 
 
-class MixtureSpec(_Spec):
-    """Domain mixture optimisation (TiKMiX-D, optionally TiKMiX-M)."""
+class BudgetSpec(_Spec):
+    """The next training stage's token budget: sets planned epochs, reuse caps and repeat value."""
 
-    solver: Literal["tikmix_d", "tikmix_m"] = "tikmix_d"
-    beta: float = Field(default=1.0, gt=0)
-    reference: Literal["previous", "uniform", "tokens"] = "previous"
+    tokens_next_stage: int | None = Field(default=None, gt=0, description=(
+        "tokens the next stage trains on; default: stage_steps × tokens_per_step, else the checkpoint's "
+        "remaining steps (trainer_state.json) × tokens_per_step, else one natural pass over the corpus "
+        "(with a warning)"))
+    stage_steps: int | None = Field(default=None, gt=0, description="optimizer steps of the next stage")
+    tokens_per_step: int | None = Field(default=None, gt=0, description="global batch tokens per step")
+    max_epochs: float | None = Field(default=4.0, gt=0, description=(
+        "hard cap on passes over a domain's unique tokens (Muennighoff et al.: ~4 epochs are nearly as "
+        "good as fresh data); null: no cap"))
+    repetition_scale: float = Field(default=15.4, gt=0, description="R* of the repeated-data value decay")
+
+
+class ValidationSpec(_Spec):
+    """Pre-publish check: short probe trainings from the checkpoint on the validation split."""
+
+    enabled: bool = True
+    steps: int = Field(default=16, ge=1, description="optimizer steps per probe")
+    batch_size: int = Field(default=8, ge=1)
+    seeds: int = Field(default=2, ge=1, description="probe seeds per candidate (batch draws)")
+    line_points: list[float] = Field(default=[0.5], description=(
+        "points between the reference (0) and the solved mixture (1) that are also measured"))
+    reference_examples: int = Field(default=96, ge=8, description="validation-split target examples")
+    max_pool: int = Field(default=96, ge=1, description="largest per-domain probe pool (examples)")
+    budget_scaled_pools: bool = Field(default=True, description=(
+        "size each domain's probe pool by its unique tokens / the stage budget, so probes repeat a "
+        "domain as often as the next stage would"))
+    margin: float = Field(default=1.0, ge=0, description=(
+        "publish a candidate only if it beats the reference by this many standard errors"))
+    baselines_eligible: bool = Field(default=True, description="a baseline that measures best may be published")
+    probe: ProbeSpec = ProbeSpec(lr=1e-3, reference_batch_size=64)
+    seed: int = 0
+
+    @field_validator("line_points")
+    @classmethod
+    def _in_unit(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < x < 1.0 for x in v):
+            raise ValueError(f"line points must lie strictly between 0 and 1, got {v}")
+        return v
+
+
+class MixtureSpec(_Spec):
+    """Domain mixture: solver (by name), what it is compared with, budget, bounds, validation."""
+
+    solver: str = "tikmix_d"
+    compare: list[str] = Field(default=["tikmix_d_paper"], description=(
+        "other solvers run on the same problem: reported, and validated as candidates"))
+    baselines: list[str] = Field(default=["uniform", "tokens", "dsir"], description="baseline mixtures")
+    options: dict[str, dict[str, Any]] = Field(default={}, description="per solver/baseline options by name")
+    beta: float = Field(default=1.0, gt=0, description="KL strength of regularised solvers (tikmix_d)")
+    prior: Literal["uniform", "tokens"] = Field(default="uniform", description=(
+        "fixed anchor of regularised solvers; does not move between refreshes"))
+    reference: Literal["previous", "uniform", "tokens"] = Field(default="previous", description=(
+        "the mixture a refresh must beat (and publishes when nothing measures better); previous falls "
+        "back to the prior on a first refresh"))
     constraints: MixtureConstraints = MixtureConstraints()
+    budget: BudgetSpec = BudgetSpec()
+    validation: ValidationSpec = ValidationSpec()
     previous_manifest: str | None = None  # default: the `latest` pointer of this mixture name
     data_prefixes: dict[str, str] = {}  # Megatron data prefixes per domain
     tikmix_m: TikmixMSpec = TikmixMSpec()
+
+    @model_validator(mode="after")
+    def _known_names(self) -> MixtureSpec:
+        from workflows.baselines import BASELINES
+        from workflows.solvers import SOLVERS
+
+        for name in [self.solver, *self.compare]:
+            if name not in SOLVERS.names():
+                raise ValueError(f"unknown solver {name!r}; known: {SOLVERS.names()}")
+        for name in self.baselines:
+            if name not in BASELINES.names():
+                raise ValueError(f"unknown baseline {name!r}; known: {BASELINES.names()}")
+        for name, data in self.options.items():
+            registry = SOLVERS if name in SOLVERS.names() else BASELINES
+            try:
+                registry.options(name, data, f"options.{name}")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 class MatesSpec(_Spec):
@@ -170,6 +243,7 @@ class RunConfig(_Spec):
     corpus: DatasetSpec
     sampling: SamplingSpec = SamplingSpec()
     targets: list[TargetSpec] = Field(min_length=1)
+    targets_split: TargetSplitSpec = TargetSplitSpec()
     model: ModelSpec = ModelSpec()
     featurize: FeaturizeSpec = FeaturizeSpec()
     influence: InfluenceSpec = InfluenceSpec()

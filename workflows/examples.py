@@ -7,13 +7,18 @@ import pyarrow as pa
 import torch
 
 from operators.corpus import ShardRef, cap_per_domain, read_shard, sample_rows
+from operators.splits import SplitName, split_rows
 from operators.tokenize import tokenize_texts
 from workflows.config import RunConfig
 from workflows.plan import Plan, ShardTask, spec_for_task
 
 
-def read_task_rows(cfg: RunConfig, task: ShardTask) -> pa.Table:
-    """The rows of one shard exactly as featurization sees them (same sampling)."""
+def read_task_rows(cfg: RunConfig, task: ShardTask, split: SplitName = "influence") -> pa.Table:
+    """The rows of one shard exactly as featurization sees them (same sampling).
+
+    Target shards keep only the rows of ``split`` (featurization uses the ``influence`` part; see
+    operators/splits.py); corpus shards ignore ``split``.
+    """
     ref = ShardRef(uri=task.uri, format=task.format, shard_id=task.shard_id, size_bytes=task.size_bytes)
     table = read_shard(ref, spec_for_task(cfg, task), cfg.storage)
     if task.role == "corpus":
@@ -21,15 +26,17 @@ def read_task_rows(cfg: RunConfig, task: ShardTask) -> pa.Table:
         if cfg.sampling.max_per_domain is not None:
             table = cap_per_domain(table, cfg.sampling.max_per_domain, cfg.sampling.seed)
     else:
+        table = split_rows(table, cfg.targets_split, split)
         target = next(t for t in cfg.targets if t.name == task.target_name)
         if target.max_examples is not None:
             table = cap_per_domain(table, target.max_examples, cfg.sampling.seed)
     return table
 
 
-def sample_rows_per_group(cfg: RunConfig, tasks: list[ShardTask], per_group: int, seed: int) -> pa.Table:
+def sample_rows_per_group(cfg: RunConfig, tasks: list[ShardTask], per_group: int, seed: int,
+                          split: SplitName = "influence") -> pa.Table:
     """Up to `per_group` rows per domain (or target), chosen by a stable hash of the id."""
-    tables = [read_task_rows(cfg, t) for t in tasks]
+    tables = [read_task_rows(cfg, t, split) for t in tasks]
     if not tables:
         return pa.table({"id": pa.array([], pa.string()), "domain": pa.array([], pa.string()),
                          "text": pa.array([], pa.string())})
@@ -57,14 +64,21 @@ def domain_pools(cfg: RunConfig, plan: Plan, tokenizer, per_domain: int, seed: i
 
 
 def reference_set(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int,
-                  target: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A reference batch from the target sets: one named target, or all mixed by target weight."""
+                  target: str | None = None, *, split: SplitName) -> tuple[torch.Tensor, torch.Tensor]:
+    """A reference batch from one split of the target sets: one named target, or all mixed by target
+    weight. ``split`` says which held-out part (operators/splits.py): probes that choose a mixture use
+    ``validation``, anything that judges a published mixture uses ``test``."""
     targets = [t for t in cfg.targets if target is None or t.name == target]
     weights = np.array([t.weight for t in targets], dtype=np.float64)
     counts = np.maximum(1, np.round(total * weights / weights.sum()).astype(int))
     ids, masks = [], []
     for t, n in zip(targets, counts.tolist()):
-        table = sample_rows_per_group(cfg, plan.target_tasks(t.name), n, seed)
+        table = sample_rows_per_group(cfg, plan.target_tasks(t.name), n, seed, split)
+        if table.num_rows == 0:
+            from operators.errors import ConfigError
+
+            raise ConfigError(f"target {t.name!r} has no examples in its {split!r} split "
+                              f"(targets_split: {cfg.targets_split.model_dump()})")
         i, m, _ = tokenize_table(tokenizer, table, cfg.featurize.max_length)
         ids.append(i)
         masks.append(m)

@@ -55,7 +55,8 @@ def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout
     cands = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, spec.seed + 1)
     ids, mask, _ = tokenize_table(tokenizer, cands, spec.model.max_length)
     reference = spec.reference_target or cfg.targets[0].name
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference)
+    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference,
+                                     split="influence")
     rows = [(ids[i][mask[i].bool()], mask[i][mask[i].bool()]) for i in range(len(ids))]
     labels = np.array(parallel_map(OracleProber(cfg, model_uri, ref_ids, ref_mask), rows, layout))
     trained = train_influence_model(spec.model, ids, mask, labels, vocab_size=len(tokenizer),

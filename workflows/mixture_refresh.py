@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators import storage
-from operators.mixture import objective
+from operators import datastore, storage
 from workflows.aggregate import InfluenceResult, aggregate_influence, domain_order
+from workflows.baselines import BASELINES
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.featurize_stage import run_featurize
-from workflows.mixture_stage import MixtureProblem, build_problem, load_previous
+from workflows.mixture_stage import build_problem, load_previous, tokens_available
 from workflows.plan import Plan, build_plan, check_or_record_plan
 from workflows.publish import build_manifest, manifest_dir, publish
 from workflows.report import ranking_stability, render_markdown
+from workflows.solvers import SOLVERS, MixtureProblem, SolveContext
+from workflows.validate_stage import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +65,46 @@ def prepare_run(cfg: RunConfig) -> tuple[Plan, str]:
     return plan, model_uri
 
 
-def _solver_info(problem: MixtureProblem, scores: np.ndarray, weights: np.ndarray, name: str) -> dict:
-    return {
-        "name": name, "beta": problem.beta, "reference": problem.reference_kind,
-        "w_ref": dict(zip(problem.domains, problem.w_ref.round(8).tolist())),
-        "lower": dict(zip(problem.domains, problem.lower.tolist())),
-        "upper": dict(zip(problem.domains, problem.upper.tolist())),
-        "objective": float(objective(weights, scores, problem.w_ref, problem.beta)),
-    }
+def _solve_all(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> tuple[dict, dict]:
+    """Primary and comparison solvers, then baselines, on one problem: name → SolverResult."""
+    solved = {}
+    for name in dict.fromkeys([cfg.mixture.solver, *cfg.mixture.compare]):
+        solver = SOLVERS.build(name, cfg.mixture.options.get(name), f"mixture.options.{name}")
+        solved[name] = solver.solve(problem, ctx)
+        log.info("solver %s: %s", name, dict(zip(problem.domains, solved[name].weights.round(4).tolist())))
+    baselines = {}
+    for name in cfg.mixture.baselines:
+        baselines[name] = BASELINES.build(name, cfg.mixture.options.get(name),
+                                          f"mixture.options.{name}").solve(problem, ctx)
+    return solved, baselines
+
+
+def _bootstrap_solver(cfg: RunConfig, problem_of: Callable[[np.ndarray], MixtureProblem]):
+    """Weights of a bootstrap replicate's GI (K, V) under the primary solver (TiKMiX-D if it trains)."""
+    name = cfg.mixture.solver
+    if SOLVERS.get(name).measures:
+        name = "tikmix_d"
+    solver = SOLVERS.build(name, cfg.mixture.options.get(name), f"mixture.options.{name}")
+    return lambda gi: solver.solve(problem_of(gi)).weights
+
+
+def _problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
+    b = problem.budget
+    return {"domains": problem.domains, "targets": problem.targets, "normalize": problem.normalize,
+            "prior": problem.prior_kind, "reference": problem.reference_kind,
+            "reference_weights": dict(zip(problem.domains, problem.reference.round(6).tolist())),
+            "lower": dict(zip(problem.domains, problem.lower.tolist())),
+            "upper": dict(zip(problem.domains, problem.upper.tolist())),
+            "budget": {"tokens_next_stage": b.tokens_next_stage, "source": b.source, "max_epochs": b.max_epochs,
+                       "repetition_scale": b.repetition_scale,
+                       "tokens_available": dict(zip(problem.domains, b.tokens_available.tolist()))},
+            "planned_epochs": problem.epochs(weights)}
 
 
 def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
     """Run (or resume) one mixture refresh end to end and publish its manifest."""
     from cluster.metrics import DriverMetrics
-    from cluster.runtime import init_ray
+    from cluster.runtime import init_ray, worker_layout
 
     t0 = time.monotonic()
     plan, model_uri = prepare_run(cfg)
@@ -88,45 +117,58 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         featurizer = run_featurize(cfg, plan, model_uri, metrics)
         t_feat = time.monotonic()
         previous_uri, previous = load_previous(cfg)
-        order, tokens = domain_order(cfg, plan)
-        problem = build_problem(cfg, order, tokens, previous)
+        order, _ = domain_order(cfg, plan)
+        available = tokens_available(cfg, datastore.list_completions(plan.root, cfg.storage))
+        template = build_problem(cfg, order, available, previous, model_uri)
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
-        infl = aggregate_influence(cfg, plan, order, layout, extra=problem.solve)
-        weights = problem.solve(infl.scores)
-        solver = _solver_info(problem, infl.scores, weights, "tikmix_d")
-        report: dict = {"tikmix_d": dict(zip(order, weights.tolist()))}
-        if cfg.mixture.solver == "tikmix_m" or cfg.mixture.tikmix_m.enabled:
-            from cluster.runtime import worker_layout
-            from workflows.tikmix_m_stage import run_tikmix_m
-
-            m_weights, m_report = run_tikmix_m(cfg, plan, model_uri, infl, problem, worker_layout(cfg.cluster))
-            report["tikmix_m"] = m_report
-            if cfg.mixture.solver == "tikmix_m":
-                weights = m_weights
-                solver = {**_solver_info(problem, infl.scores, weights, "tikmix_m"),
-                          "regression": m_report.get("regressor")}
+        infl = aggregate_influence(cfg, plan, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))
+        problem = template.with_gi(infl.gi)
+        ctx = SolveContext(cfg=cfg, plan=plan, model_uri=model_uri, layout=worker_layout(cfg.cluster))
+        solved, baselines = _solve_all(cfg, problem, ctx)
+        t_solve = time.monotonic()
+        primary = cfg.mixture.solver
+        weights, source = solved[primary].weights, primary
+        report: dict = {
+            "solvers": {n: {**r.report, "weights": dict(zip(order, r.weights.tolist()))} for n, r in solved.items()},
+            "baselines": {n: {**r.report, "weights": dict(zip(order, r.weights.tolist()))}
+                          for n, r in baselines.items()}}
+        validation = None
+        if cfg.mixture.validation.enabled:
+            validation = run_validation(cfg, plan, model_uri, problem, {n: r.weights for n, r in solved.items()},
+                                        {n: r.weights for n, r in baselines.items()}, primary, ctx.layout)
+            weights, source = validation.pop("published_weights"), validation["published"]
+            report["validation"] = validation
+        t_valid = time.monotonic()
         selection = None
         if cfg.mates.enabled:
             from workflows.mates_stage import run_mates
 
             selection, report["mates"] = run_mates(cfg, plan, model_uri, dict(zip(order, weights.tolist())),
                                                    manifest_dir(cfg))
+        report["problem"] = _problem_report(problem, weights)
+        solver_info = {"name": primary, "published": source, "beta": cfg.mixture.beta, "prior": problem.prior_kind,
+                       "reference": problem.reference_kind, **solved[primary].report}
         manifest = build_manifest(
             cfg, infl, weights, model_uri=model_uri, model_fingerprint=featurizer.get("model", ""),
-            checkpoint_step=_step_of(model_uri), projector=featurizer.get("featurizer", {}), solver=solver,
+            checkpoint_step=_step_of(model_uri), projector=featurizer.get("featurizer", {}), solver=solver_info,
             previous_uri=previous_uri, previous_weights=problem.previous_weights,
-            tokens_available=problem.info.get("tokens_available"), selection=selection)
+            tokens_available=problem.info["tokens_available"], selection=selection,
+            budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
+            validation=_validation_summary(validation))
         final = dict(zip(order, weights.tolist()))
-        scores = dict(zip(order, infl.scores.tolist()))
-        report.update({"timings_s": {"featurize": round(t_feat - t0, 2), "total": round(time.monotonic() - t0, 2)},
-                       "weights": final, "domain_scores": scores,
+        scores = dict(zip(order, problem.scores.tolist()))
+        report.update({"timings_s": {"featurize": round(t_feat - t0, 2), "solve": round(t_solve - t_feat, 2),
+                                     "validate": round(t_valid - t_solve, 2),
+                                     "total": round(time.monotonic() - t0, 2)},
+                       "published": source, "weights": final, "domain_scores": scores,
                        "ranking_spearman_vs_previous": ranking_stability(scores, previous)})
         storage.write_json_atomic(storage.join(plan.root, "report.json"), report, cfg.storage)
         storage.write_text_atomic(storage.join(plan.root, "report.md"), render_markdown(manifest, report),
                                   cfg.storage)
         outputs = publish(cfg, manifest, plan.root)  # manifest files, _SUCCESS, then the latest pointer
         metrics.weights(final)
-        log.info("published %s: %s", outputs["manifest.json"], {d: round(w, 4) for d, w in final.items()})
+        log.info("published %s (%s): %s", outputs["manifest.json"], source,
+                 {d: round(w, 4) for d, w in final.items()})
         return RefreshResult(run_id=plan.run_id, run_root=plan.root, manifest_uri=outputs["manifest.json"],
                              weights=final, outputs=outputs, influence=infl, report=report)
     finally:
@@ -134,6 +176,15 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
             import ray
 
             ray.shutdown()
+
+
+def _validation_summary(validation: dict | None) -> dict:
+    if not validation:
+        return {"enabled": False}
+    pub = validation["candidates"][validation["published"]]
+    return {"enabled": True, "published": validation["published"], "best": validation["best"],
+            "improvement_found": validation["improvement_found"], "gain_nats": pub["gain"],
+            "gain_ci": pub["ci"], "seed_std": validation["seed_std"], "split": validation["split"]}
 
 
 def _finished(cfg: RunConfig, plan: Plan) -> RefreshResult | None:

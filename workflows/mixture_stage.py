@@ -1,18 +1,18 @@
-"""Choose the next domain mixture from group influence (TiKMiX-D), with bootstrap-able solver."""
+"""The mixture problem of a refresh: previous manifest, real token counts, budget, bounds, prior."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from operators import storage
 from operators.errors import ConfigError
 from operators.manifest import Manifest, parse_manifest, weights_of
-from operators.mixture import bounds_for, resolve_reference, solve_tikmix_d
+from operators.budget import Budget
+from operators.mixture import bounds_for, check_feasible, project_bounded_simplex, resolve_reference
 from workflows.config import RunConfig
+from workflows.solvers.base import MixtureProblem
 
 log = logging.getLogger(__name__)
 
@@ -39,33 +39,104 @@ def load_previous(cfg: RunConfig) -> tuple[str | None, Manifest | None]:
         raise ConfigError(f"previous manifest {uri} does not exist") from exc
 
 
-@dataclass
-class MixtureProblem:
-    """The TiKMiX-D problem for fixed domains: reference mixture, bounds and KL strength."""
+def tokens_available(cfg: RunConfig, records: dict) -> dict[str, int]:
+    """Unique tokens per domain over the WHOLE corpus (not the featurized sample, not truncated).
 
-    domains: list[str]
-    w_ref: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    beta: float
-    reference_kind: str
-    previous_weights: dict[str, float] | None = None
-    info: dict = field(default_factory=dict)
+    Completion records carry, per shard, the bytes of every row and the untruncated tokens and bytes
+    of the featurized rows; tokens = bytes_all × tokens/byte of the featurized rows (exact when every
+    row was featurized). Records without those fields fall back to featurized tokens / sampling rate.
+    """
+    bytes_all: dict[str, float] = {}
+    tok_feat: dict[str, float] = {}
+    bytes_feat: dict[str, float] = {}
+    fallback: dict[str, float] = {}
+    for rec in records.values():
+        if rec.role != "corpus":
+            continue
+        full = getattr(rec, "domain_bytes_all", None) or {}
+        for d, n in rec.domain_tokens.items():
+            fallback[d] = fallback.get(d, 0.0) + n / cfg.sampling.rate
+        for d, b in full.items():
+            bytes_all[d] = bytes_all.get(d, 0.0) + b
+        for d, t in (getattr(rec, "domain_tokens_untruncated", None) or {}).items():
+            tok_feat[d] = tok_feat.get(d, 0.0) + t
+        for d, b in (getattr(rec, "domain_bytes_featurized", None) or {}).items():
+            bytes_feat[d] = bytes_feat.get(d, 0.0) + b
+    out = {}
+    for d in set(fallback) | set(bytes_all):
+        if d in bytes_all and bytes_feat.get(d, 0) > 0:
+            out[d] = int(round(bytes_all[d] * tok_feat.get(d, 0.0) / bytes_feat[d]))
+        else:
+            out[d] = int(round(fallback.get(d, 0.0)))
+    return out
 
-    def solve(self, scores: np.ndarray) -> np.ndarray:
-        return solve_tikmix_d(scores, self.w_ref, self.beta, self.lower, self.upper)
 
-    def solver_fn(self) -> Callable[[np.ndarray], np.ndarray]:
-        return self.solve
+def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int],
+                   model_uri: str | None = None) -> Budget:
+    """The next stage's budget: config > stage_steps × tokens_per_step > checkpoint trainer_state.json
+    remaining steps × tokens_per_step > one natural pass over the corpus (warned as a guess)."""
+    b = cfg.mixture.budget
+    u = np.array([available.get(d, 0) for d in domains], dtype=np.float64)
+    tokens = b.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage
+    source = "config"
+    if tokens is None and b.stage_steps and b.tokens_per_step:
+        tokens, source = b.stage_steps * b.tokens_per_step, "stage_steps x tokens_per_step"
+    if tokens is None and b.tokens_per_step and model_uri:
+        remaining = _remaining_steps(model_uri, cfg)
+        if remaining:
+            tokens, source = remaining * b.tokens_per_step, "checkpoint trainer_state.json remaining steps"
+    if tokens is None:
+        tokens, source = float(u.sum()), "default: one natural pass over the corpus (no budget given)"
+        log.warning("no token budget for the next stage (mixture.budget.tokens_next_stage): assuming one "
+                    "natural pass over the corpus, %.3g tokens; planned epochs and reuse caps are only as "
+                    "good as that guess", tokens)
+    max_epochs = cfg.mixture.constraints.max_epochs or b.max_epochs
+    return Budget(float(tokens), u, max_epochs, b.repetition_scale, source)
 
 
-def build_problem(cfg: RunConfig, domains: list[str], tokens: dict[str, int],
-                  previous: Manifest | None) -> MixtureProblem:
+def _remaining_steps(model_uri: str, cfg: RunConfig) -> int | None:
+    uri = storage.join(model_uri, "trainer_state.json")
+    try:
+        if not storage.exists(uri, cfg.storage):
+            return None
+        state = storage.read_json(uri, cfg.storage)
+        remaining = int(state.get("max_steps", 0)) - int(state.get("global_step", 0))
+    except (ValueError, TypeError, OSError):
+        log.warning("cannot read %s; ignoring it for the token budget", uri)
+        return None
+    return remaining if remaining > 0 else None
+
+
+def problem_bounds(cfg: RunConfig, domains: list[str], budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+    """Box constraints from the config combined with the budget's reuse cap."""
+    box = cfg.mixture.constraints.model_copy(update={"max_epochs": None, "tokens_next_stage": None})
+    lower, upper = bounds_for(domains, box)
+    upper = np.minimum(upper, budget.reuse_upper())
+    lower = np.minimum(lower, upper)
+    check_feasible(domains, lower, upper)
+    return lower, upper
+
+
+def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int], previous: Manifest | None,
+                  model_uri: str | None = None) -> MixtureProblem:
+    """The mixture problem of this refresh (see workflows/solvers/base.py) with a zero influence
+    matrix: call ``.with_gi(infl.gi)`` once influence is aggregated."""
+    domains = list(domains)
     prev_weights = weights_of(previous) if previous is not None else None
-    # Featurized tokens are a sample of the corpus: scale by the sampling rate for the reuse cap.
-    tokens_available = {d: int(round(tokens.get(d, 0) / cfg.sampling.rate)) for d in domains}
-    lower, upper = bounds_for(domains, cfg.mixture.constraints, tokens_available)
-    w_ref = resolve_reference(cfg.mixture.reference, domains, prev_weights, tokens)
-    return MixtureProblem(domains=domains, w_ref=w_ref, lower=lower, upper=upper, beta=cfg.mixture.beta,
-                          reference_kind=cfg.mixture.reference, previous_weights=prev_weights,
-                          info={"tokens_available": tokens_available})
+    budget = resolve_budget(cfg, domains, available, model_uri)
+    lower, upper = problem_bounds(cfg, domains, budget)
+    tokens = {d: int(budget.tokens_available[i]) for i, d in enumerate(domains)}
+    prior = resolve_reference(cfg.mixture.prior, domains, tokens=tokens)
+    kind = cfg.mixture.reference
+    if kind == "previous" and prev_weights is None:
+        kind = cfg.mixture.prior
+    reference = resolve_reference(kind, domains, prev_weights, tokens)
+    reference = project_bounded_simplex(reference, lower, upper)
+    target_weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
+    target_weights /= target_weights.sum()
+    return MixtureProblem(
+        domains=domains, targets=[t.name for t in cfg.targets], target_weights=target_weights,
+        gi=np.zeros((len(domains), len(cfg.targets))), normalize=cfg.influence.normalize, lower=lower,
+        upper=upper, prior=project_bounded_simplex(prior, lower, upper), prior_kind=cfg.mixture.prior,
+        reference=reference, reference_kind=kind, budget=budget, previous_weights=prev_weights,
+        info={"beta": cfg.mixture.beta, "tokens_available": tokens, "budget_source": budget.source})

@@ -45,7 +45,9 @@ def _ci(boot: dict, key: str, i: int) -> tuple[float, float] | None:
 def build_manifest(cfg: RunConfig, infl: InfluenceResult, weights: np.ndarray, *, model_uri: str,
                    model_fingerprint: str, checkpoint_step: int | None, projector: dict, solver: dict,
                    previous_uri: str | None, previous_weights: dict[str, float] | None,
-                   tokens_available: dict[str, int] | None, selection: Selection | None = None) -> Manifest:
+                   tokens_available: dict[str, int] | None, selection: Selection | None = None,
+                   budget: dict | None = None, planned_epochs: dict[str, float] | None = None,
+                   validation: dict | None = None) -> Manifest:
     domains = []
     for i, name in enumerate(infl.domains):
         domains.append(DomainEntry(
@@ -54,6 +56,7 @@ def build_manifest(cfg: RunConfig, infl: InfluenceResult, weights: np.ndarray, *
             influence_score=float(infl.scores[i]), score_ci=_ci(infl.bootstrap, "score", i),
             weight_ci=_ci(infl.bootstrap, "extra", i), n_examples=infl.counts[name], n_tokens=infl.tokens[name],
             tokens_available=None if tokens_available is None else tokens_available.get(name),
+            planned_epochs=None if planned_epochs is None else planned_epochs.get(name),
             data_prefix=cfg.mixture.data_prefixes.get(name),
         ))
     targets = [TargetEntry(name=t, weight=float(w), n_examples=infl.target_counts.get(t, 0))
@@ -69,7 +72,8 @@ def build_manifest(cfg: RunConfig, infl: InfluenceResult, weights: np.ndarray, *
         git_commit=_git_commit(), previous_manifest_uri=previous_uri,
     )
     return Manifest(name=cfg.name, domains=domains, targets=targets, influence=influence, solver=solver,
-                    selection=selection, provenance=provenance)
+                    budget=budget or {}, validation=validation or {}, selection=selection,
+                    provenance=provenance)
 
 
 def manifest_dir(cfg: RunConfig) -> str:

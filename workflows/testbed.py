@@ -11,7 +11,6 @@ the mixture beat every grid mixture. The loss before training is common to all m
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -24,6 +23,7 @@ from operators.mixture import project_bounded_simplex
 from operators.mixture_regression import sample_dirichlet_mixtures
 from operators.model_io import load_causal_lm
 from operators.probing import ProbeSpec, probe_mixture, reference_loss
+from operators.splits import SplitName
 from operators.tiny_lm import small_model_threads
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
@@ -96,25 +96,13 @@ def _check_mixtures(mixtures: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 
 def testbed_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int,
-                      split: str | None = None) -> tuple[object, object, str]:
-    """(ids, mask, split used) of the testbed's reference set.
+                      split: SplitName = "test") -> tuple[object, object]:
+    """(ids, mask) of the testbed's reference set: ``split`` of the targets (operators/splits.py).
 
-    ``split`` (``"influence"``, ``"validation"``, ``"test"``) asks :func:`workflows.examples.reference_set`
-    for that held-out part of the targets (split by a hash of the example id, config
-    ``targets_split``). Where this checkout's ``reference_set`` has no ``split`` argument yet, the
-    whole target sets are used and the returned split says so (``"all (no split API)"``), so a report
-    never claims a held-out measurement it did not make.
+    The default ``test`` split is never touched by a refresh (neither the influence scores nor the
+    validation probes), so a published mixture is judged on data that did not choose it.
     """
-    if split is None:
-        ids, mask = reference_set(cfg, plan, tokenizer, total=total, seed=seed)
-        return ids, mask, "all"
-    if "split" not in inspect.signature(reference_set).parameters:
-        log.warning("testbed: reference_set has no `split` argument in this checkout; measuring on the "
-                    "whole target sets instead of the %r split", split)
-        ids, mask = reference_set(cfg, plan, tokenizer, total=total, seed=seed)
-        return ids, mask, "all (no split API)"
-    ids, mask = reference_set(cfg, plan, tokenizer, total=total, seed=seed, split=split)
-    return ids, mask, split
+    return reference_set(cfg, plan, tokenizer, total=total, seed=seed, split=split)
 
 
 def _sd(x: np.ndarray) -> float:
@@ -136,7 +124,7 @@ def evaluate_mixtures(
     reference_examples: int = 128,
     data_seed: int = 1,
     full_corpus: bool = True,
-    split: str | None = None,
+    split: SplitName = "test",
 ) -> dict:
     """Train the checkpoint on each mixture × seed and report the target-loss change ΔL.
 
@@ -144,8 +132,8 @@ def evaluate_mixtures(
     not only the featurization sample); the reference set has about ``reference_examples`` target
     examples mixed by target weight. Pools and reference are chosen by ``data_seed`` (fixed across
     seeds); a seed changes the batch draws. ``grid`` names the mixtures the regret is measured
-    against (default: all). ``split`` picks the held-out part of the targets the reference set is
-    drawn from (:func:`testbed_reference`; None: whole target sets). Returns a JSON-able dict (see
+    against (default: all). ``split`` picks the part of the targets the reference set is drawn from
+    (default ``test``, held out from every refresh stage; :func:`testbed_reference`). Returns a JSON-able dict (see
     module docstring).
     """
     if steps < 1 or batch_size < 1 or per_domain < 1 or reference_examples < 1:
@@ -173,7 +161,7 @@ def evaluate_mixtures(
     if missing:
         raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "
                           "mixtures")
-    ref_ids, ref_mask, split_used = testbed_reference(cfg, plan, tokenizer, reference_examples, data_seed, split)
+    ref_ids, ref_mask = testbed_reference(cfg, plan, tokenizer, reference_examples, data_seed, split)
     rows: dict[str, dict] = {}
     with small_model_threads(loaded.model):
         base = reference_loss(loaded.model, ref_ids, ref_mask, spec.reference_batch_size)
@@ -196,7 +184,7 @@ def evaluate_mixtures(
         "settings": {"steps": steps, "batch_size": batch_size, "seeds": seeds, "per_domain": per_domain,
                      "reference_examples": int(ref_ids.shape[0]), "data_seed": data_seed,
                      "full_corpus": full_corpus, "probe": spec.model_dump(mode="json"),
-                     "reference_split": split_used},
+                     "reference_split": split},
         "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()},
         "base_loss": float(base),
         "mixtures": rows,
@@ -239,32 +227,37 @@ def run_testbed(
     probe: ProbeSpec | None = None,
     reference_examples: int = 128,
     name: str = "chosen",
-    split: str | None = None,
+    split: SplitName = "test",
 ) -> dict:
-    """Evaluate a finished refresh's mixture (``name``, default ``chosen``) against ``tokens`` (token-proportional over the
-    featurized sample), any ``extra`` mixtures and a grid within the config's constraints (default size
-    ``2K + 1``). Needs the refresh's completion records (token counts). ``split``: the held-out target
-    split to measure on (see :func:`testbed_reference`). Adds ``comparison`` (``name`` vs uniform) to
-    :func:`evaluate_mixtures`' report.
+    """Evaluate a finished refresh's mixture (``name``, default ``chosen``) against ``tokens``
+    (proportional to each domain's unique tokens over the whole corpus, within the bounds), any
+    ``extra`` mixtures and a grid within the refresh problem's bounds (config box + the budget's reuse
+    cap; default size ``2K + 1``). Needs the refresh's completion records (token counts). ``split``:
+    the target split to measure on (default ``test``; see :func:`testbed_reference`). Adds
+    ``comparison`` (``name`` vs uniform) to :func:`evaluate_mixtures`' report.
     """
+    from operators import datastore
     from workflows.aggregate import domain_order
     from workflows.mixture_refresh import resolve_model_uri
-    from workflows.mixture_stage import build_problem
+    from workflows.mixture_stage import build_problem, tokens_available
     from workflows.plan import build_plan
 
     plan = build_plan(cfg)
     model_uri = resolve_model_uri(cfg)
-    order, tokens = domain_order(cfg, plan)
+    order, _ = domain_order(cfg, plan)
     stray = sorted(set(result_weights) - set(order))
     if stray:
         raise ConfigError(f"run_testbed: result_weights name domains {stray} that the refresh did not "
                           "featurize")
-    problem = build_problem(cfg, order, tokens, previous=None)
+    available = tokens_available(cfg, datastore.list_completions(plan.root, cfg.storage))
+    problem = build_problem(cfg, order, available, previous=None, model_uri=model_uri)
     grid = grid_mixtures(order, grid_size or 2 * len(order) + 1, grid_seed, problem.lower, problem.upper)
-    total = sum(tokens.values())
+    u = np.array([float(available.get(d, 0)) for d in order])
+    tokens = project_bounded_simplex(u / u.sum() if u.sum() > 0 else np.full(len(order), 1.0 / len(order)),
+                                     problem.lower, problem.upper)
     named: dict[str, Mapping[str, float]] = {
         name: dict(result_weights),
-        "tokens": {d: tokens[d] / total for d in order},
+        "tokens": dict(zip(order, tokens.tolist())),
         **(extra or {}),
     }
     clash = sorted(set(named) & set(grid))
@@ -274,5 +267,7 @@ def run_testbed(
                                grid=list(grid), probe=probe, reference_examples=reference_examples,
                                split=split)
     report["run_id"] = plan.run_id
+    report["bounds"] = {"lower": dict(zip(order, problem.lower.tolist())),
+                        "upper": dict(zip(order, problem.upper.tolist()))}
     report["comparison"] = compare(report, name, "uniform")
     return report

@@ -9,7 +9,7 @@ then trains the refresh checkpoint on ``published``, ``tokens`` and a grid (``un
 :func:`workflows.testbed.run_testbed`, measuring the target-loss change ΔL on a held-out target split
 (``split="test"``: examples that neither the influence scores nor a validation stage used).
 
-The training budget of the testbed equals the config's ``mixture.constraints.tokens_next_stage``
+The training budget of the testbed equals the config's ``mixture.budget.tokens_next_stage``
 (steps = budget / (batch_size × max_length)) unless ``steps`` is given, and the training pools hold
 every corpus example (``per_domain``), so a heavy weight on the small domain repeats it as often as
 the next stage would.
@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
 from operators.errors import ConfigError
@@ -41,7 +38,7 @@ from workflows.config import RunConfig, load_config
 log = logging.getLogger(__name__)
 
 __all__ = ["Scenario", "SCENARIOS", "GOALS", "scenario_config", "acceptance", "run_scenario",
-           "target_half_losses", "dsir_mixture", "hashed_ngrams"]
+           "target_half_losses", "budget_steps", "candidate_mixtures"]
 
 #: Acceptance goals of issue 9 item 7.
 GOALS = {"gain_std": 1.0, "regret": 0.02}
@@ -80,9 +77,9 @@ def scenario_config(name: str, output_uri: str, cache_dir: str | None = None,
 
 def budget_steps(cfg: RunConfig, batch_size: int) -> int:
     """Training steps whose token budget (batch_size × max_length per step) is tokens_next_stage."""
-    budget = cfg.mixture.constraints.tokens_next_stage
+    budget = cfg.mixture.budget.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage
     if budget is None:
-        raise ConfigError(f"{cfg.name}: mixture.constraints.tokens_next_stage is not set; pass `steps`")
+        raise ConfigError(f"{cfg.name}: mixture.budget.tokens_next_stage is not set; pass `steps`")
     return max(1, round(budget / (batch_size * cfg.featurize.max_length)))
 
 
@@ -112,48 +109,16 @@ def _repetitions(weights: Mapping[str, float], pool_sizes: Mapping[str, int], st
             if pool_sizes.get(d)}
 
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def hashed_ngrams(text: str, buckets: int) -> np.ndarray:
-    """Bucket ids (crc32) of the lower-cased word unigrams and bigrams of ``text`` (DSIR features)."""
-    words = _WORD.findall(text.lower())
-    grams = words + [f"{x} {y}" for x, y in zip(words, words[1:])]
-    return np.array([zlib.crc32(g.encode()) % buckets for g in grams], dtype=np.int64)
-
-
-def dsir_mixture(cfg: RunConfig, domains: Sequence[str], lower: np.ndarray, upper: np.ndarray,
-                 k: int | None = None, *, buckets: int = 10_000, seed: int = 0) -> dict[str, float]:
-    """A cheap DSIR-style baseline mixture (Xie et al. 2023): hashed n-gram bag models of the targets and
-    of the raw corpus (each mixed 9:1 with the uniform over buckets), log importance weight per corpus example, Gumbel top-``k``
-    resampling without replacement (``k``: default 10% of the corpus); the mixture is the domain share
-    of the resampled examples, projected onto the bounds. Uses every corpus example and the whole
-    target sets (the refresh's view of the targets)."""
-    from operators.mixture import project_bounded_simplex
-    from workflows.examples import read_task_rows
-    from workflows.plan import build_plan
-
-    full = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rate": 1.0, "max_per_domain": None})})
-    plan = build_plan(full)
-    corpus = pa.concat_tables([read_task_rows(full, t).select(["domain", "text"]) for t in plan.corpus_tasks()])
-    target_texts = [x for t in cfg.targets for task in plan.target_tasks(t.name)
-                    for x in read_task_rows(full, task).column("text").to_pylist()]
-    grams = [hashed_ngrams(t, buckets) for t in corpus.column("text").to_pylist()]
-    def smoothed(counts: np.ndarray) -> np.ndarray:  # same mass on the uniform for both models
-        return 0.9 * counts / max(counts.sum(), 1.0) + 0.1 / buckets
-
-    p_raw = smoothed(np.bincount(np.concatenate(grams), minlength=buckets).astype(np.float64))
-    p_tgt = smoothed(np.bincount(np.concatenate([hashed_ngrams(t, buckets) for t in target_texts]),
-                                 minlength=buckets).astype(np.float64))
-    log_ratio = np.log(p_tgt) - np.log(p_raw)
-    log_w = np.array([float(log_ratio[g].sum()) for g in grams])
-    gumbel = np.random.default_rng(seed).gumbel(size=log_w.shape[0])
-    k = max(1, log_w.shape[0] // 10) if k is None else max(1, min(k, log_w.shape[0]))
-    chosen = np.argsort(-(log_w + gumbel), kind="stable")[:k]
-    names = np.asarray(corpus.column("domain").to_pylist(), dtype=object)[chosen]
-    share = np.array([float(np.sum(names == d)) for d in domains]) / len(chosen)
-    w = project_bounded_simplex(share, np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64))
-    return {d: float(v) for d, v in zip(domains, w)}
+def candidate_mixtures(report: Mapping) -> dict[str, dict[str, float]]:
+    """The refresh report's other candidates, named ``solver:<name>`` and ``baseline:<name>`` (the
+    uniform baseline is left out: the grid holds ``uniform``)."""
+    out: dict[str, dict[str, float]] = {}
+    for kind, key in (("solver", "solvers"), ("baseline", "baselines")):
+        for name, row in (report.get(key) or {}).items():
+            if kind == "baseline" and name == "uniform":
+                continue
+            out[f"{kind}:{name}"] = {d: float(w) for d, w in row["weights"].items()}
+    return out
 
 
 def target_half_losses(cfg: RunConfig, model_uri: str, max_examples: int = 64) -> dict[str, dict[str, float]]:
@@ -202,13 +167,15 @@ def run_scenario(
     per_domain: int = 100_000,
     reference_examples: int = 128,
     split: str = "test",
-    dsir: bool = True,
+    candidates: bool = True,
 ) -> dict:
-    """Refresh scenario ``name``, then evaluate ``published`` vs ``uniform``, ``tokens``, a DSIR-style
-    hashed n-gram baseline (``dsir``; :func:`dsir_mixture`) and a grid.
+    """Refresh scenario ``name``, then evaluate ``published`` vs ``uniform``, ``tokens``, a grid and (with
+    ``candidates``) the refresh's other solver and baseline mixtures (:func:`candidate_mixtures`, e.g.
+    ``baseline:dsir``).
 
     Returns a JSON-able dict: ``scenario``, ``description``, ``config``, ``refresh`` (run id, published
-    weights, wall seconds), ``testbed`` (:func:`workflows.testbed.run_testbed`'s report, its mixtures
+    weights, which candidate the validation stage published, its validation report, wall seconds),
+    ``testbed`` (:func:`workflows.testbed.run_testbed`'s report, its mixtures
     with ``repetitions``: expected passes over each domain's pool), ``target_losses`` (per-token loss
     of the checkpoint on each half of each target) and ``acceptance`` (:func:`acceptance`).
     """
@@ -223,15 +190,7 @@ def run_scenario(
     result = run_mixture_refresh(cfg)
     refresh_s = time.perf_counter() - started
     started = time.perf_counter()
-    extra = {}
-    if dsir:
-        from workflows.aggregate import domain_order
-        from workflows.mixture_stage import build_problem
-        from workflows.plan import build_plan
-
-        order, tokens = domain_order(cfg, build_plan(cfg))
-        problem = build_problem(cfg, order, tokens, previous=None)
-        extra["dsir"] = dsir_mixture(cfg, order, problem.lower, problem.upper)
+    extra = candidate_mixtures(result.report) if candidates else {}
     report = run_testbed(cfg, result.weights, extra=extra, grid_size=grid_size, grid_seed=grid_seed, steps=steps,
                          batch_size=batch_size, seeds=seeds, per_domain=per_domain,
                          reference_examples=reference_examples, name=PUBLISHED, split=split)
@@ -242,8 +201,10 @@ def run_scenario(
         "scenario": name,
         "description": SCENARIOS[name].description,
         "config": cfg.name,
-        "tokens_next_stage": cfg.mixture.constraints.tokens_next_stage,
-        "refresh": {"run_id": result.run_id, "weights": dict(result.weights), "wall_s": round(refresh_s, 2)},
+        "tokens_next_stage": cfg.mixture.budget.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage,
+        "refresh": {"run_id": result.run_id, "weights": dict(result.weights), "wall_s": round(refresh_s, 2),
+                    "published_source": (result.report.get("validation") or {}).get("published"),
+                    "validation": result.report.get("validation")},
         "testbed": report,
         "testbed_wall_s": round(testbed_s, 2),
         "target_losses": target_half_losses(cfg, resolve_model_uri(cfg)),

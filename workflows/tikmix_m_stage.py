@@ -23,10 +23,9 @@ from operators.mixture_regression import (
 from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
 from operators.probing import probe_mixture
 from operators.tokenize import prepare_tokenizer
-from workflows.aggregate import InfluenceResult
 from workflows.config import RunConfig
 from workflows.examples import domain_pools, reference_set
-from workflows.mixture_stage import MixtureProblem
+from workflows.solvers.base import MixtureProblem
 from workflows.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -57,31 +56,33 @@ class MixtureProber:
         return quality
 
 
-def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, infl: InfluenceResult,
-                 problem: MixtureProblem, layout: WorkerLayout) -> tuple[np.ndarray, dict]:
+def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem,
+                 layout: WorkerLayout) -> tuple[np.ndarray, dict]:
     """Label candidates with probes on Ray tasks (one per worker slot), fit, choose, compare with D."""
     spec = cfg.mixture.tikmix_m
     tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
-    domains = infl.domains
+    domains = problem.domains
     pools = domain_pools(cfg, plan, tokenizer, per_domain=spec.probe_steps * spec.probe_batch_size,
                          seed=spec.seed, domains=domains)
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=64, seed=spec.seed)
+    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=64, seed=spec.seed, split="validation")
     prober = MixtureProber(cfg, model_uri, domains, pools, ref_ids, ref_mask)
 
-    w_d = problem.solve(infl.scores)
-    candidates = sample_dirichlet_mixtures(problem.w_ref, spec.candidates, spec.seed, problem.lower,
+    from workflows.solvers import SOLVERS
+
+    w_d = SOLVERS.build("tikmix_d", cfg.mixture.options.get("tikmix_d")).solve(problem).weights
+    candidates = sample_dirichlet_mixtures(problem.prior, spec.candidates, spec.seed, problem.lower,
                                            problem.upper)
-    W = np.vstack([candidates, w_d[None, :], problem.w_ref[None, :]])
+    W = np.vstack([candidates, w_d[None, :], problem.prior[None, :]])
     y = np.array(parallel_map(prober, list(W), layout))
     log.info("TiKMiX-M: labelled %d candidate mixtures (quality range %.4f..%.4f)", len(y), y.min(), y.max())
-    regressor = MixtureRegressor(influence=infl.scores, domain_names=domains, seed=spec.seed).fit(W, y)
-    w_m = choose_mixture(regressor, problem.w_ref, problem.lower, problem.upper, n_samples=spec.samples,
+    regressor = MixtureRegressor(influence=problem.scores, domain_names=domains, seed=spec.seed).fit(W, y)
+    w_m = choose_mixture(regressor, problem.prior, problem.lower, problem.upper, n_samples=spec.samples,
                          top_k=spec.top_k, seed=spec.seed)
-    named = {"tikmix_d": w_d, "tikmix_m": w_m, "reference": problem.w_ref}
+    named = {"tikmix_d": w_d, "tikmix_m": w_m, "reference": problem.prior}
     # D and reference were labelled with the candidates (same probe, same seed); only M is new
     measured = {"tikmix_d": float(y[-2]), "reference": float(y[-1]),
                 "tikmix_m": parallel_map(prober, [w_m], layout)[0]}
-    rows = compare_mixtures(named, regressor, infl.scores)
+    rows = compare_mixtures(named, regressor, problem.scores)
     for row in rows:
         row["measured_quality"] = measured[row["name"]]
     report = {

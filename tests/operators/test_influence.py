@@ -91,17 +91,32 @@ def test_zscore_per_target_removes_scale_and_handles_constant_columns() -> None:
     gi = rng.normal(size=(5, 3))
     gi[:, 1] *= 1e6  # a target with a huge gradient norm must not dominate after normalisation
     gi[:, 2] = 0.1  # constant column
-    z = normalize_per_target(gi)
+    z = normalize_per_target(gi, "zscore")
     np.testing.assert_allclose(z[:, :2].mean(0), 0, atol=1e-12)
     np.testing.assert_allclose(z[:, :2].std(0), 1, atol=1e-12)
     assert np.all(z[:, 2] == 0) and np.all(np.isfinite(z))
     affine = gi * np.array([3.0, 0.5, 1.0]) + np.array([10.0, -2.0, 0.0])
-    np.testing.assert_allclose(normalize_per_target(affine), z, atol=1e-9)
+    np.testing.assert_allclose(normalize_per_target(affine, "zscore"), z, atol=1e-9)
     raw = normalize_per_target(gi, "none")
     np.testing.assert_array_equal(raw, gi)
     assert raw is not gi
     with pytest.raises(ConfigError, match="normalize"):
         normalize_per_target(gi, "rank")  # type: ignore[arg-type]
+
+
+def test_loss_normalisation_keeps_each_targets_nats_scale() -> None:
+    """`loss` divides every target by ONE shared scale: a hard target (larger influence in nats) keeps
+    its larger say in the combined score, which z-scoring would erase."""
+    easy = np.array([0.01, 0.00, 0.00])  # low-loss target: small effects, prefers domain 0
+    hard = np.array([0.05, 0.10, 0.00])  # high-loss target: 10x larger effects, prefers domain 1
+    gi = np.stack([easy, hard], axis=1)
+    loss = normalize_per_target(gi, "loss")
+    c = gi[1, 1] / loss[1, 1]
+    assert c > 0
+    np.testing.assert_allclose(loss * c, gi, atol=1e-15)  # one positive scale for every entry
+    assert np.argmax(combine_targets(loss, [1.0, 1.0])) == 1  # what the summed nats prefer
+    assert np.argmax(combine_targets(normalize_per_target(gi, "zscore"), [1.0, 1.0])) == 0  # targets equal
+    np.testing.assert_allclose(normalize_per_target(gi, "max").max(axis=0), 1.0)
 
 
 def test_combine_targets_normalises_weights() -> None:
@@ -143,9 +158,11 @@ def test_bootstrap_is_stratified_deterministic_and_maps_extra() -> None:
         e = np.exp(s - s.max())
         return e / e.sum()
 
-    c = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=100, seed=3, extra=softmax)
-    gi_norm = normalize_per_target(group_influence(scores, labels, DOMAINS))
-    point = softmax(combine_targets(gi_norm, [1, 1, 1]))
+    def mixture(gi: np.ndarray) -> np.ndarray:  # `extra` receives a replicate's raw GI (K, V)
+        return softmax(combine_targets(normalize_per_target(gi), [1, 1, 1]))
+
+    c = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=100, seed=3, extra=mixture)
+    point = mixture(group_influence(scores, labels, DOMAINS))
     assert c["extra_low"].shape == (3,)
     assert np.all(c["extra_low"] <= point + 1e-12) and np.all(point <= c["extra_high"] + 1e-12)
 

@@ -1,0 +1,87 @@
+"""DSIR-style hashed n-gram importance mixture, computed from the same target sets in the same run.
+
+Bag-of-n-gram models of the target (influence split, mixed by target weight) and of the raw pool give
+every pool example a length-normalised log importance (operators/ngram.py). A domain's weight is its
+share of importance mass, Σ_{x∈k} n_x·exp(imp_x) over all domains, where n_x counts x's n-grams: what
+importance resampling of the pool would draw from each domain. Two map passes over the corpus shards
+on Ray (counts, then per-domain log-sum-exp of importance), so only (buckets,) and (K,) arrays reach
+the driver.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import logsumexp
+
+from operators.mixture import project_bounded_simplex
+from operators.ngram import example_importance, log_importance, ngram_buckets, ngram_counts
+from workflows.baselines import BASELINES
+from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
+
+
+class _ShardPass:
+    """Picklable per-shard job: pass 1 returns n-gram counts, pass 2 per-domain log importance mass."""
+
+    def __init__(self, cfg_data: dict, buckets: int, log_ratio: np.ndarray | None, domains: list[str]):
+        self.cfg_data, self.buckets, self.log_ratio, self.domains = cfg_data, buckets, log_ratio, domains
+
+    def __call__(self, tasks: list, device: str) -> list:
+        from workflows.config import RunConfig
+        from workflows.examples import read_task_rows
+
+        cfg = RunConfig.model_validate(self.cfg_data)
+        out = []
+        for task in tasks:
+            table = read_task_rows(cfg, task)
+            texts = table.column("text").to_pylist()
+            if self.log_ratio is None:
+                out.append(ngram_counts(texts, self.buckets))
+                continue
+            imp = example_importance(texts, self.log_ratio)
+            sizes = np.array([max(1, ngram_buckets(t, self.buckets).size) for t in texts], dtype=np.float64)
+            doms = np.asarray(table.column("domain").to_pylist(), dtype=object)
+            mass = np.full(len(self.domains), -np.inf)
+            for i, d in enumerate(self.domains):
+                sel = doms == d
+                if sel.any():
+                    mass[i] = float(logsumexp(imp[sel] + np.log(sizes[sel])))
+            out.append(mass)
+        return out
+
+
+@BASELINES.register
+class Dsir(Solver):
+    name = "dsir"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        buckets: int = Field(default=10_000, ge=16, description="hash bins of the n-gram models")
+        smoothing: float = Field(default=1.0, gt=0, description="add-k smoothing of both models")
+        local_below_bytes: int = Field(default=256 * 2**20, ge=0, description=(
+            "run both passes in the driver when the corpus shards total fewer bytes (Ray task start-up "
+            "costs more than hashing a small corpus)"))
+
+    def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
+        if ctx is None:
+            raise ValueError("the dsir baseline reads the corpus: it needs a SolveContext")
+        from cluster.parallel import parallel_map
+        from workflows.examples import read_task_rows
+
+        cfg, plan, b = ctx.cfg, ctx.plan, self.options.buckets
+        target, n_target = np.zeros(b), 0.0
+        for t, lam in zip(problem.targets, problem.target_weights):
+            counts = sum((ngram_counts(read_task_rows(cfg, task).column("text").to_pylist(), b)
+                          for task in plan.target_tasks(t)), np.zeros(b))
+            target += lam * counts / max(counts.sum(), 1.0)
+            n_target += counts.sum()
+        cfg_data = cfg.model_dump(mode="json")
+        tasks = plan.corpus_tasks()
+        raw = np.sum(parallel_map(_ShardPass(cfg_data, b, None, problem.domains), tasks, ctx.layout), axis=0)
+        ratio = log_importance(target * n_target, raw, self.options.smoothing)  # weighted, real count
+        masses = np.array(parallel_map(_ShardPass(cfg_data, b, ratio, problem.domains), tasks, ctx.layout))
+        log_mass = logsumexp(masses, axis=0)
+        w = np.exp(log_mass - logsumexp(log_mass))
+        return SolverResult(project_bounded_simplex(w, problem.lower, problem.upper),
+                            {"buckets": b, "unbounded": dict(zip(problem.domains, w.round(6).tolist()))})

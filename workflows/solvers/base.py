@@ -1,0 +1,95 @@
+"""One interface for every mixture solver.
+
+A solver receives a :class:`MixtureProblem` (group influence as a domains × targets matrix, the scores
+the configured normalisation derives from it, bounds, the fixed prior, the reference mixture and the
+next stage's token budget) and returns a :class:`SolverResult`: weights plus its own report section.
+Solvers that only do arithmetic (``measures = False``) are also re-run on bootstrap replicates of the
+influence matrix to give weight confidence intervals; solvers that train probes (``measures = True``)
+get a :class:`SolveContext` with the run's config, plan, checkpoint and Ray worker layout.
+
+Adding a solver: one file in this folder that defines a :class:`Solver` subclass with a ``name``, an
+``Options`` pydantic model (its config section ``mixture.options.<name>``) and ``solve``, plus one
+line in ``workflows/solvers/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from operators.budget import Budget
+from operators.influence import combine_targets, normalize_per_target
+
+
+@dataclass(frozen=True)
+class MixtureProblem:
+    """Everything a solver may use; arrays are in ``domains`` order (K) and ``targets`` order (V)."""
+
+    domains: list[str]
+    targets: list[str]
+    target_weights: np.ndarray  # (V,), sums to 1
+    gi: np.ndarray  # (K, V) raw group influence: nats of target loss per unit step (benefit sign)
+    normalize: str  # how `scores` were derived from `gi` (operators.influence.normalize_per_target)
+    lower: np.ndarray  # (K,) box and reuse caps included
+    upper: np.ndarray
+    prior: np.ndarray  # fixed anchor of regularised solvers (does not move between refreshes)
+    prior_kind: str
+    reference: np.ndarray  # what a refresh must beat: the previous mixture, else the prior
+    reference_kind: str
+    budget: Budget
+    previous_weights: dict[str, float] | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def gi_normalized(self) -> np.ndarray:
+        return normalize_per_target(self.gi, self.normalize)  # type: ignore[arg-type]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(K,) target-weighted domain scores on the solver scale."""
+        return combine_targets(self.gi_normalized, self.target_weights)
+
+    def with_gi(self, gi: np.ndarray) -> MixtureProblem:
+        """The same problem for another influence matrix (a bootstrap replicate)."""
+        return replace(self, gi=np.asarray(gi, dtype=np.float64))
+
+    def epochs(self, w: np.ndarray) -> dict[str, float]:
+        return {d: float(e) for d, e in zip(self.domains, self.budget.epochs(w))}
+
+
+@dataclass
+class SolverResult:
+    weights: np.ndarray
+    report: dict = field(default_factory=dict)  # the solver's own section of report.json
+
+
+@dataclass
+class SolveContext:
+    """Run-time facilities for solvers that measure mixtures by training (cfg: workflows RunConfig)."""
+
+    cfg: Any
+    plan: Any
+    model_uri: str
+    layout: Any  # cluster.runtime.WorkerLayout
+    extras: dict = field(default_factory=dict)
+
+
+class Solver(ABC):
+    """Base class of mixture solvers; subclasses set ``name``, ``Options`` and implement ``solve``."""
+
+    name: ClassVar[str]
+    measures: ClassVar[bool] = False  # True: trains probes, needs a SolveContext, skipped in bootstrap
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
+        """Weights (K,) on the bounded simplex, plus a report section."""
