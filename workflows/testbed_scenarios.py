@@ -111,11 +111,11 @@ def _repetitions(weights: Mapping[str, float], pool_sizes: Mapping[str, int], st
 
 def candidate_mixtures(report: Mapping) -> dict[str, dict[str, float]]:
     """The refresh report's other candidates, named ``solver:<name>`` and ``baseline:<name>`` (the
-    uniform baseline is left out: the grid holds ``uniform``)."""
+    uniform and tokens baselines are left out: the testbed evaluates ``uniform`` and ``tokens`` itself)."""
     out: dict[str, dict[str, float]] = {}
     for kind, key in (("solver", "solvers"), ("baseline", "baselines")):
         for name, row in (report.get(key) or {}).items():
-            if kind == "baseline" and name == "uniform":
+            if kind == "baseline" and name in ("uniform", "tokens"):
                 continue
             out[f"{kind}:{name}"] = {d: float(w) for d, w in row["weights"].items()}
     return out

@@ -64,7 +64,8 @@ def test_acceptance_arithmetic() -> None:
 
 def test_candidate_mixtures_from_report() -> None:
     report = {"solvers": {"tikmix_d": {"weights": {"a": 0.7, "b": 0.3}}},
-              "baselines": {"uniform": {"weights": {"a": 0.5, "b": 0.5}}, "dsir": {"weights": {"a": 0.2, "b": 0.8}}}}
+              "baselines": {"uniform": {"weights": {"a": 0.5, "b": 0.5}},
+                            "tokens": {"weights": {"a": 0.9, "b": 0.1}}, "dsir": {"weights": {"a": 0.2, "b": 0.8}}}}
     assert candidate_mixtures(report) == {"solver:tikmix_d": {"a": 0.7, "b": 0.3},
                                           "baseline:dsir": {"a": 0.2, "b": 0.8}}
     assert candidate_mixtures({}) == {}
