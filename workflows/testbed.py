@@ -2,11 +2,12 @@
 
 Ground truth by actually training: every named mixture continues training the refresh checkpoint for
 a few steps on batches drawn by that mixture from per-domain pools (``operators.probing.probe_mixture``)
-and the change of the target loss is measured on a reference set built from the config's targets,
-mixed by target weight. Lower ΔL is better. The report gives per mixture the mean/std over seeds and
+and the change of the target loss is measured on a reference set built from the ``test`` split of the
+config's targets (never used by a refresh), mixed by target weight. Lower ΔL is better. The report gives per mixture the mean/std over seeds and
 the regret against the best mixture of a small grid (uniform, domain-heavy corners, Dirichlet
 samples): ``regret(name) = mean ΔL(name) − min over grid mixtures of mean ΔL``. A negative regret means
-the mixture beat every grid mixture. The loss before training is common to all mixtures.
+the mixture beat every grid mixture. The loss before training is common to all mixtures. Harder
+scenarios (out-of-pool targets, a small pool domain, a mixed target) are in workflows/testbed_scenarios.py.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def evaluate_mixtures(
     examples mixed by target weight. Pools and reference are chosen by ``data_seed`` (fixed across
     seeds); a seed changes the batch draws. ``grid`` names the mixtures the regret is measured
     against (default: all). ``split`` picks the part of the targets the reference set is drawn from
-    (default ``test``, held out from every refresh stage; :func:`testbed_reference`). Returns a JSON-able dict (see
-    module docstring).
+    (default ``test``, held out from every refresh stage; :func:`testbed_reference`). Returns a
+    JSON-able dict (see module docstring).
     """
     if steps < 1 or batch_size < 1 or per_domain < 1 or reference_examples < 1:
         raise ConfigError("evaluate_mixtures: steps, batch_size, per_domain, reference_examples must be "
