@@ -75,7 +75,7 @@ def test_candidate_mixtures_from_report() -> None:
 def test_scenario_end_to_end_structure(ray_cluster, model_cache, tmp_path) -> None:
     seeds, steps, grid_size = [0, 1], 5, 9
     # the default 60-step tiny model (shared test cache) and a short validation stage keep it fast
-    fast = ["model.tiny.warmup_steps=60", "mixture.validation.steps=2", "mixture.validation.seeds=1"]
+    fast = ["model.tiny.warmup_steps=60", "mixture.validation.steps=2"]
     res = run_scenario("oop_small", str(tmp_path / "out"), cache_dir=model_cache, overrides=fast, steps=steps,
                        seeds=seeds, grid_size=grid_size, reference_examples=32)
     report = res["testbed"]
