@@ -4,7 +4,7 @@
 
 Exact per-example weight gradients of every selected linear layer (lm_head excluded, as in the default
 config) vs the features of the production featurizer (one forward + backward, hooks + projection) for
-dense JL (k = 256, 1024, 4096) and Kronecker (rank 4, 8, 16). Over all pairs of examples it prints
+dense JL (SRHT; k = 256, 1024, 4096) and Kronecker (rank 4, 8, 16). Over all pairs of examples it prints
 the RMSE of the projected cosine against the exact cosine c, the JL bound sqrt(mean((1 − c²)²)) / √k
 (k = the feature dimension), their ratio (≈ 1 for dense JL) and k_eff = k·(bound/RMSE)², the dense JL
 dimension with the same error. Per-example LM gradients Σ_t δ_t x_tᵀ have low effective rank, so the

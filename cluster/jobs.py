@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import InfluMixError
+from operators.secrets import is_secret_name
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
-DEFAULT_EXCLUDES = [".git", ".venv", "**/__pycache__", "influmix-out", "*.egg-info", ".pytest_cache"]
+DEFAULT_EXCLUDES = [".git", ".venv", "**/__pycache__", "influmix-out", "*.egg-info", ".pytest_cache",
+                    ".env", ".env.*", ".aws", "*.pem", "*.key", "credentials*"]  # never ship secrets
 
 
 class JobError(InfluMixError):
@@ -38,6 +40,12 @@ def project_root() -> Path | None:
 
 
 def build_runtime_env(working_dir: str | None, env_vars: dict[str, str]) -> dict[str, Any]:
+    """The job's runtime_env. It is readable by anyone with dashboard access, so credentials are refused."""
+    secret = sorted(k for k in env_vars if is_secret_name(k))
+    if secret:
+        raise JobError(
+            f"refusing to forward {secret} to the Ray job: a runtime_env is visible in the Ray dashboard and "
+            "Jobs API. Give the cluster its own credentials (IAM role, Kubernetes secret, instance profile)")
     env: dict[str, Any] = {"env_vars": dict(env_vars)}
     if working_dir:
         env["working_dir"] = working_dir
@@ -56,8 +64,9 @@ def _client(address: str):
 
 def submit(address: str, command: list[str], submission_id: str, runtime_env: dict[str, Any],
            metadata: dict[str, str] | None = None, entrypoint_num_cpus: float | None = None,
-           entrypoint_num_gpus: float | None = None) -> tuple[str, bool]:
-    """Submit `command` as a Ray job. Returns (submission_id, created); an existing id is not resubmitted."""
+           entrypoint_num_gpus: float | None = None, agent_wait_s: float = 120.0) -> tuple[str, bool]:
+    """Submit `command` as a Ray job. Returns (submission_id, created); an existing id is not resubmitted.
+    A head whose job agent has not registered yet is retried for up to ``agent_wait_s`` seconds."""
     client = _client(address)
     try:
         info = client.get_job_info(submission_id)
@@ -66,15 +75,23 @@ def submit(address: str, command: list[str], submission_id: str, runtime_env: di
     if info is not None:
         log.info("job %s already exists (%s); not resubmitting", submission_id, info.status)
         return submission_id, False
-    try:
-        job_id = client.submit_job(
-            entrypoint=shlex.join(command), submission_id=submission_id, runtime_env=runtime_env,
-            metadata=metadata or {}, entrypoint_num_cpus=entrypoint_num_cpus,
-            entrypoint_num_gpus=entrypoint_num_gpus,
-        )
-    except Exception as exc:
-        raise JobError(f"Ray Jobs API at {address} rejected submission {submission_id}: {exc}") from exc
-    return job_id, True
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=shlex.join(command), submission_id=submission_id, runtime_env=runtime_env,
+                metadata=metadata or {}, entrypoint_num_cpus=entrypoint_num_cpus,
+                entrypoint_num_gpus=entrypoint_num_gpus,
+            )
+            return job_id, True
+        except Exception as exc:
+            # A head node that has just started answers 500 "No available agent" until its job agent
+            # registers; that is worth waiting for, anything else is not.
+            if "No available agent" in str(exc) and time.monotonic() < deadline:
+                log.warning("Ray Jobs API at %s has no job agent yet; retrying in 2 s", address)
+                time.sleep(2.0)
+                continue
+            raise JobError(f"Ray Jobs API at {address} rejected submission {submission_id}: {exc}") from exc
 
 
 def status(address: str, job_id: str) -> dict[str, Any]:

@@ -1,13 +1,18 @@
-"""Fan independent probe work (TiKMiX-M mixture probes, MATES oracle probes) out over Ray tasks.
+"""Fan independent work out over Ray tasks.
 
-Each task gets one worker's resources (a GPU when the cluster has them), loads the model once and
-handles a contiguous chunk; results come back in input order, so output is independent of how many
-workers ran.
+* :func:`parallel_map`: probe work (TiKMiX-M mixture probes, MATES oracle probes); each task gets one
+  worker's resources (a GPU when the cluster has them), loads the model once and handles a contiguous
+  chunk.
+* :func:`map_shards`: one CPU task per item (a shard), at most ``num_workers`` running, results yielded
+  in input order with a bounded look-ahead, so a driver can fold them in a fixed order while holding
+  only a few results at once.
+
+Results come back in input order either way, so output is independent of how many workers ran.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import ray
@@ -58,3 +63,44 @@ def parallel_map(fn: Callable[[list[T], str], list[R]], items: Sequence[T], layo
                                           max_retries=retries)
     refs = [task.remote(fn, chunk) for chunk in chunked(items, layout.num_workers)]
     return [r for part in ray.get(refs) for r in part]
+
+
+def _run_one(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def map_shards(fn: Callable[[T], R], items: Sequence[T], layout: WorkerLayout, retries: int = 2,
+               lookahead: int | None = None) -> Iterator[R]:
+    """Yield ``fn(item)`` for each item in input order; one Ray task (CPU only) per item.
+
+    At most ``layout.num_workers`` tasks run at once and at most ``lookahead`` (default 2 × workers)
+    results are submitted but not yet yielded, which bounds the caller's memory. Ray retries a task
+    whose worker died (``retries``); an exception raised by ``fn`` propagates (Ray's error is also an
+    instance of the original exception class). Without Ray, runs in-process.
+    """
+    if not ray.is_initialized():
+        for item in items:
+            yield fn(item)
+        return
+    workers = max(1, layout.num_workers)
+    lookahead = max(workers, lookahead or 2 * workers)
+    task = ray.remote(_run_one).options(num_cpus=layout.cpus_per_worker, num_gpus=0, max_retries=retries)
+    fn_ref = ray.put(fn)
+    running: dict[Any, int] = {}
+    finished: dict[int, Any] = {}
+    submitted = emitted = 0
+    try:
+        while emitted < len(items):
+            while submitted < len(items) and len(running) < workers and submitted - emitted < lookahead:
+                running[task.remote(fn_ref, items[submitted])] = submitted
+                submitted += 1
+            if emitted in finished:
+                yield ray.get(finished.pop(emitted))
+                emitted += 1
+                continue
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                finished[running.pop(ref)] = ref
+    finally:
+        for ref in running:
+            ray.cancel(ref)

@@ -43,6 +43,7 @@ def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
         include_dashboard=spec.include_dashboard,
+        dashboard_host=spec.dashboard_host,  # 127.0.0.1 by default: not reachable from other hosts
         dashboard_port=spec.dashboard_port,
         _metrics_export_port=spec.metrics_export_port,
         **kwargs,
@@ -66,3 +67,10 @@ def worker_layout(spec: ClusterSpec) -> WorkerLayout:
     n = spec.num_workers or max(1, min(2, int(cpus)))
     cpus_per = min(spec.cpus_per_worker, cpus / n)
     return WorkerLayout(n, 0.0, cpus_per)
+
+
+def layout_or_local(spec: ClusterSpec) -> WorkerLayout:
+    """:func:`worker_layout` when Ray is running, else one in-process CPU worker."""
+    if not ray.is_initialized():
+        return WorkerLayout(1, 0.0, 1.0)
+    return worker_layout(spec)

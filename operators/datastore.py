@@ -2,9 +2,13 @@
 
 Layout under a run root URI::
 
-    <root>/features/<shard_id>.parquet   id, domain, n_tokens, loss, features[k]
-    <root>/kfac/<shard_id>.npz           optional factor sums
-    <root>/_done/<shard_id>.json         CompletionRecord, written after the outputs
+    <root>/features/<shard_id>/part-00000.parquet   id, domain, n_tokens, loss, features[k]
+    <root>/kfac/<shard_id>.npz                      optional factor sums
+    <root>/_done/<shard_id>.json                    CompletionRecord (lists the parts), written last
+
+A shard's features are split into parts of at most ``part_rows`` rows, so input shard size never
+sets memory; :func:`iter_feature_batches` streams them. Runs of older versions wrote one file
+``<root>/features/<shard_id>.parquet``; the readers accept both.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from operators import storage as st
 from operators.errors import CorpusError, StorageError
@@ -112,9 +118,29 @@ def features_to_numpy(table: pa.Table) -> np.ndarray:
     return values.astype(np.float32, copy=False).reshape(len(arr), dim)
 
 
+#: Default bytes of features per part (the part row count is this over 4 · dim).
+PART_BYTES = 64 << 20
+PART_PREFIX = "part-"
+
+
 def feature_uri(root: str, shard_id: str) -> str:
-    """``<root>/features/<shard_id>.parquet``."""
+    """``<root>/features/<shard_id>``: the folder holding the shard's feature parts."""
+    return st.join(root, "features", shard_id)
+
+
+def legacy_feature_uri(root: str, shard_id: str) -> str:
+    """``<root>/features/<shard_id>.parquet`` (single-file shards of older runs)."""
     return st.join(root, "features", f"{shard_id}.parquet")
+
+
+def feature_part_uri(root: str, shard_id: str, index: int) -> str:
+    """``<root>/features/<shard_id>/part-<index:05d>.parquet``."""
+    return st.join(feature_uri(root, shard_id), f"{PART_PREFIX}{index:05d}.parquet")
+
+
+def part_rows_for(dim: int, part_rows: int | None = None) -> int:
+    """Rows per feature part: ``part_rows`` if given, else ``PART_BYTES`` of float32 features."""
+    return int(part_rows) if part_rows else max(1, PART_BYTES // (4 * max(1, dim)))
 
 
 def kfac_uri(root: str, shard_id: str) -> str:
@@ -137,8 +163,7 @@ def write_feature_shard(uri: str, table: pa.Table, storage: StorageSpec | None =
     st.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), storage)
 
 
-def read_feature_shard(uri: str, storage: StorageSpec | None = None) -> pa.Table:
-    """Read a feature shard; CorpusError naming the URI if it is corrupt or lacks columns."""
+def _read_part(uri: str, storage: StorageSpec | None) -> pa.Table:
     data = st.read_bytes(uri, storage)
     try:
         table = pq.read_table(pa.BufferReader(data))
@@ -152,6 +177,120 @@ def read_feature_shard(uri: str, storage: StorageSpec | None = None) -> pa.Table
     except CorpusError as exc:
         raise CorpusError(f"feature shard {uri}: {exc}") from exc
     return table
+
+
+def list_feature_parts(uri: str, storage: StorageSpec | None = None) -> list[str]:
+    """Part files of a feature folder in part order (a ``.parquet`` URI is its own single part)."""
+    if uri.endswith(".parquet"):
+        return [uri]
+    parts = [u for u in st.list_files(uri, (".parquet",), storage)
+             if u.rsplit("/", 1)[-1].startswith(PART_PREFIX)]
+    if not parts:
+        raise CorpusError(f"feature shard {uri}: no {PART_PREFIX}*.parquet files")
+    return sorted(parts)
+
+
+def read_feature_shard(uri: str, storage: StorageSpec | None = None) -> pa.Table:
+    """Read a feature shard (a part folder or one ``.parquet`` file) as one table.
+
+    CorpusError naming the URI if a part is corrupt or lacks columns. Prefer
+    :func:`iter_feature_batches` for large shards: it holds one part at a time.
+    """
+    tables = [_read_part(u, storage) for u in list_feature_parts(uri, storage)]
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def shard_part_uris(root: str, shard_id: str, storage: StorageSpec | None = None) -> list[str]:
+    """The exact parts of a shard: from its completion record, else the legacy single file, else
+    the part folder listing (an unfinished shard)."""
+    record = read_completion(root, shard_id, storage)
+    if record is not None:
+        return list(record.parts) or [record.output_uri]
+    legacy = legacy_feature_uri(root, shard_id)
+    if st.exists(legacy, storage):
+        return [legacy]
+    return list_feature_parts(feature_uri(root, shard_id), storage)
+
+
+def iter_feature_batches(
+    root: str, shard_id: str, storage: StorageSpec | None = None
+) -> Iterator[pa.Table]:
+    """Stream a shard's feature table part by part (rows in shard order; one part in memory)."""
+    for uri in shard_part_uris(root, shard_id, storage):
+        yield _read_part(uri, storage)
+
+
+class FeaturePartWriter:
+    """Buffer feature rows and write ``part-XXXXX.parquet`` files of ``part_rows`` rows in a
+    background thread (one write in flight, so Parquet encoding overlaps compute).
+
+    Parts are deterministic (same rows → same parts), so a retried shard overwrites them; ``close``
+    removes parts left beyond the new count by an earlier attempt and returns ``[(uri, rows)]``.
+    """
+
+    def __init__(self, root: str, shard_id: str, dim: int, fingerprint: str, part_rows: int,
+                 storage: StorageSpec | None = None) -> None:
+        self.root, self.shard_id, self.dim, self.fingerprint = root, shard_id, dim, fingerprint
+        self.part_rows, self.storage = part_rows, storage
+        self._buf: list[tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]] = []
+        self._buffered = 0
+        self._parts: list[tuple[str, int]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parts-{shard_id}")
+        self._pending: Future | None = None
+
+    def add(self, ids: list[str], domains: list[str], n_tokens: np.ndarray, losses: np.ndarray,
+            features: np.ndarray) -> None:
+        """Append rows; full parts are handed to the writer thread."""
+        self._buf.append((list(ids), list(domains), np.asarray(n_tokens), np.asarray(losses),
+                          np.asarray(features, dtype=np.float32)))
+        self._buffered += len(ids)
+        while self._buffered >= self.part_rows:
+            self._flush(self.part_rows)
+
+    def _flush(self, rows: int) -> None:
+        ids, doms, ntok, loss, feats = (list(x) for x in zip(*self._buf))
+        all_ids = [i for chunk in ids for i in chunk]
+        all_doms = [d for chunk in doms for d in chunk]
+        ntok_a, loss_a, feats_a = np.concatenate(ntok), np.concatenate(loss), np.concatenate(feats)
+        table = features_table(all_ids[:rows], all_doms[:rows], ntok_a[:rows], loss_a[:rows],
+                               feats_a[:rows], self.fingerprint)
+        rest = len(all_ids) - rows
+        tail = (all_ids[rows:], all_doms[rows:], ntok_a[rows:], loss_a[rows:], feats_a[rows:])
+        self._buf = [tail] if rest else []
+        self._buffered = rest
+        uri = feature_part_uri(self.root, self.shard_id, len(self._parts))
+        self._parts.append((uri, rows))
+        self._wait()
+        self._pending = self._pool.submit(write_feature_shard, uri, table, self.storage)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> list[tuple[str, int]]:
+        """Write the last (possibly empty-shard) part, wait for all writes; the parts in order."""
+        try:
+            if self._buffered or not self._parts:
+                if self._buffered:
+                    self._flush(self._buffered)
+                else:
+                    uri = feature_part_uri(self.root, self.shard_id, 0)
+                    self._parts.append((uri, 0))
+                    write_feature_shard(uri, empty_features_table(self.dim, self.fingerprint), self.storage)
+            self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
+        keep = {u.rsplit("/", 1)[-1] for u, _ in self._parts}
+        folder = feature_uri(self.root, self.shard_id)
+        for stale in st.list_files(folder, (".parquet",), self.storage):
+            if stale.rsplit("/", 1)[-1] not in keep:
+                st.delete(stale, self.storage)
+        return list(self._parts)
+
+    def abort(self) -> None:
+        """Stop the writer thread after an error (pending writes finish; nothing is recorded)."""
+        self._pool.shutdown(wait=True)
 
 
 def write_npz_atomic(
@@ -194,6 +333,13 @@ class CompletionRecord(BaseModel):
     started_at: str
     finished_at: str
     duration_s: float
+    skipped_nonfinite: int = 0  # examples dropped because their features or loss were NaN/Inf
+    parts: list[str] = Field(default_factory=list)  # part URIs in order (empty: one legacy file)
+    part_rows: list[int] = Field(default_factory=list)
+    domain_rows_all: dict[str, int] = Field(default_factory=dict)  # every row, before sampling
+    domain_bytes_all: dict[str, int] = Field(default_factory=dict)  # UTF-8 text bytes, every row
+    domain_tokens_untruncated: dict[str, int] = Field(default_factory=dict)  # featurized rows
+    domain_bytes_featurized: dict[str, int] = Field(default_factory=dict)  # featurized rows
 
 
 def write_completion(root: str, record: CompletionRecord, storage: StorageSpec | None = None) -> str:
@@ -248,4 +394,38 @@ def list_completions(
             log.warning("ignoring completion record %s: shard_id %r", uri, record.shard_id)
             continue
         out[record.shard_id] = record
+    return dict(sorted(out.items()))
+
+
+def estimated_tokens_available(
+    records: list[CompletionRecord] | dict[str, CompletionRecord],
+) -> dict[str, int]:
+    """Untruncated tokens per domain in the whole corpus, estimated from corpus completion records.
+
+    Per domain ``Σ bytes_all × Σ tokens_untruncated / Σ bytes_featurized`` over records that carry
+    these fields (exact when every row was featurized); records without them (older runs) add
+    their featurized ``domain_tokens``.
+    """
+    items = list(records.values()) if isinstance(records, dict) else list(records)
+    bytes_all: dict[str, int] = {}
+    tokens: dict[str, int] = {}
+    bytes_feat: dict[str, int] = {}
+    fallback: dict[str, int] = {}
+    for rec in items:
+        if rec.role != "corpus":
+            continue
+        if not rec.domain_bytes_all:
+            for d, n in rec.domain_tokens.items():
+                fallback[d] = fallback.get(d, 0) + n
+            continue
+        for src_, dst in ((rec.domain_bytes_all, bytes_all), (rec.domain_tokens_untruncated, tokens),
+                          (rec.domain_bytes_featurized, bytes_feat)):
+            for d, n in src_.items():
+                dst[d] = dst.get(d, 0) + n
+    out = dict(fallback)
+    for d, b_all in bytes_all.items():
+        if bytes_feat.get(d, 0) > 0:
+            out[d] = out.get(d, 0) + int(round(b_all * tokens.get(d, 0) / bytes_feat[d]))
+        else:
+            out.setdefault(d, 0)
     return dict(sorted(out.items()))

@@ -19,7 +19,13 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from operators.errors import ConfigError, ModelError
-from operators.projection import KroneckerProjector, ProjectionSpec, build_projector
+from operators.projection import (
+    BLOCK_ELEMS,
+    KroneckerProjector,
+    Projector,
+    ProjectionSpec,
+    build_projector,
+)
 
 LossReduction = Literal["mean", "sum"]
 
@@ -145,12 +151,18 @@ class AdamState:
 def causal_lm_losses(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, reduction: LossReduction
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example next-token loss (float32) and predicted-token counts; right padding assumed."""
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    mask = attention_mask[:, 1:].to(logits.dtype)
-    tok = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    summed = (tok.view_as(mask) * mask).sum(dim=1)
+    """Per-example next-token loss (float32) and predicted-token counts; right padding assumed.
+
+    Works on the whole (B, T, V) logits with the last position ignored, so neither the forward nor
+    the backward copies a sliced logits tensor.
+    """
+    bsz, width, vocab = logits.shape
+    logits = logits.float()
+    ignore = torch.full((bsz, 1), -100, dtype=input_ids.dtype, device=input_ids.device)
+    targets = torch.cat([input_ids[:, 1:], ignore], dim=1)
+    tok = F.cross_entropy(logits.view(-1, vocab), targets.reshape(-1), reduction="none", ignore_index=-100)
+    mask = attention_mask[:, 1:].to(tok.dtype)
+    summed = (tok.view(bsz, width)[:, :-1] * mask).sum(dim=1)
     n_tokens = attention_mask[:, 1:].sum(dim=1).to(torch.int64)
     if reduction == "mean":
         summed = summed / n_tokens.clamp(min=1).to(summed.dtype)
@@ -241,7 +253,9 @@ class GradientFeaturizer:
     """Projected per-example gradients of a causal LM (see module docstring).
 
     With ``adam_state`` the LESS Adam-aware transform is applied elementwise to each layer's full
-    per-example gradient before projection; this path materialises (B, out, in) per layer.
+    per-example gradient before projection; this path (and the dense one) forms ``Σ_t δ_t x_tᵀ`` for
+    a few examples at a time. ``projector`` shares one projector between featurizers (e.g. the
+    Adam-aware corpus featurizer and the plain target featurizer), so feature spaces match.
     """
 
     def __init__(
@@ -250,13 +264,18 @@ class GradientFeaturizer:
         spec: FeaturizerSpec,
         device: str | torch.device = "cpu",
         adam_state: AdamState | None = None,
+        projector: Projector | None = None,
     ) -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.layers = select_linear_layers(model, spec.include_layers, spec.exclude_layers)
         shapes = {n: (m.in_features, m.out_features) for n, m in self.layers.items()}
-        self.projector = build_projector(spec.projection, shapes, self.device)
+        if projector is None:
+            projector = build_projector(spec.projection, shapes, self.device)
+        elif projector.spec != spec.projection or projector.layers != dict(sorted(shapes.items())):
+            raise ConfigError("featurize: the shared projector was built for another spec or layers")
+        self.projector = projector
         self.adam_state = adam_state
         if adam_state is not None:
             for name, mod in self.layers.items():
@@ -305,19 +324,19 @@ class GradientFeaturizer:
         )
         parts: list[torch.Tensor] = []
         for name in proj.layer_names:
-            pairs = [(x.float() * tok_mask, d.float() * tok_mask) for x, d in captures[name]]
             if kron and self.adam_state is None:  # never forms the full (B, out, in) gradient
-                parts.append(_sum(proj.project_factors(name, x, d) for x, d in pairs))
-            else:
-                grad = _sum(torch.einsum("bto,bti->boi", d, x) for x, d in pairs)
-                if self.adam_state is not None:
-                    grad = self.adam_state.transform(name, grad)
-                parts.append(proj.project_layer(name, grad))
-            if kfac is not None:
                 assert isinstance(proj, KroneckerProjector)
-                xt = torch.cat([(x @ proj.p_in[name].T).flatten(0, 1) for x, _ in pairs])
-                dt = torch.cat([(d @ proj.p_out[name].T).flatten(0, 1) for _, d in pairs])
-                kfac[name] = (xt.T @ xt).cpu(), (dt.T @ dt).cpu(), int(mask.sum().item()) * len(pairs)
+                # δ is masked after projection (B,T,r), x not at all: δ_t = 0 zeroes x_t's term
+                pairs = [(x.float() @ proj.p_in[name].T, (d.float() @ proj.p_out[name].T) * tok_mask)
+                         for x, d in captures[name]]
+                block = _sum(torch.einsum("bto,bti->boi", dt, xt) for xt, dt in pairs)
+                parts.append(block.reshape(block.shape[0], -1))
+                if kfac is not None:
+                    xt = torch.cat([(x * tok_mask).flatten(0, 1) for x, _ in pairs])
+                    dt = torch.cat([d.flatten(0, 1) for _, d in pairs])
+                    kfac[name] = (xt.T @ xt).cpu(), (dt.T @ dt).cpu(), int(mask.sum().item()) * len(pairs)
+            else:
+                parts.append(self._project_full(name, captures[name], tok_mask))
         feats = torch.cat(parts, dim=1) if kron else _sum(parts)
         return FeatureBatch(
             features=feats.detach().to("cpu", torch.float32),
@@ -326,6 +345,23 @@ class GradientFeaturizer:
             kfac=kfac,
         )
 
+    def _project_full(
+        self, name: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], tok_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Project full per-example gradients ``Σ_t δ_t x_tᵀ`` (Adam-transformed if set), formed for
+        a few examples at a time so at most ``BLOCK_ELEMS`` gradient entries exist at once."""
+        mod = self.layers[name]
+        rows = pairs[0][0].shape[0]
+        step = max(1, BLOCK_ELEMS // (mod.in_features * mod.out_features))
+        out = []
+        for s in range(0, rows, step):
+            m = tok_mask[s:s + step]
+            grad = _sum(torch.einsum("bto,bti->boi", d[s:s + step].float() * m, x[s:s + step].float())
+                        for x, d in pairs)
+            if self.adam_state is not None:
+                grad = self.adam_state.transform(name, grad)
+            out.append(self.projector.project_layer(name, grad))
+        return torch.cat(out) if len(out) > 1 else out[0]
 
 def _sum(items: Iterable[torch.Tensor]) -> torch.Tensor:
     """Left-to-right sum (fixed order, so results are reproducible)."""

@@ -5,12 +5,20 @@ Conventions (see ALGORITHMS.md §1.2-1.4, §6.1):
 * GI[k, v] = mean of s_iv over domain k ("benefit": positive means training on domain k lowers target
   loss, since an SGD step along ḡ_k changes L_v by −η⟨∇L_v, ḡ_k⟩);
 * a normalisation (``normalize_per_target``: default ``loss`` keeps every target's nats scale,
-  ``zscore`` makes targets equal) before a weighted sum over targets.
+  ``zscore`` makes targets equal) before a weighted sum over targets;
+* target directions are token-weighted (loss-aware, nats per target token): with n_i the example's
+  token count, t_v = Σ_i n_i φ_i / Σ_i n_i when φ_i is the gradient of the example's *mean* token loss
+  (``loss_reduction="mean"``) and t_v = Σ_i φ_i / Σ_i n_i when it is the gradient of the *summed* loss
+  (``"sum"``); either way t_v is the gradient of the target set's mean per-token loss;
+* bootstrap CIs are mergeable across shards: every example gets Poisson(1) weights for each replicate
+  (drawn from a per-shard seed), each shard returns weighted per-domain sums (B, K, V) and weighted
+  counts (B, K), and replicate b's GI is Σ_shards sums_b / Σ_shards counts_b (Poisson bootstrap).
 All arithmetic is float64; everything here is pure numpy.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -23,6 +31,17 @@ from operators.errors import ConfigError
 
 _BLOCK_ROWS = 65_536
 _BOOT_CHUNK_CELLS = 4_000_000  # bootstrap draws held in memory at once (≈ 32 MB of int64)
+
+
+def _poisson_table(bits: int = 16) -> np.ndarray:
+    """Inverse CDF of Poisson(1) at the midpoints of 2**bits equal cells (uint8 lookup table)."""
+    u = (np.arange(2**bits, dtype=np.float64) + 0.5) / 2**bits
+    j = np.arange(32)
+    cdf = np.cumsum(np.exp(-1.0) / np.cumprod(np.maximum(j, 1)).astype(np.float64))
+    return np.searchsorted(cdf, u, side="right").astype(np.uint8)
+
+
+_POISSON = _poisson_table()
 
 
 def _codes(labels: np.ndarray | Sequence[str], order: Sequence[str], what: str) -> np.ndarray:
@@ -69,6 +88,36 @@ def target_means(features: np.ndarray, target_names: np.ndarray, order: list[str
     sums, counts = _group_sums(features, _codes(target_names, order, "target"), len(order))
     _require_nonempty(counts, order, "target sets")
     return sums / counts[:, None]
+
+
+def target_token_sums(
+    features: np.ndarray, n_tokens: np.ndarray, target_names: np.ndarray | Sequence[str], order: list[str],
+    loss_reduction: Literal["mean", "sum"] = "mean",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Additive pieces of token-weighted target directions: (Σ w_i φ_i (V, k), Σ n_i (V,), counts (V,)).
+
+    w_i = n_i for mean-reduced gradients, 1 for summed ones (see the module docstring); the direction
+    of target v is ``sums[v] / tokens[v]``.
+    """
+    features = np.asarray(features)
+    n = np.asarray(n_tokens, dtype=np.float64).reshape(-1)
+    if features.ndim != 2 or not len(target_names) == n.shape[0] == features.shape[0]:
+        raise ConfigError(f"target features {features.shape}, {n.shape[0]} token counts and "
+                          f"{len(target_names)} names do not match")
+    if loss_reduction not in ("mean", "sum"):
+        raise ConfigError(f"featurize.loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+    codes = _codes(target_names, order, "target")
+    rows = features.astype(np.float64) * n[:, None] if loss_reduction == "mean" else features
+    sums, counts = _group_sums(rows, codes, len(order))
+    tokens = np.bincount(codes, weights=n, minlength=len(order)).astype(np.float64)
+    return sums, tokens, counts
+
+
+def token_weighted_means(sums: np.ndarray, tokens: np.ndarray, order: Sequence[str]) -> np.ndarray:
+    """t_v = sums[v] / tokens[v]; ConfigError naming targets without tokens."""
+    tokens = np.asarray(tokens, dtype=np.float64)
+    _require_nonempty((tokens > 0).astype(np.int64), list(order), "target sets")
+    return np.asarray(sums, dtype=np.float64) / tokens[:, None]
 
 
 def per_example_scores(features: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -253,17 +302,13 @@ def bootstrap_influence(
 ) -> dict[str, Any]:
     """Percentile CIs from a bootstrap that resamples examples with replacement within each domain.
 
-    Returns gi_low/gi_high (K, V), score_low/score_high (K,) and, when `extra` maps a replicate's raw
-    group-influence matrix (K, V) to a (K,) vector (e.g. the mixture it induces), extra_low/extra_high.
+    In-memory reference for small inputs; the pipeline uses the mergeable :class:`BootstrapSums`.
+    Returns what :func:`bootstrap_intervals` returns.
     """
-    if n_boot < 1:
-        raise ConfigError(f"influence bootstrap count must be >= 1, got {n_boot}")
-    if not 0 < confidence < 1:
-        raise ConfigError(f"influence confidence must be in (0, 1), got {confidence}")
+    _check_boot(n_boot, confidence)
     scores = np.asarray(scores, dtype=np.float64)
     codes = _codes(domains, domain_order, "domain")
     n_targets = scores.shape[1]
-    lam = _normalised_weights(target_weights, n_targets)
     rng = np.random.default_rng(seed)
     boot_gi = np.empty((n_boot, len(domain_order), n_targets), dtype=np.float64)
     for k in range(len(domain_order)):
@@ -277,6 +322,31 @@ def bootstrap_influence(
             draws = rng.integers(0, n_k, size=(nb, n_k)) + (np.arange(nb) * n_k)[:, None]
             counts = np.bincount(draws.reshape(-1), minlength=nb * n_k).reshape(nb, n_k)
             boot_gi[b0 : b0 + nb, k] = (counts @ member) / n_k
+    return bootstrap_intervals(boot_gi, target_weights, confidence, normalize, extra)
+
+
+def _check_boot(n_boot: int, confidence: float) -> None:
+    if n_boot < 1:
+        raise ConfigError(f"influence bootstrap count must be >= 1, got {n_boot}")
+    if not 0 < confidence < 1:
+        raise ConfigError(f"influence confidence must be in (0, 1), got {confidence}")
+
+
+def bootstrap_intervals(
+    boot_gi: np.ndarray,
+    target_weights: np.ndarray | Sequence[float],
+    confidence: float = 0.9,
+    normalize: Normalization = "loss",
+    extra: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Percentile CIs from replicate group influence (B, K, V).
+
+    Returns gi_low/gi_high (K, V), score_low/score_high (K,) and, when `extra` maps a replicate's RAW
+    group-influence matrix (K, V) to a (K,) vector (e.g. the mixture it induces), extra_low/extra_high.
+    """
+    boot_gi = np.asarray(boot_gi, dtype=np.float64)
+    _check_boot(boot_gi.shape[0], confidence)
+    lam = _normalised_weights(target_weights, boot_gi.shape[2])
     boot_scores = normalize_per_target(boot_gi, normalize) @ lam
     q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
     gi_low, gi_high = np.percentile(boot_gi, q, axis=0)
@@ -286,13 +356,63 @@ def bootstrap_influence(
         "gi_high": gi_high,
         "score_low": score_low,
         "score_high": score_high,
-        "n_boot": n_boot,
+        "n_boot": int(boot_gi.shape[0]),
         "confidence": confidence,
     }
     if extra is not None:
         boot_extra = np.stack([np.asarray(extra(g), dtype=np.float64) for g in boot_gi])
         out["extra_low"], out["extra_high"] = np.percentile(boot_extra, q, axis=0)
     return out
+
+
+def shard_seed(seed: int, shard_id: str) -> np.random.Generator:
+    """Generator for one shard's bootstrap weights, from (seed, shard id) only."""
+    digest = hashlib.sha256(f"{int(seed)}\x00{shard_id}".encode()).digest()
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int.from_bytes(digest[:8], "little")])
+
+
+def poisson_weights(rng: np.random.Generator, rows: int, n_boot: int) -> np.ndarray:
+    """(rows, n_boot) Poisson(1) bootstrap weights (uint8, 16-bit inverse-CDF lookup).
+
+    Every row consumes the same number of raw 64-bit draws, so the weights of a row do not depend on
+    how the caller splits a shard into batches.
+    """
+    words = -(-n_boot // 4)
+    raw = rng.bit_generator.random_raw(size=(rows, words)).astype(np.uint64, copy=False)
+    u16 = raw.view(np.uint16).reshape(rows, 4 * words)[:, :n_boot]
+    return _POISSON[u16]
+
+
+class BootstrapSums:
+    """Poisson-bootstrap replicate sums (B, K, V) and weighted counts (B, K); shard-mergeable."""
+
+    def __init__(self, n_boot: int, n_domains: int, n_targets: int) -> None:
+        self.sums = np.zeros((n_boot, n_domains, n_targets), dtype=np.float64)
+        self.counts = np.zeros((n_boot, n_domains), dtype=np.float64)
+
+    def update(self, scores: np.ndarray, codes: np.ndarray, weights: np.ndarray) -> BootstrapSums:
+        """Add rows: scores (m, V), domain codes (m,) in [0, K), weights (m, B) from :func:`poisson_weights`."""
+        scores = np.asarray(scores, dtype=np.float64)
+        w = np.asarray(weights, dtype=np.float64)
+        for k in np.unique(codes):
+            mask = codes == k
+            wk = w[mask]
+            self.sums[:, k] += wk.T @ scores[mask]
+            self.counts[:, k] += wk.sum(axis=0)
+        return self
+
+    def merge(self, other: BootstrapSums) -> BootstrapSums:
+        if other.sums.shape != self.sums.shape:
+            raise ConfigError(f"cannot merge BootstrapSums of shapes {other.sums.shape} and {self.sums.shape}")
+        self.sums += other.sums
+        self.counts += other.counts
+        return self
+
+    def gi(self, fallback: np.ndarray) -> np.ndarray:
+        """Replicate GI (B, K, V); a domain with zero weight in a replicate takes ``fallback`` (K, V)."""
+        empty = self.counts <= 0
+        safe = np.where(empty, 1.0, self.counts)
+        return np.where(empty[..., None], np.asarray(fallback)[None], self.sums / safe[..., None])
 
 
 def spearman(a: np.ndarray | Sequence[float], b: np.ndarray | Sequence[float]) -> float:

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from operators.errors import ConfigError
+from operators.names import SafeName
 
 SCHEMA_VERSION = "1.0"
 _WEIGHT_SUM_TOL = 1e-6
@@ -61,7 +62,7 @@ def _check_interval(ci: tuple[float, float] | None, what: str) -> None:
 
 
 class DomainEntry(_Model):
-    name: str = Field(min_length=1)
+    name: SafeName
     weight: float = Field(ge=0)
     previous_weight: float | None = Field(default=None, ge=0)
     influence_score: float = 0.0
@@ -81,7 +82,7 @@ class DomainEntry(_Model):
 
 
 class TargetEntry(_Model):
-    name: str = Field(min_length=1)
+    name: SafeName
     weight: float = Field(ge=0)
     n_examples: int = Field(default=0, ge=0)
 
@@ -125,7 +126,7 @@ class Provenance(_Model):
     model_fingerprint: str
     checkpoint_step: int | None = None
     config_hash: str
-    run_id: str = Field(min_length=1)
+    run_id: SafeName
     created_at: str
     influmix_version: str
     projector: JsonDict = {}
@@ -146,7 +147,7 @@ class Provenance(_Model):
 
 class Manifest(_Model):
     schema_version: str = SCHEMA_VERSION
-    name: str = Field(min_length=1)
+    name: SafeName
     domains: list[DomainEntry] = Field(min_length=1)
     targets: list[TargetEntry] = []
     influence: InfluenceBlock

@@ -3,8 +3,10 @@
 * ``OneStepProber``: the MATES oracle. Take one optimizer step on a candidate from a fixed
   checkpoint (optionally with its optimizer state), measure the reference-loss change
   ``ΔL = L_ref(after) − L_ref(before)`` and restore everything exactly.
-* ``probe_mixture``: short-horizon mixture probe (TiKMiX-M labels): continue training a copy
-  of the model on batches drawn from domains by mixture weights, return the reference ΔL.
+* ``train_on_mixture``: continue training a model in place on batches drawn from domains by mixture
+  weights (continuing its AdamW state); returns the optimizer.
+* ``probe_mixture``: short-horizon mixture probe (TiKMiX-M labels): ``train_on_mixture`` on a copy
+  of the model, return the reference ΔL.
 
 Loss convention (shared with the featurizer): causal next-token loss, targets
 ``input_ids[:, 1:]``, logits ``[:, :-1]``, mask ``attention_mask[:, 1:]`` (right padding).
@@ -32,6 +34,7 @@ __all__ = [
     "reference_loss",
     "OneStepProber",
     "probe_mixture",
+    "train_on_mixture",
 ]
 
 Reduction = Literal["mean_tokens", "sum_tokens", "none"]
@@ -284,6 +287,50 @@ def _pad_cat(rows: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     return torch.cat(ids), torch.cat(masks)
 
 
+def train_on_mixture(
+    model: nn.Module,
+    domain_pools: dict[str, tuple[Tensor, Tensor]],
+    weights: dict[str, float],
+    steps: int,
+    batch_size: int,
+    spec: ProbeSpec,
+    seed: int,
+    optimizer_state: dict | None = None,
+) -> torch.optim.Optimizer:
+    """Train ``model`` IN PLACE for ``steps`` mixture batches; return the optimizer (its state continues).
+
+    Each batch draws per-domain counts ~ Multinomial(batch_size, weights) from
+    ``np.random.default_rng(seed)``; within a domain, examples are taken without replacement
+    from a shuffled order, reshuffled when exhausted. ``optimizer_state`` (a torch AdamW/SGD
+    ``state_dict``, e.g. :func:`operators.model_io.checkpoint_adam_state` or the previous call's
+    ``optimizer.state_dict()``) is continued; the spec sets lr, betas and weight decay. Steps run in
+    eval mode (no dropout), so the same seed gives the same model.
+    """
+    if steps < 0 or batch_size < 1:
+        raise ConfigError(f"train_on_mixture: need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
+    names, probs = _normalised_weights(domain_pools, weights)
+    rng = np.random.default_rng(seed)
+    params = _trainable(model)
+    opt = _make_optimizer(params, spec, optimizer_state)
+    orders = {d: rng.permutation(domain_pools[d][0].shape[0]) for d in names}
+    cursor = {d: 0 for d in names}
+    with _eval_mode(model):
+        for _ in range(steps):
+            counts = rng.multinomial(batch_size, probs)
+            rows: list[tuple[Tensor, Tensor]] = []
+            for d, c in zip(names, counts, strict=True):
+                ids, mask = domain_pools[d]
+                for _ in range(int(c)):
+                    if cursor[d] >= len(orders[d]):
+                        orders[d], cursor[d] = rng.permutation(ids.shape[0]), 0
+                    i = int(orders[d][cursor[d]])
+                    cursor[d] += 1
+                    rows.append((ids[i : i + 1], mask[i : i + 1]))
+            batch_ids, batch_mask = _pad_cat(rows)
+            _train_step(model, opt, params, batch_ids, batch_mask, spec.grad_clip)
+    return opt
+
+
 def probe_mixture(
     model: nn.Module,
     domain_pools: dict[str, tuple[Tensor, Tensor]],
@@ -298,34 +345,14 @@ def probe_mixture(
 ) -> float:
     """Train a copy of ``model`` for ``steps`` mixture batches; return L_ref(after) − L_ref(before).
 
-    Each batch draws per-domain counts ~ Multinomial(batch_size, weights) from
-    ``np.random.default_rng(seed)``; within a domain, examples are taken without replacement
-    from a shuffled order, reshuffled when exhausted. ``model`` is not mutated.
+    Batches are drawn as in :func:`train_on_mixture` (same seed, same batches). ``model`` is not mutated.
     """
     if steps < 0 or batch_size < 1:
         raise ConfigError(f"probe_mixture: need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     _check_batch(reference_ids, reference_mask, "reference set")
-    names, probs = _normalised_weights(domain_pools, weights)
-    rng = np.random.default_rng(seed)
+    _normalised_weights(domain_pools, weights)
     before = reference_loss(model, reference_ids, reference_mask, spec.reference_batch_size)
     work = copy.deepcopy(model)
-    params = _trainable(work)
-    opt = _make_optimizer(params, spec, optimizer_state)
-    orders = {d: rng.permutation(domain_pools[d][0].shape[0]) for d in names}
-    cursor = {d: 0 for d in names}
-    work.eval()
-    for _ in range(steps):
-        counts = rng.multinomial(batch_size, probs)
-        rows: list[tuple[Tensor, Tensor]] = []
-        for d, c in zip(names, counts, strict=True):
-            ids, mask = domain_pools[d]
-            for _ in range(int(c)):
-                if cursor[d] >= len(orders[d]):
-                    orders[d], cursor[d] = rng.permutation(ids.shape[0]), 0
-                i = int(orders[d][cursor[d]])
-                cursor[d] += 1
-                rows.append((ids[i : i + 1], mask[i : i + 1]))
-        batch_ids, batch_mask = _pad_cat(rows)
-        _train_step(work, opt, params, batch_ids, batch_mask, spec.grad_clip)
+    train_on_mixture(work, domain_pools, weights, steps, batch_size, spec, seed, optimizer_state)
     after = reference_loss(work, reference_ids, reference_mask, spec.reference_batch_size)
     return after - before

@@ -1,4 +1,12 @@
-"""MATES selection inside per-domain quotas: quota apportionment and Gumbel-top-k sampling."""
+"""MATES selection inside per-domain quotas: quota apportionment and Gumbel-top-k sampling.
+
+Scores are standardised per domain before the noise is added (``z = (s − mean_d) / std_d``; the
+perturbed key is ``±z/τ + G``), so τ is in units of the domain's score spread: raw MATES scores
+(loss changes, std ≈ 1e-3) would otherwise be swamped by the unit-scale Gumbel noise. Top-k of
+perturbed keys decomposes over shards, so the distributed selection (workflows/mates_select.py)
+histograms keys per shard, finds the bin holding each domain's quota-th key, and resolves that bin
+exactly; :func:`selection_keys` and :func:`threshold_bin` are its pure pieces.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +18,11 @@ import numpy as np
 
 from operators.errors import ConfigError
 
-__all__ = ["domain_quotas", "gumbel_top_k", "select_per_domain", "domain_seed"]
+__all__ = ["domain_quotas", "gumbel_top_k", "select_per_domain", "domain_seed", "standardize",
+           "selection_keys", "key_range", "key_histogram", "threshold_bin"]
+
+KEY_BINS = 1 << 16
+_GUMBEL_LO, _GUMBEL_HI = -4.0, 40.0  # numpy's Gumbel draws lie in about [-3.6, 36.7]
 
 
 def _largest_remainder(total: int, shares: dict[str, Fraction]) -> dict[str, int]:
@@ -77,7 +89,8 @@ def gumbel_top_k(
 ) -> np.ndarray:
     """Indices of the top-k of ``±scores/τ + G``, G ~ Gumbel(0, 1), sorted by perturbed key.
 
-    ``temperature == 0`` gives deterministic top-k of ``±scores`` (ties → lower index).
+    ``temperature == 0`` gives deterministic top-k of ``±scores`` (ties → lower index). Scores are
+    used as given: standardise them first (:func:`standardize`) so that τ has a scale.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or not np.all(np.isfinite(s)):
@@ -86,9 +99,7 @@ def gumbel_top_k(
         raise ConfigError(f"gumbel_top_k: k must lie in [0, {s.shape[0]}], got {k}")
     if not math.isfinite(temperature) or temperature < 0:
         raise ConfigError(f"gumbel_top_k: temperature must be finite and >= 0, got {temperature}")
-    key = s if higher_is_better else -s
-    if temperature > 0:
-        key = key / temperature + np.random.default_rng(seed).gumbel(size=s.shape[0])
+    key = selection_keys(s, 0.0, 1.0, temperature, np.random.default_rng(seed), higher_is_better)
     order = np.lexsort((np.arange(s.shape[0]), -key))  # descending key, ties by index
     return order[:k].astype(np.int64)
 
@@ -108,10 +119,11 @@ def select_per_domain(
     seed: int,
     higher_is_better: bool,
 ) -> dict[str, list[str]]:
-    """Gumbel-top-k within each domain's quota; returns {domain: selected ids in key order}.
+    """Gumbel-top-k within each domain's quota on standardised scores; {domain: ids in key order}.
 
-    Candidates of a domain are taken in input order, so results depend on that order and the
-    seed only. A domain whose quota exceeds its candidate count is an error.
+    In-memory reference of the distributed selection. Candidates of a domain are taken in input
+    order, so results depend on that order and the seed only. A domain whose quota exceeds its
+    candidate count is an error.
     """
     s = np.asarray(scores, dtype=np.float64)
     if not len(ids) == len(domains) == s.shape[0] or s.ndim != 1:
@@ -133,6 +145,63 @@ def select_per_domain(
                 f"select_per_domain: quota of {d!r} ({q}) is negative or exceeds "
                 f"its {idx.shape[0]} candidates"
             )
-        chosen = gumbel_top_k(s[idx], q, temperature, domain_seed(seed, d), higher_is_better)
+        mean, std = standardize(s[idx].size, s[idx].sum(), (s[idx] ** 2).sum())
+        z = (s[idx] - mean) / std
+        chosen = gumbel_top_k(z, q, temperature, domain_seed(seed, d), higher_is_better)
         out[d] = [ids[i] for i in idx[chosen]]
     return out
+
+
+def standardize(count: int, total: float, total_sq: float) -> tuple[float, float]:
+    """(mean, std) from a count, Σs and Σs² (population std; 1.0 when the scores are constant)."""
+    if count <= 0:
+        return 0.0, 1.0
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    std = math.sqrt(var)
+    return mean, (std if std > 1e-12 * max(abs(mean), 1e-300) and std > 0 else 1.0)
+
+
+def selection_keys(scores: np.ndarray, mean: float, std: float, temperature: float,
+                   rng: np.random.Generator, higher_is_better: bool) -> np.ndarray:
+    """Perturbed keys ``±z/τ + G`` (``±z`` when τ = 0) with z = (s − mean)/std; larger key is better."""
+    z = (np.asarray(scores, dtype=np.float64) - mean) / std
+    key = z if higher_is_better else -z
+    if temperature > 0:
+        key = key / temperature + rng.gumbel(size=key.shape[0])
+    return key
+
+
+def key_range(z_min: float, z_max: float, temperature: float, higher_is_better: bool) -> tuple[float, float]:
+    """Histogram range that holds (almost) every key of a domain with standardised scores in [z_min, z_max]."""
+    lo, hi = (z_min, z_max) if higher_is_better else (-z_max, -z_min)
+    if temperature > 0:
+        lo, hi = lo / temperature + _GUMBEL_LO, hi / temperature + _GUMBEL_HI
+    return float(lo), float(max(hi, lo + 1e-9))
+
+
+def key_histogram(keys: np.ndarray, lo: float, hi: float, bins: int = KEY_BINS) -> np.ndarray:
+    """Counts of keys per bin (keys outside [lo, hi] are clipped into the edge bins)."""
+    return np.bincount(key_bins(keys, lo, hi, bins), minlength=bins).astype(np.int64)
+
+
+def key_bins(keys: np.ndarray, lo: float, hi: float, bins: int = KEY_BINS) -> np.ndarray:
+    """Bin index of each key (monotone in the key)."""
+    scaled = (np.asarray(keys, dtype=np.float64) - lo) * (bins / (hi - lo))
+    return np.clip(np.floor(scaled), 0, bins - 1).astype(np.int64)
+
+
+def threshold_bin(hist: np.ndarray, quota: int) -> tuple[int, int]:
+    """(b, above): every key in a bin > b is selected, ``quota − above`` are picked inside bin b.
+
+    ``quota == 0`` gives ``(len(hist), 0)`` (nothing selected).
+    """
+    hist = np.asarray(hist, dtype=np.int64)
+    if not 0 <= quota <= int(hist.sum()):
+        raise ConfigError(f"threshold_bin: quota {quota} outside [0, {int(hist.sum())}]")
+    if quota == 0:
+        return len(hist), 0
+    from_top = np.cumsum(hist[::-1])
+    j = int(np.searchsorted(from_top, quota))  # first j with ≥ quota keys in the top j+1 bins
+    b = len(hist) - 1 - j
+    return b, int(from_top[j] - hist[b])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import posixpath
@@ -21,9 +22,10 @@ import aiohttp
 import fsspec
 from botocore.exceptions import BotoCoreError, ClientError
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from operators.errors import StorageError
+from operators.secrets import has_userinfo
 
 _S3_SCHEMES = ("s3://", "s3a://")
 _GLOB_CHARS = ("*", "?", "[")
@@ -44,6 +46,14 @@ class StorageSpec(BaseModel):
     retries: int = Field(default=3, ge=0, le=20)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials(cls, url: str | None) -> str | None:
+        if url is not None and has_userinfo(url):
+            raise ValueError("must not embed credentials (user:password@); "
+                             "use the AWS_* environment variables")
+        return url
 
 
 _DEFAULT_SPEC = StorageSpec()
@@ -304,12 +314,28 @@ def _fsync_dir(directory: str) -> None:
             os.close(fd)
 
 
+def _maybe_disk_full(path: str, fh: Any, data: bytes) -> None:
+    """Chaos hook (`INFLUMIX_FAULT_ENOSPC=<path substring>:<marker file>`): once per marker, write half
+    of ``data`` and fail with ENOSPC, as a full disk would (fault-matrix tests)."""
+    spec = os.environ.get("INFLUMIX_FAULT_ENOSPC")
+    if not spec:
+        return
+    needle, marker = spec.split(":", 1)
+    if needle not in path or os.path.exists(marker):
+        return
+    with open(marker, "w") as out:
+        out.write(path + "\n")
+    fh.write(data[: len(data) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
 def _write_local_temp(path: str, data: bytes) -> str:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
     try:
         with os.fdopen(fd, "wb") as fh:
+            _maybe_disk_full(path, fh, data)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -449,3 +475,103 @@ def check_reachable(uri: str, spec: StorageSpec | None = None) -> None:
             f"({uri}): {exc or type(exc).__name__}"
         ) from exc
 
+
+
+# Conditional updates (compare-and-swap). A *version* is the S3 ETag, or the SHA-256 of a local file's
+# content; local updates hold an exclusive lock on a hidden sibling `.<name>.lock` while comparing.
+
+
+def _local_version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def _local_lock(path: str) -> Iterator[None]:
+    import fcntl
+
+    directory, name = os.path.split(path)
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _read_local_versioned(path: str) -> tuple[bytes, str] | None:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    return data, _local_version(data)
+
+
+async def _s3_get_versioned(fs: Any, bucket: str, key: str) -> tuple[bytes, str]:
+    resp = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+    body = resp["Body"]
+    try:
+        data = await body.read()
+    finally:
+        body.close()
+    return bytes(data), str(resp["ETag"])
+
+
+def read_versioned(uri: str, spec: StorageSpec | None = None) -> tuple[bytes, str] | None:
+    """``(content, version)`` of ``uri`` read in one request, or None if it does not exist."""
+    fs, path = filesystem_for(uri, spec)
+    if not is_remote(uri):
+        with _wrap("reading", uri, spec), _local_lock(path):
+            return _read_local_versioned(path)
+    from fsspec.asyn import sync
+
+    bucket, _, key = path.partition("/")
+    try:
+        with _wrap("reading", uri, spec):
+            return sync(fs.loop, _s3_get_versioned, fs, bucket, key)
+    except StorageNotFoundError:
+        return None
+
+
+def put_if_match(uri: str, data: bytes, version: str, spec: StorageSpec | None = None) -> bool:
+    """Replace ``uri`` with ``data`` only if its current version is ``version``; False otherwise
+    (changed or deleted meanwhile). S3: a PUT with ``If-Match``; local: lock, compare, atomic replace."""
+    fs, path = filesystem_for(uri, spec)
+    if is_remote(uri):
+        bucket, _, key = path.partition("/")
+        try:
+            with _wrap("updating", uri, spec):
+                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=bytes(data), IfMatch=version)
+        except StorageError as exc:
+            if isinstance(exc, StorageNotFoundError) or _is_precondition_failure(exc):
+                return False
+            raise
+        return True
+    with _wrap("updating", uri, spec), _local_lock(path):
+        current = _read_local_versioned(path)
+        if current is None or current[1] != version:
+            return False
+        write_bytes_atomic(uri, data, spec)
+        return True
+
+
+def delete_if_match(uri: str, version: str, spec: StorageSpec | None = None) -> bool:
+    """Delete ``uri`` only if its current version is ``version``; False otherwise."""
+    fs, path = filesystem_for(uri, spec)
+    if is_remote(uri):
+        bucket, _, key = path.partition("/")
+        try:
+            with _wrap("deleting", uri, spec):
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        except StorageError as exc:
+            if isinstance(exc, StorageNotFoundError) or _is_precondition_failure(exc):
+                return False
+            raise
+        return True
+    with _wrap("deleting", uri, spec), _local_lock(path):
+        current = _read_local_versioned(path)
+        if current is None or current[1] != version:
+            return False
+        os.unlink(path)
+        return True

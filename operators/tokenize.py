@@ -20,6 +20,7 @@ class TokenizedBatch:
     attention_mask: torch.Tensor  # (n, T) int64, 1 on real tokens
     lengths: torch.Tensor  # (n,) int64
     valid: torch.Tensor  # (n,) bool: at least 2 tokens, so one next-token target exists
+    full_lengths: torch.Tensor | None = None  # (n,) int64 lengths without truncation (if asked)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -55,27 +56,51 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool, max_length: int | None) -> list:
+    try:
+        return tokenizer(
+            list(texts),
+            truncation=max_length is not None,
+            max_length=max_length,
+            padding=False,
+            add_special_tokens=add_special_tokens,
+            verbose=False,
+        )["input_ids"]
+    except Exception as exc:  # tokenizers raise a variety of types
+        raise ModelError(f"tokenizer {type(tokenizer).__name__} failed: {exc}") from exc
+
+
 def tokenize_texts(
-    tokenizer: Any, texts: list[str], max_length: int, add_special_tokens: bool = True
+    tokenizer: Any,
+    texts: list[str],
+    max_length: int,
+    add_special_tokens: bool = True,
+    count_untruncated: bool = False,
 ) -> TokenizedBatch:
-    """Tokenise ``texts`` (truncated to ``max_length`` tokens) and right-pad to the longest."""
+    """Tokenise ``texts`` (truncated to ``max_length`` tokens) and right-pad to the longest.
+
+    With ``count_untruncated`` the texts are encoded without truncation first (``full_lengths``);
+    only rows longer than ``max_length`` are encoded again with the tokenizer's own truncation.
+    """
     if max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
     n = len(texts)
     if n == 0:
         empty = torch.zeros((0, 0), dtype=torch.long)
         zeros = torch.zeros(0, dtype=torch.long)
-        return TokenizedBatch(empty, empty.clone(), zeros, zeros.bool())
-    try:
-        encoded = tokenizer(
-            list(texts),
-            truncation=True,
-            max_length=max_length,
-            padding=False,
-            add_special_tokens=add_special_tokens,
-        )["input_ids"]
-    except Exception as exc:  # tokenizers raise a variety of types
-        raise ModelError(f"tokenizer {type(tokenizer).__name__} failed: {exc}") from exc
+        full = zeros.clone() if count_untruncated else None
+        return TokenizedBatch(empty, empty.clone(), zeros, zeros.bool(), full)
+    full_lengths = None
+    if count_untruncated:
+        encoded = _encode(tokenizer, texts, add_special_tokens, None)
+        full_lengths = torch.tensor([len(e) for e in encoded], dtype=torch.int64)
+        long_rows = [i for i, e in enumerate(encoded) if len(e) > max_length]
+        if long_rows:
+            again = _encode(tokenizer, [texts[i] for i in long_rows], add_special_tokens, max_length)
+            for i, row in zip(long_rows, again):
+                encoded[i] = row
+    else:
+        encoded = _encode(tokenizer, texts, add_special_tokens, max_length)
     lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=n)
     width = int(lengths.max()) if n else 0
     ids = np.full((n, width), _pad_id(tokenizer), dtype=np.int64)
@@ -89,6 +114,7 @@ def tokenize_texts(
         attention_mask=torch.from_numpy(mask),
         lengths=lengths_t,
         valid=lengths_t >= 2,
+        full_lengths=full_lengths,
     )
 
 

@@ -1,23 +1,37 @@
-"""Driver-side aggregation: feature shards → preconditioned group influence per domain (TiKMiX)."""
+"""Influence aggregation as map-reduce on Ray: feature shards → preconditioned group influence (TiKMiX).
+
+Map tasks (workflows/aggregate_shard.py, fanned out by cluster.parallel.map_shards) read each feature
+shard once per pass in record batches and return small statistics; the driver folds them in shard
+order (bit-identical for any worker count) and only ever holds k×k and K×k-sized objects:
+
+1. pass 1: Gram ΦᵀΦ and n (gauss_newton) or K-FAC factor sums per corpus shard; token-weighted target
+   sums per target shard → directions d_v = Ĥ⁻¹ t_v (t_v token-weighted, see operators/influence.py);
+2. pass 2: per-example scores s_iv = φ_i·d_v written to score shards under
+   ``<root>/influence/<key>/scores/``, per-domain sums/counts/tokens and Poisson-bootstrap sums
+   → GI[k, v] (mean score of domain k on target v), per-target z-scores, weighted scores, CIs.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from cluster.parallel import map_shards
+from cluster.runtime import layout_or_local
 from operators import datastore, storage
 from operators.errors import ConfigError
 from operators.influence import (
-    bootstrap_influence,
+    BootstrapSums,
+    bootstrap_intervals,
     combine_targets,
-    group_influence,
     normalize_per_target,
-    per_example_scores,
+    token_weighted_means,
 )
 from operators.precondition import GaussNewtonPreconditioner, IdentityPreconditioner, KFACPreconditioner
+from workflows.aggregate_shard import PreconditionerJob, ScoreJob
 from workflows.config import RunConfig
 from workflows.plan import Plan
 
@@ -26,68 +40,63 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InfluenceResult:
-    """Everything the mixture solver, the manifest and MATES need from the feature datastore."""
+    """Everything the mixture solver, the manifest and MATES need from the feature datastore.
+
+    Per-example scores are not held here: they live in score shards under ``scores_uri``.
+    """
 
     domains: list[str]
     targets: list[str]
     target_weights: np.ndarray
     gi: np.ndarray  # (K, V) mean preconditioned influence of domain k on target v
-    gi_normalized: np.ndarray  # (K, V) per-target z-scores
+    gi_normalized: np.ndarray  # (K, V) on the solver scale (influence.normalize)
     scores: np.ndarray  # (K,) weighted combination over targets
     counts: dict[str, int]
     tokens: dict[str, int]
     target_counts: dict[str, int]
-    example_ids: list[str] = field(repr=False, default_factory=list)
-    example_domains: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=object))
-    example_scores: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
     preconditioner: dict = field(default_factory=dict)
     bootstrap: dict = field(default_factory=dict)
+    scores_uri: str = ""
 
 
-def _iter_shards(plan: Plan, role: str, spec: storage.StorageSpec) -> Iterator[tuple[str, object]]:
-    tasks = plan.corpus_tasks() if role == "corpus" else plan.target_tasks()
-    for task in tasks:
-        uri = datastore.feature_uri(plan.root, task.shard_id)
-        yield task.shard_id, datastore.read_feature_shard(uri, spec)
-
-
-def _target_means(cfg: RunConfig, plan: Plan) -> tuple[np.ndarray, dict[str, int]]:
-    names = [t.name for t in cfg.targets]
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {n: 0 for n in names}
-    for _, table in _iter_shards(plan, "target", cfg.storage):
-        feats = datastore.features_to_numpy(table).astype(np.float64)
-        labels = np.asarray(table.column("domain").to_pylist(), dtype=object)
-        for name in set(labels.tolist()):
-            mask = labels == name
-            sums[name] = sums.get(name, 0) + feats[mask].sum(axis=0)
-            counts[name] += int(mask.sum())
-    empty = [n for n in names if counts[n] == 0]
-    if empty:
-        raise ConfigError(f"target sets {empty} have no usable examples (empty or all too short)")
-    return np.stack([sums[n] / counts[n] for n in names]), counts
-
-
-def _preconditioner(cfg: RunConfig, plan: Plan, layout: dict | None, dim: int):
+def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
+    """Fold pass-1 statistics → (preconditioner, target sums, target tokens, target counts)."""
     kind = cfg.influence.preconditioner
-    if kind == "identity":
-        return IdentityPreconditioner()
-    if kind == "gauss_newton":
-        pre = GaussNewtonPreconditioner(dim)
-        for _, table in _iter_shards(plan, "corpus", cfg.storage):
-            pre.update(datastore.features_to_numpy(table))
-        return pre
-    if layout is None:
-        raise ConfigError("kfac preconditioning needs the featurizer layer layout (featurizer.json)")
-    slices = {n: slice(v["start"], v["stop"]) for n, v in layout.items()}
-    shapes = {n: (v["r_out"], v["r_in"]) for n, v in layout.items()}
-    pre = KFACPreconditioner(slices, shapes)
-    from workflows.featurize_shard import kfac_from_arrays
-
-    for task in plan.corpus_tasks():
-        pre.update(kfac_from_arrays(datastore.read_npz(datastore.kfac_uri(plan.root, task.shard_id),
-                                                       cfg.storage)))
-    return pre
+    names = [t.name for t in cfg.targets]
+    job = PreconditionerJob(plan.root, cfg.storage, kind, tuple(names), cfg.featurize.loss_reduction)
+    items = [(t.shard_id, "target") for t in plan.target_tasks()]
+    if kind == "kfac":
+        if layout is None:
+            raise ConfigError("kfac preconditioning needs the featurizer layer layout (featurizer.json)")
+        slices = {n: slice(v["start"], v["stop"]) for n, v in layout.items()}
+        pre = KFACPreconditioner(slices, {n: (v["r_out"], v["r_in"]) for n, v in layout.items()})
+    elif kind == "gauss_newton":
+        pre = None
+    else:
+        pre = IdentityPreconditioner()
+    if kind != "identity":
+        items += [(t.shard_id, "corpus") for t in plan.corpus_tasks()]
+    t_sums = t_tokens = t_counts = None
+    for (_, role), stats in zip(items, map_shards(job, items, workers, cfg.cluster.max_task_retries)):
+        if role == "target":
+            if "sums" in stats:
+                t_sums = stats["sums"] if t_sums is None else t_sums + stats["sums"]
+                t_tokens = stats["tokens"] if t_tokens is None else t_tokens + stats["tokens"]
+                t_counts = stats["counts"] if t_counts is None else t_counts + stats["counts"]
+        elif kind == "kfac":
+            pre.update(stats["kfac"])
+        elif stats:
+            part = GaussNewtonPreconditioner.from_state(stats)
+            if pre is None:
+                pre = part
+            else:
+                pre.merge(part)
+    if t_counts is None or np.any(t_counts == 0):
+        empty = names if t_counts is None else [n for n, c in zip(names, t_counts) if c == 0]
+        raise ConfigError(f"target sets {empty} have no usable examples (empty or all too short)")
+    if pre is None:
+        pre = GaussNewtonPreconditioner(t_sums.shape[1])  # no corpus rows: solve() names the problem
+    return pre, t_sums, t_tokens, t_counts
 
 
 def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]:
@@ -113,46 +122,47 @@ def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]
 
 def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layout: dict | None = None,
                         extra: Callable[[np.ndarray], np.ndarray] | None = None) -> InfluenceResult:
-    """Two streaming passes over the corpus feature shards (preconditioner, then scores)."""
+    """Two map-reduce passes over the feature shards (see the module docstring).
+
+    ``extra`` maps a bootstrap replicate's raw GI (K, V) to a (K,) vector (e.g. the mixture weights it
+    induces); its percentile CI is returned as ``bootstrap["extra_low"/"extra_high"]``.
+    """
     targets = [t.name for t in cfg.targets]
     weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
-    target_means, target_counts = _target_means(cfg, plan)
-    dim = target_means.shape[1]
-    pre = _preconditioner(cfg, plan, kfac_layout, dim)
-    directions = pre.solve(target_means, relative_damping=cfg.influence.relative_damping)
-    ids: list[str] = []
-    domains: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    tokens: dict[str, int] = {}
-    for _, table in _iter_shards(plan, "corpus", cfg.storage):
-        feats = datastore.features_to_numpy(table)
-        doms = np.asarray(table.column("domain").to_pylist(), dtype=object)
-        ids.extend(table.column("id").to_pylist())
-        domains.append(doms)
-        scores.append(per_example_scores(feats, directions))
-        for d, n in zip(doms.tolist(), table.column("n_tokens").to_pylist()):
-            tokens[d] = tokens.get(d, 0) + int(n)
-    all_domains = np.concatenate(domains) if domains else np.zeros(0, dtype=object)
-    all_scores = np.concatenate(scores) if scores else np.zeros((0, len(targets)))
-    keep = np.isin(all_domains, np.asarray(order, dtype=object))
-    if not keep.all():
-        ids = [i for i, k in zip(ids, keep.tolist()) if k]
-        all_domains, all_scores = all_domains[keep], all_scores[keep]
-    gi = group_influence(all_scores, all_domains, order)
-    gi_norm = normalize_per_target(gi, cfg.influence.normalize)
+    spec = cfg.influence
+    workers = layout_or_local(cfg.cluster)
+    pre, t_sums, t_tokens, t_counts = _pass1(cfg, plan, kfac_layout, workers)
+    directions = pre.solve(token_weighted_means(t_sums, t_tokens, targets), relative_damping=spec.relative_damping)
+    job = ScoreJob(plan.root, cfg.storage, tuple(order), np.asarray(directions, dtype=np.float64),
+                   spec.bootstrap, spec.seed)
+    shards = [t.shard_id for t in plan.corpus_tasks()]
+    sums = np.zeros((len(order), len(targets)))
+    counts = np.zeros(len(order), dtype=np.int64)
+    tokens = np.zeros(len(order), dtype=np.int64)
+    boot = BootstrapSums(spec.bootstrap, len(order), len(targets))
+    rows = 0
+    for stats in map_shards(job, shards, workers, cfg.cluster.max_task_retries):
+        sums += stats["sums"]
+        counts += stats["counts"]
+        tokens += stats["tokens"]
+        boot.sums += stats["boot_sums"]
+        boot.counts += stats["boot_counts"]
+        rows += int(stats["rows"])
+    empty = [d for d, c in zip(order, counts) if c == 0]
+    if empty:
+        raise ConfigError(f"domains with no examples: {empty}")
+    gi = sums / counts[:, None]
+    gi_norm = normalize_per_target(gi, spec.normalize)
     combined = combine_targets(gi_norm, weights)
-    boot: dict = {}
-    if cfg.influence.bootstrap > 0:
-        boot = bootstrap_influence(all_scores, all_domains, order, weights, n_boot=cfg.influence.bootstrap,
-                                   confidence=cfg.influence.confidence, seed=cfg.influence.seed,
-                                   normalize=cfg.influence.normalize, extra=extra)
-    counts = {d: int((all_domains == d).sum()) for d in order}
-    log.info("group influence over %d examples, %d domains, %d targets", len(ids), len(order), len(targets))
+    ci: dict = {}
+    if spec.bootstrap > 0:
+        ci = bootstrap_intervals(boot.gi(gi), weights, spec.confidence, spec.normalize, extra)
+    log.info("group influence over %d examples, %d domains, %d targets (%d workers)", rows, len(order),
+             len(targets), workers.num_workers)
+    pre_info = {"kind": spec.preconditioner, "relative_damping": spec.relative_damping, "n": rows}
     return InfluenceResult(
         domains=order, targets=targets, target_weights=weights / weights.sum(), gi=gi, gi_normalized=gi_norm,
-        scores=combined, counts=counts, tokens={d: tokens.get(d, 0) for d in order},
-        target_counts=target_counts, example_ids=ids, example_domains=all_domains, example_scores=all_scores,
-        preconditioner={"kind": cfg.influence.preconditioner, "relative_damping": cfg.influence.relative_damping,
-                        "n": int(len(ids))},
-        bootstrap=boot,
+        scores=combined, counts=dict(zip(order, counts.tolist())), tokens=dict(zip(order, tokens.tolist())),
+        target_counts=dict(zip(targets, t_counts.astype(int).tolist())), preconditioner=pre_info,
+        bootstrap=ci, scores_uri=storage.join(plan.root, "influence", job.key, "scores"),
     )

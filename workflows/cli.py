@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from operators.errors import InfluMixError
+from operators.lease import LeaseHeld
+from operators.secrets import redact
 from workflows.config import dump_config, load_config, resolve_config_path
 from workflows.logs import configure_logging
 
@@ -42,6 +44,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(cfg))
     print(f"# run_id: {cfg.resolved_run_id()}")
+    if cfg.model.checkpoint_root and not cfg.run_id:
+        print("# (a run pins the newest checkpoint under model.checkpoint_root into its run id)")
     return 0
 
 
@@ -75,7 +79,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     job_id, created = jobs.submit(
         args.address, command, submission_id, jobs.build_runtime_env(working_dir, env_vars),
         metadata={"influmix_run_id": cfg.resolved_run_id(), "influmix_name": cfg.name,
-                  "output_uri": cfg.output_uri},
+                  "output_uri": redact(cfg.output_uri)},
         entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus)
     print(json.dumps({"submission_id": job_id, "created": created}))
     if args.wait:
@@ -142,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         args.stamp = default_stamp()
     try:
         return args.func(args)
+    except LeaseHeld as exc:
+        print(f"influmix: {redact(str(exc))}", file=sys.stderr)
+        return 3
     except InfluMixError as exc:
-        print(f"influmix: error: {exc}", file=sys.stderr)
+        print(f"influmix: error: {redact(str(exc))}", file=sys.stderr)
         return 2
 
 

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import (
     AfterValidator,
@@ -24,6 +25,8 @@ from operators.corpus import SamplingSpec
 from operators.errors import ConfigError
 from operators.influence_model import InfluenceModelSpec
 from operators.mixture import MixtureConstraints
+from operators.names import SafeName
+from operators.secrets import redact
 from operators.probing import ProbeSpec
 from operators.projection import ProjectionSpec
 from operators.splits import TargetSplitSpec
@@ -61,7 +64,7 @@ class DatasetSpec(_Spec):
 class TargetSpec(_Spec):
     """One target/validation set: its examples' mean gradient is what the mixture should serve."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName
     paths: list[Location] = Field(min_length=1)
     weight: float = Field(default=1.0, gt=0)
     format: Literal["auto", "parquet", "jsonl"] = "auto"
@@ -78,6 +81,10 @@ class ModelSpec(_Spec):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny: TinyLMSpec = TinyLMSpec()
     cache_dir: Location | None = None
+    average_checkpoints: int = Field(default=1, ge=1, description=(
+        "with checkpoint_root: featurize the last N checkpoints and use their AVERAGE group influence "
+        "(LESS/TracIn style; each checkpoint under runs/<run_id>/ckpt-<step>/, the chosen ones pinned "
+        "in checkpoints.json); 1: only the latest"))
 
 
 class FeaturizeSpec(_Spec):
@@ -90,6 +97,7 @@ class FeaturizeSpec(_Spec):
     max_length: int = Field(default=128, ge=2)
     batch_size: int = Field(default=16, ge=1)
     adam_aware: bool = False
+    part_rows: int | None = Field(default=None, ge=1)  # rows per feature part (None: 64 MiB of features)
 
 
 class InfluenceSpec(_Spec):
@@ -231,13 +239,16 @@ class ClusterSpec(_Spec):
     metrics_export_port: int | None = None
     progress_interval_s: float = Field(default=5.0, gt=0)
     actor_start_timeout_s: float = Field(default=600.0, gt=0)
+    dashboard_host: str = "127.0.0.1"  # local cluster only; expose deliberately (see README, security)
+    lease_ttl_s: float = Field(default=120.0, ge=1)  # a crashed driver's run lease lapses after this
+    lease_wait_s: float = Field(default=0.0, ge=0)  # wait this long for another driver's lease, then exit
 
 
 class RunConfig(_Spec):
     """A whole mixture refresh: corpus → features → influence → mixture → manifest."""
 
-    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
-    run_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: SafeName = "default"
+    run_id: SafeName | None = None
     output_uri: Location
     storage: StorageSpec = StorageSpec()
     corpus: DatasetSpec
@@ -323,15 +334,19 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
             merged = _merge_bases(OmegaConf.create(os.environ[var]), CONFIG_DIR)
         else:
             path = resolve_config_path(name_or_path)
-            merged = _merge_bases(OmegaConf.load(path), path.parent)
+            merged = _merge_bases(OmegaConf.load(path), path.parent, (path.resolve(),))
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"overrides must look like key=value, got {bad}")
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        if not isinstance(merged, DictConfig):
+            raise ConfigError(f"config {path} must be a YAML mapping (key: value), "
+                              f"got {type(merged).__name__}")
         data: Any = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeError, ValueError, TypeError, LookupError,
+            OSError) as exc:  # PyYAML and OmegaConf raise these on malformed text, keys or values
+        raise ConfigError(f"cannot read config {path}: {type(exc).__name__}: {exc}") from None
     return validate_config(data, source=str(path))
 
 
@@ -347,18 +362,25 @@ def _base_path(base: str, directory: Path) -> Path:
     return local if local.is_file() else resolve_config_path(base)
 
 
-def _merge_bases(conf: Any, directory: Path) -> Any:
+def _merge_bases(conf: Any, directory: Path, chain: tuple[Path, ...] = ()) -> Any:
     """`defaults: [base, ...]` inherits from sibling (or bundled) YAML files, later keys winning."""
     bases = conf.pop("defaults", None) if isinstance(conf, DictConfig) else None
     if not bases:
         return conf
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, ListConfig | list):
+        raise ConfigError(f"defaults must be a list of config names, got {bases!r}")
     merged = OmegaConf.create({})
     for base in list(bases):
-        path = _base_path(str(base), directory)
-        merged = OmegaConf.merge(merged, _merge_bases(OmegaConf.load(path), path.parent))
+        path = _base_path(str(base), directory).resolve()
+        if path in chain or len(chain) > 16:
+            raise ConfigError(f"defaults: {base!r} ({path}) inherits from itself")
+        merged = OmegaConf.merge(merged, _merge_bases(OmegaConf.load(path), path.parent, (*chain, path)))
     return OmegaConf.merge(merged, conf)
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """Resolved config as YAML (written into every run directory)."""
-    return OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump(mode="json")))
+    """Resolved config as YAML (written into every run directory); secret environment values that an
+    interpolation pulled in are masked."""
+    return redact(OmegaConf.to_yaml(OmegaConf.create(cfg.model_dump(mode="json"))))

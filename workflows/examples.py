@@ -2,35 +2,76 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
-from operators.corpus import ShardRef, cap_per_domain, read_shard, sample_rows
+from operators.corpus import (
+    BATCH_ROWS,
+    SHARD_SCHEMA,
+    DomainCap,
+    ShardRef,
+    cap_per_domain,
+    iter_shard_batches,
+    sample_rows,
+)
 from operators.splits import SplitName, split_rows
 from operators.tokenize import tokenize_texts
 from workflows.config import RunConfig
 from workflows.plan import Plan, ShardTask, spec_for_task
 
 
-def read_task_rows(cfg: RunConfig, task: ShardTask, split: SplitName = "influence") -> pa.Table:
-    """The rows of one shard exactly as featurization sees them (same sampling).
+def iter_task_rows(cfg: RunConfig, task: ShardTask, stats: dict[str, dict[str, int]] | None = None,
+                   chunk_rows: int = BATCH_ROWS, split: SplitName = "influence") -> Iterator[pa.Table]:
+    """Stream the rows of one shard exactly as featurization sees them (same sampling and caps),
+    in tables of at most ``chunk_rows`` rows; memory O(chunk + cap), not O(shard). Target shards keep
+    only the rows of ``split`` (featurization uses ``influence``; operators/splits.py); corpus shards
+    ignore it.
 
-    Target shards keep only the rows of ``split`` (featurization uses the ``influence`` part; see
-    operators/splits.py); corpus shards ignore ``split``.
+    With ``stats``, ``stats["rows"]`` / ``stats["bytes"]`` get per-domain row counts and UTF-8 text
+    bytes of every row of the shard (before sampling and caps).
     """
     ref = ShardRef(uri=task.uri, format=task.format, shard_id=task.shard_id, size_bytes=task.size_bytes)
-    table = read_shard(ref, spec_for_task(cfg, task), cfg.storage)
     if task.role == "corpus":
-        table = sample_rows(table, cfg.sampling)
-        if cfg.sampling.max_per_domain is not None:
-            table = cap_per_domain(table, cfg.sampling.max_per_domain, cfg.sampling.seed)
+        cap = cfg.sampling.max_per_domain
     else:
-        table = split_rows(table, cfg.targets_split, split)
-        target = next(t for t in cfg.targets if t.name == task.target_name)
-        if target.max_examples is not None:
-            table = cap_per_domain(table, target.max_examples, cfg.sampling.seed)
-    return table
+        cap = next(t for t in cfg.targets if t.name == task.target_name).max_examples
+    capper = DomainCap(cap, cfg.sampling.seed) if cap is not None else None
+    for table in iter_shard_batches(ref, spec_for_task(cfg, task), cfg.storage, chunk_rows):
+        if stats is not None:
+            _count_rows(table, stats)
+        if task.role == "corpus":
+            table = sample_rows(table, cfg.sampling)
+        else:
+            table = split_rows(table, cfg.targets_split, split)
+        if capper is not None:
+            capper.add(table)
+        elif table.num_rows:
+            yield table
+    if capper is not None:
+        kept = capper.result()
+        for start in range(0, kept.num_rows, chunk_rows):
+            yield kept.slice(start, chunk_rows)
+
+
+def _count_rows(table: pa.Table, stats: dict[str, dict[str, int]]) -> None:
+    if not table.num_rows:
+        return
+    sizes = pa.table({"domain": table.column("domain"), "bytes": pc.binary_length(table.column("text"))})
+    grouped = sizes.group_by("domain").aggregate([("bytes", "sum"), ("bytes", "count")])
+    rows, nbytes = stats.setdefault("rows", {}), stats.setdefault("bytes", {})
+    for d, b, n in zip(*(grouped.column(c).to_pylist() for c in ("domain", "bytes_sum", "bytes_count"))):
+        rows[d] = rows.get(d, 0) + int(n)
+        nbytes[d] = nbytes.get(d, 0) + int(b)
+
+
+def read_task_rows(cfg: RunConfig, task: ShardTask, split: SplitName = "influence") -> pa.Table:
+    """The rows of one shard exactly as featurization sees them (same sampling), as one table."""
+    tables = list(iter_task_rows(cfg, task, split=split))
+    return pa.concat_tables(tables) if tables else SHARD_SCHEMA.empty_table()
 
 
 def sample_rows_per_group(cfg: RunConfig, tasks: list[ShardTask], per_group: int, seed: int,

@@ -1,4 +1,4 @@
-"""Featurize one shard: read → sample → tokenize → projected per-example gradients → datastore.
+"""Featurize one shard: stream → sample → tokenize → projected per-example gradients → feature parts.
 
 Runs inside a Ray actor (cluster/actor_pool.py) or in-process; no Ray imports here. Outputs are
 written to deterministic keys (feature shard, optional K-FAC factors, then the completion record),
@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from typing import TypeVar
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from operators import datastore
 from operators.featurize import AdamState, FeatureBatch, FeaturizerSpec, GradientFeaturizer
 from operators.model_io import LoadedModel, load_adam_moments, load_causal_lm
-from operators.tokenize import iter_token_batches, prepare_tokenizer, tokenize_texts
+from operators.tokenize import TokenBatch, iter_token_batches, prepare_tokenizer, tokenize_texts
 from workflows.config import RunConfig
-from workflows.examples import read_task_rows
+from workflows.examples import iter_task_rows
 from workflows.plan import ShardTask, run_root
 
 log = logging.getLogger(__name__)
 
 BatchCallback = Callable[[str, list[str], np.ndarray], None]  # (role, domains, n_tokens)
 FAULT_ENV = "INFLUMIX_FAULT_INJECT"
+_T = TypeVar("_T")
 
 
 def featurizer_spec(cfg: RunConfig) -> FeaturizerSpec:
@@ -63,25 +68,32 @@ def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamS
 class ShardFeaturizer:
     """Holds the model and projector for one worker; featurizes shards on request."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str, device: str, worker: str) -> None:
+    def __init__(self, cfg: RunConfig, model_uri: str, device: str, worker: str, root: str | None = None) -> None:
         self.cfg = cfg
         self.device = device
         self.worker = worker
-        self.root = run_root(cfg)
+        self.root = root or run_root(cfg)  # the plan's root (a checkpoint's sub-root when averaging)
         self.max_rows: int | None = None  # learned after a CUDA out-of-memory error
         self.loaded = load_causal_lm(model_uri, device=device, dtype=cfg.model.dtype,
                                      storage=cfg.storage, cache_dir=cfg.model.cache_dir)
         self.tokenizer = prepare_tokenizer(self.loaded.tokenizer)
         spec = featurizer_spec(cfg)
-        self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device)
+        # targets keep plain SGD gradients (LESS: the Adam transform is for training examples only)
+        self.target_featurizer = GradientFeaturizer(self.loaded.model, spec, device=device)
+        self.featurizer = self.target_featurizer
         if cfg.featurize.adam_aware:
-            adam = adam_state_for(self.loaded, self.featurizer)
-            self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device, adam_state=adam)
+            adam = adam_state_for(self.loaded, self.target_featurizer)
+            self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device, adam_state=adam,
+                                                 projector=self.target_featurizer.projector)
 
     @property
     def fingerprint(self) -> str:
-        """Model + projector identity; every worker of a run must report the same value."""
-        kind = "adam" if self.cfg.featurize.adam_aware else "sgd"
+        """Model + projector identity; every worker of a run must report the same value.
+
+        ``adam-corpus``: Adam-transformed corpus features, plain target features (older runs that
+        also transformed targets recorded ``adam`` and are refused on resume).
+        """
+        kind = "adam-corpus" if self.cfg.featurize.adam_aware else "sgd"
         return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}:{kind}"
 
     def describe(self) -> dict:
@@ -94,11 +106,13 @@ class ShardFeaturizer:
         return {"worker": self.worker, "device": self.device, "fingerprint": self.fingerprint,
                 "model": self.loaded.fingerprint, "featurizer": featurizer}
 
-    def featurize_adaptive(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[FeatureBatch]:
+    def featurize_adaptive(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           featurizer: GradientFeaturizer | None = None) -> list[FeatureBatch]:
         """Featurize a batch; on CUDA out-of-memory halve it (and remember the size that fits).
 
         Pieces come back in row order; per-example features do not depend on batch composition.
         """
+        featurizer = featurizer or self.featurizer
         rows = input_ids.shape[0]
         step = min(rows, self.max_rows or rows)
         pieces: list[FeatureBatch] = []
@@ -106,7 +120,7 @@ class ShardFeaturizer:
             ids = input_ids[start:start + step]
             mask = attention_mask[start:start + step]
             try:
-                pieces.append(self.featurizer.featurize(ids.to(self.device), mask.to(self.device)))
+                pieces.append(featurizer.featurize(ids.to(self.device), mask.to(self.device)))
             except torch.cuda.OutOfMemoryError:
                 if ids.shape[0] == 1:
                     raise
@@ -115,68 +129,136 @@ class ShardFeaturizer:
                 self.max_rows = max(1, ids.shape[0] // 2)
                 log.warning("%s: out of memory at %d rows; retrying with %d", self.worker, ids.shape[0],
                             self.max_rows)
-                pieces.extend(self.featurize_adaptive(ids, mask))
+                pieces.extend(self.featurize_adaptive(ids, mask, featurizer))
         return pieces
 
     def process(self, task: ShardTask, attempt: int = 1,
                 on_batch: BatchCallback | None = None) -> datastore.CompletionRecord:
-        """Featurize one shard unless its completion record already exists."""
+        """Featurize one shard unless its completion record already exists.
+
+        Streams: a background thread reads, samples and tokenizes the next chunk of rows while this
+        thread runs forward+backward, and full feature parts are written by the part writer's thread.
+        """
         existing = datastore.read_completion(self.root, task.shard_id, self.cfg.storage)
         if existing is not None:
             return existing
         started = time.time()
-        table = read_task_rows(self.cfg, task)
-        ids = table.column("id").to_pylist()
-        domains = table.column("domain").to_pylist()
-        tokenized = tokenize_texts(self.tokenizer, table.column("text").to_pylist(),
-                                   self.cfg.featurize.max_length)
-        out_ids: list[str] = []
-        out_domains: list[str] = []
-        feats: list[np.ndarray] = []
-        losses: list[np.ndarray] = []
-        ntoks: list[np.ndarray] = []
+        featurizer = self.target_featurizer if task.role == "target" else self.featurizer
+        dim = featurizer.output_dim
+        fp = featurizer.describe()["fingerprint"]
+        writer = datastore.FeaturePartWriter(
+            self.root, task.shard_id, dim, fp, datastore.part_rows_for(dim, self.cfg.featurize.part_rows),
+            self.cfg.storage)
+        stats: dict[str, dict[str, int]] = {}
+        counts: dict[str, int] = {}
+        tokens: dict[str, int] = {}
         kfac: dict[str, list] = {}
-        batches = iter_token_batches(ids, domains, tokenized, self.cfg.featurize.batch_size)
-        for i, (b_ids, b_domains, input_ids, attention_mask) in enumerate(batches):
-            if i == 1:
-                _maybe_inject_fault(task)
-            out_ids.extend(b_ids)
-            out_domains.extend(b_domains)
-            pieces = self.featurize_adaptive(input_ids, attention_mask)
-            for fb in pieces:
-                feats.append(fb.features.numpy())
-                losses.append(fb.losses.numpy())
-                ntoks.append(fb.n_tokens.numpy())
-                _accumulate_kfac(kfac, fb.kfac)
-            if on_batch is not None:
-                on_batch(task.role, list(b_domains), np.concatenate([fb.n_tokens.numpy() for fb in pieces]))
-        dim = self.featurizer.output_dim
-        fp = self.featurizer.describe()["fingerprint"]
-        features = np.concatenate(feats) if feats else np.zeros((0, dim), np.float32)
-        n_tokens = np.concatenate(ntoks) if ntoks else np.zeros(0, np.int64)
-        table_out = datastore.features_table(
-            out_ids, out_domains, n_tokens, np.concatenate(losses) if losses else np.zeros(0, np.float32),
-            features, fp)
-        out_uri = datastore.feature_uri(self.root, task.shard_id)
-        datastore.write_feature_shard(out_uri, table_out, self.cfg.storage)
+        skipped = 0
+        try:
+            for i, batch in enumerate(_background(self._token_batches(task, stats))):
+                if i == 1:
+                    _maybe_inject_fault(task)
+                pieces = self.featurize_adaptive(batch.input_ids, batch.attention_mask, featurizer)
+                n_tok = np.concatenate([fb.n_tokens.numpy() for fb in pieces])
+                losses = np.concatenate([fb.losses.numpy() for fb in pieces])
+                feats = np.concatenate([fb.features.numpy() for fb in pieces])
+                ids, doms = list(batch.ids), list(batch.domains)
+                finite = np.isfinite(feats).all(axis=1) & np.isfinite(losses)
+                if not finite.all():  # documented skip (docs/RELIABILITY.md): counted in record and report
+                    bad = int((~finite).sum())
+                    log.warning("shard %s (%s): skipping %d example(s) with NaN/Inf features or loss, first id %r",
+                                task.shard_id, task.uri, bad, ids[int(np.flatnonzero(~finite)[0])])
+                    skipped += bad
+                    ids = [i for i, ok in zip(ids, finite) if ok]
+                    doms = [d for d, ok in zip(doms, finite) if ok]
+                    n_tok, losses, feats = n_tok[finite], losses[finite], feats[finite]
+                writer.add(ids, doms, n_tok, losses, feats)
+                for fb in pieces:
+                    _accumulate_kfac(kfac, fb.kfac)
+                for d, n in zip(doms, n_tok.tolist()):
+                    counts[d] = counts.get(d, 0) + 1
+                    tokens[d] = tokens.get(d, 0) + int(n)
+                if on_batch is not None:
+                    on_batch(task.role, doms, n_tok)
+            parts = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         if kfac:
             datastore.write_npz_atomic(datastore.kfac_uri(self.root, task.shard_id),
                                        _kfac_arrays(kfac), self.cfg.storage)
-        counts: dict[str, int] = {}
-        tokens: dict[str, int] = {}
-        for d, n in zip(out_domains, n_tokens.tolist()):
-            counts[d] = counts.get(d, 0) + 1
-            tokens[d] = tokens.get(d, 0) + int(n)
         finished = time.time()
         record = datastore.CompletionRecord(
             shard_id=task.shard_id, source_uri=task.uri, role=task.role, target_name=task.target_name,
-            output_uri=out_uri, n_examples=len(out_ids), n_tokens=int(n_tokens.sum()),
-            domain_counts=counts, domain_tokens=tokens, feature_dim=dim, projector_fingerprint=fp,
-            worker=self.worker, attempt=attempt, started_at=_iso(started), finished_at=_iso(finished),
-            duration_s=round(finished - started, 4),
+            output_uri=datastore.feature_uri(self.root, task.shard_id), n_examples=sum(counts.values()),
+            n_tokens=sum(tokens.values()), domain_counts=counts, domain_tokens=tokens, feature_dim=dim,
+            projector_fingerprint=fp, worker=self.worker, attempt=attempt, started_at=_iso(started),
+            finished_at=_iso(finished), duration_s=round(finished - started, 4),
+            parts=[u for u, _ in parts], part_rows=[n for _, n in parts],
+            domain_rows_all=stats.get("rows", {}), domain_bytes_all=stats.get("bytes", {}),
+            domain_tokens_untruncated=stats.get("tokens_untruncated", {}),
+            domain_bytes_featurized=stats.get("bytes_featurized", {}), skipped_nonfinite=skipped,
         )
         datastore.write_completion(self.root, record, self.cfg.storage)
         return record
+
+    def _token_batches(self, task: ShardTask, stats: dict[str, dict[str, int]]) -> Iterator[TokenBatch]:
+        """Model batches of the shard, chunk by chunk (length-sorted within a chunk); fills ``stats``
+        with whole-shard rows/bytes and the featurized rows' untruncated tokens and bytes."""
+        f = self.cfg.featurize
+        for table in iter_task_rows(self.cfg, task, stats):
+            texts = table.column("text").to_pylist()
+            tok = tokenize_texts(self.tokenizer, texts, f.max_length, count_untruncated=True)
+            valid = tok.valid.numpy()
+            domains = table.column("domain").to_pylist()
+            nbytes = pc.binary_length(table.column("text")).to_numpy(zero_copy_only=False)
+            full = tok.full_lengths.numpy()
+            untrunc = stats.setdefault("tokens_untruncated", {})
+            feat_bytes = stats.setdefault("bytes_featurized", {})
+            for row in np.flatnonzero(valid).tolist():
+                d = domains[row]
+                untrunc[d] = untrunc.get(d, 0) + int(full[row])
+                feat_bytes[d] = feat_bytes.get(d, 0) + int(nbytes[row])
+            for batch in iter_token_batches(table.column("id").to_pylist(), domains, tok, f.batch_size):
+                yield batch
+
+
+def _background(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """Run the producer ``items`` in a thread, ``depth`` items ahead; its errors re-raise here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((False, exc))
+
+    thread = threading.Thread(target=run, name="featurize-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def _accumulate_kfac(acc: dict[str, list], kfac: dict | None) -> None:

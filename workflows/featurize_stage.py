@@ -21,15 +21,17 @@ class ShardFailures(InfluMixError):
 class FeaturizerFactory:
     """Picklable factory that each actor calls once to build its ShardFeaturizer."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str) -> None:
+    def __init__(self, cfg: RunConfig, model_uri: str, root: str | None = None) -> None:
         self.cfg_data = cfg.model_dump(mode="json")
         self.model_uri = model_uri
+        self.root = root
 
     def __call__(self, worker: str, device: str):
         from workflows.config import RunConfig as _RunConfig
         from workflows.featurize_shard import ShardFeaturizer
 
-        return ShardFeaturizer(_RunConfig.model_validate(self.cfg_data), self.model_uri, device, worker)
+        return ShardFeaturizer(_RunConfig.model_validate(self.cfg_data), self.model_uri, device, worker,
+                               self.root)
 
 
 def check_workers_agree(workers: list[dict]) -> str:
@@ -78,7 +80,8 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None) -> d
 
     progress = Progress("featurize", len(plan.tasks), already_done=len(plan.tasks) - len(todo),
                         interval_s=cfg.cluster.progress_interval_s, sink=sink)
-    pool = ShardPool(FeaturizerFactory(cfg, model_uri), worker_layout(cfg.cluster), cfg.cluster, plan.run_id)
+    pool = ShardPool(FeaturizerFactory(cfg, model_uri, plan.root), worker_layout(cfg.cluster), cfg.cluster,
+                     plan.run_id)
     try:
         workers = pool.start()
         check_workers_agree(workers)

@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from operators.secrets import redact
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -36,8 +38,20 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class RedactingFilter(logging.Filter):
+    """Masks URL passwords and secret environment values in every record (operators/secrets.py)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = _StderrHandler()
+    handler.addFilter(RedactingFilter())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

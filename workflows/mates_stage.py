@@ -1,17 +1,17 @@
 """MATES selection: one-step oracle probes → data influence model → score pool on Ray → Gumbel top-k.
 
 Labels are ΔL_ref (reference-set loss change after one optimizer step on the candidate), so lower is
-better; the selection keeps each domain's quota (mixture weight × budget) of the lowest predicted ΔL.
+better; the selection keeps each domain's quota (mixture weight × budget) of the lowest predicted ΔL,
+by Gumbel-top-k of per-domain standardised scores, computed over the score shards on Ray
+(workflows/mates_select.py) without gathering the pool on the driver.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from cluster.parallel import parallel_map
 from operators import storage
@@ -19,11 +19,10 @@ from operators.influence_model import train_influence_model
 from operators.manifest import SelectedDomain, Selection
 from operators.model_io import checkpoint_adam_state, load_causal_lm, load_tokenizer
 from operators.probing import OneStepProber
-from operators.selection import domain_quotas, select_per_domain
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
 from workflows.examples import reference_set, sample_rows_per_group, tokenize_table
-from workflows.mates_score_shard import ScorerFactory, scores_uri
+from workflows.mates_score_shard import ScorerFactory
 from workflows.plan import Plan
 from workflows.progress import Progress
 
@@ -105,25 +104,14 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
         storage.write_bytes_atomic(dim_uri, data, cfg.storage)
         storage.write_json_atomic(info_uri, info, cfg.storage)
     score_pool(cfg, plan, model_uri, dim_uri)
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(scores_uri(plan.root, t.shard_id), cfg.storage)))
-              for t in plan.corpus_tasks()]
-    ids = [i for t in tables for i in t.column("id").to_pylist()]
-    domains = [d for t in tables for d in t.column("domain").to_pylist()]
-    scores = np.concatenate([t.column("score").to_numpy() for t in tables])
-    available = {d: domains.count(d) for d in weights}
-    budget = int(round(spec.selection_ratio * len(ids)))
-    quotas = domain_quotas(weights, budget, available)
-    chosen = select_per_domain(ids, domains, scores, quotas, spec.temperature, spec.seed,
-                               higher_is_better=False)
-    selected = {}
-    for domain, picked in sorted(chosen.items()):
-        uri = storage.join(out_dir, "selection", f"{domain}.txt")
-        storage.write_text_atomic(uri, "".join(f"{i}\n" for i in picked), cfg.storage)
-        selected[domain] = SelectedDomain(uri=uri, count=len(picked), pool=available.get(domain, 0))
+    from cluster.runtime import layout_or_local
+    from workflows.mates_select import select_distributed, selection_uri
+
+    counts, report = select_distributed(plan.root, [t.shard_id for t in plan.corpus_tasks()], weights,
+                                        spec.selection_ratio, spec.temperature, spec.seed, out_dir, cfg.storage,
+                                        layout_or_local(cfg.cluster), cfg.cluster.max_task_retries)
+    selected = {d: SelectedDomain(uri=selection_uri(out_dir, d), count=n,
+                                  pool=report["available"].get(d, 0)) for d, n in sorted(counts.items())}
     params = {"selection_ratio": spec.selection_ratio, "temperature": spec.temperature, "seed": spec.seed,
-              "budget": budget, "influence_model_uri": dim_uri, **info}
-    position = {i: k for k, i in enumerate(ids)}
-    mean_selected = {d: float(np.mean(scores[[position[i] for i in picked]])) for d, picked in chosen.items() if picked}
-    report = {"quotas": quotas, "pool_size": len(ids), "mean_score_selected": mean_selected,
-              "mean_score_pool": float(scores.mean()) if len(scores) else None}
+              "budget": report["budget"], "influence_model_uri": dim_uri, **info}
     return Selection(method="mates", domains=selected, params=params), report

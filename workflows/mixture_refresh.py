@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operators import datastore, storage
-from workflows.aggregate import InfluenceResult, aggregate_influence, domain_order
+from workflows.aggregate import InfluenceResult, domain_order
 from workflows.baselines import BASELINES
+from workflows.checkpoint_average import average_influence, featurize_all, plan_checkpoints
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.featurize_stage import run_featurize
+from workflows.integrity import check_unique_ids, skipped_examples
+from workflows.lease import run_lease
 from workflows.mixture_stage import build_problem, load_previous, tokens_available
+from workflows.pins import pin_run
 from workflows.plan import Plan, build_plan, check_or_record_plan
 from workflows.publish import build_manifest, manifest_dir, publish
 from workflows.report import ranking_stability, render_markdown
@@ -54,11 +58,11 @@ def _check_storage(cfg: RunConfig) -> None:
             storage.check_reachable(uri, cfg.storage)
 
 
-def prepare_run(cfg: RunConfig) -> tuple[Plan, str]:
+def prepare_run(cfg: RunConfig, pins: dict | None = None) -> tuple[Plan, str]:
     _check_storage(cfg)
     plan = build_plan(cfg)  # cheap input validation first: missing shards fail before any model work
     model_uri = resolve_model_uri(cfg)
-    resumed = check_or_record_plan(plan, cfg.storage)
+    resumed = check_or_record_plan(plan, cfg.storage, pins)
     if not resumed:
         storage.write_text_atomic(storage.join(plan.root, "config.yaml"), dump_config(cfg), cfg.storage)
     log.info("run %s (%s) at %s; model %s", plan.run_id, "resuming" if resumed else "new", plan.root, model_uri)
@@ -103,27 +107,39 @@ def _problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
 
 def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
     """Run (or resume) one mixture refresh end to end and publish its manifest."""
-    from cluster.metrics import DriverMetrics
-    from cluster.runtime import init_ray, worker_layout
-
     t0 = time.monotonic()
-    plan, model_uri = prepare_run(cfg)
+    _check_storage(cfg)
+    cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/pins.py)
+    plan, model_uri = prepare_run(cfg, pins)
     finished = _finished(cfg, plan)
     if finished is not None:
         return finished
+    with run_lease(cfg, plan) as lease:  # one driver per run id; a waiter finds the result when done
+        finished = _finished(cfg, plan)
+        if finished is not None:
+            return finished
+        return _run_leased(cfg, plan, model_uri, pins, lease, t0)
+
+
+def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t0: float) -> RefreshResult:
+    from cluster.metrics import DriverMetrics
+    from cluster.runtime import init_ray, layout_or_local
+
     started_ray = init_ray(cfg.cluster)
     try:
         metrics = DriverMetrics(plan.run_id)
-        featurizer = run_featurize(cfg, plan, model_uri, metrics)
+        ckpts = plan_checkpoints(cfg, plan, model_uri)  # [model_uri] at the run root unless averaging
+        featurizer = featurize_all(ckpts, lambda p, uri: run_featurize(cfg, p, uri, metrics))
+        check_unique_ids(cfg, ckpts.newest)
         t_feat = time.monotonic()
-        previous_uri, previous = load_previous(cfg)
-        order, _ = domain_order(cfg, plan)
-        available = tokens_available(cfg, datastore.list_completions(plan.root, cfg.storage))
+        previous_uri, previous = load_previous(cfg, pins["previous_manifest"])
+        order, _ = domain_order(cfg, ckpts.newest)
+        available = tokens_available(cfg, datastore.list_completions(ckpts.newest.root, cfg.storage))
         template = build_problem(cfg, order, available, previous, model_uri)
         layout = featurizer.get("featurizer", {}).get("kfac_layout")
-        infl = aggregate_influence(cfg, plan, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))
+        infl = average_influence(cfg, ckpts, order, layout, extra=_bootstrap_solver(cfg, template.with_gi))
         problem = template.with_gi(infl.gi)
-        ctx = SolveContext(cfg=cfg, plan=plan, model_uri=model_uri, layout=worker_layout(cfg.cluster))
+        ctx = SolveContext(cfg=cfg, plan=plan, model_uri=model_uri, layout=layout_or_local(cfg.cluster))
         solved, baselines = _solve_all(cfg, problem, ctx)
         t_solve = time.monotonic()
         primary = cfg.mixture.solver
@@ -131,7 +147,8 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         report: dict = {
             "solvers": {n: {**r.report, "weights": dict(zip(order, r.weights.tolist()))} for n, r in solved.items()},
             "baselines": {n: {**r.report, "weights": dict(zip(order, r.weights.tolist()))}
-                          for n, r in baselines.items()}}
+                          for n, r in baselines.items()},
+            "skipped_examples": skipped_examples(cfg, ckpts.newest)}
         validation = None
         if cfg.mixture.validation.enabled:
             validation = run_validation(cfg, plan, model_uri, problem, {n: r.weights for n, r in solved.items()},
@@ -146,6 +163,7 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
             selection, report["mates"] = run_mates(cfg, plan, model_uri, dict(zip(order, weights.tolist())),
                                                    manifest_dir(cfg))
         report["problem"] = _problem_report(problem, weights)
+        report["checkpoints"] = ckpts.describe()
         solver_info = {"name": primary, "published": source, "beta": cfg.mixture.beta, "prior": problem.prior_kind,
                        "reference": problem.reference_kind, **solved[primary].report}
         manifest = build_manifest(
@@ -165,7 +183,7 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
         storage.write_json_atomic(storage.join(plan.root, "report.json"), report, cfg.storage)
         storage.write_text_atomic(storage.join(plan.root, "report.md"), render_markdown(manifest, report),
                                   cfg.storage)
-        outputs = publish(cfg, manifest, plan.root)  # manifest files, _SUCCESS, then the latest pointer
+        outputs = publish(cfg, manifest, plan.root, lease)  # manifest files, _SUCCESS, then latest pointer
         metrics.weights(final)
         log.info("published %s (%s): %s", outputs["manifest.json"], source,
                  {d: round(w, 4) for d, w in final.items()})

@@ -25,9 +25,18 @@ def latest_pointer_uri(cfg: RunConfig) -> str:
     return storage.join(manifests_root(cfg), "latest.json")
 
 
-def load_previous(cfg: RunConfig) -> tuple[str | None, Manifest | None]:
-    """The previous mixture: `mixture.previous_manifest`, else this mixture name's `latest` pointer."""
-    uri = cfg.mixture.previous_manifest
+_UNPINNED = object()
+
+
+def load_previous(cfg: RunConfig, pinned_uri: object = _UNPINNED) -> tuple[str | None, Manifest | None]:
+    """The previous mixture: `pinned_uri` (pinned at run start, see workflows/pins.py; None: no previous),
+    else `mixture.previous_manifest`, else this mixture name's `latest` pointer."""
+    if pinned_uri is not _UNPINNED:
+        if pinned_uri is None:
+            return None, None
+        uri = str(pinned_uri)
+    else:
+        uri = cfg.mixture.previous_manifest
     if uri is None:
         pointer = latest_pointer_uri(cfg)
         if not storage.exists(pointer, cfg.storage):

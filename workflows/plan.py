@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -94,18 +95,29 @@ def build_plan(cfg: RunConfig) -> Plan:
     return Plan(run_id=cfg.resolved_run_id(), root=run_root(cfg), tasks=tuple(tasks))
 
 
-def check_or_record_plan(plan: Plan, spec: storage.StorageSpec) -> bool:
-    """Record the plan on first run; on a rerun refuse a changed plan. Returns True when resuming."""
+def read_recorded_plan(root: str, spec: storage.StorageSpec) -> dict | None:
+    """The plan.json recorded under a run root, or None before the run first started."""
+    uri = storage.join(root, PLAN_FILE)
+    return storage.read_json(uri, spec) if storage.exists(uri, spec) else None
+
+
+def check_or_record_plan(plan: Plan, spec: storage.StorageSpec, pins: dict | None = None) -> bool:
+    """Record the plan (with the run-time inputs pinned at start, and the start time) on first run; on a
+    rerun refuse a changed plan. First writer wins (conditional create). Returns True when resuming."""
     uri = storage.join(plan.root, PLAN_FILE)
-    if storage.exists(uri, spec):
-        recorded = storage.read_json(uri, spec)
-        if recorded.get("plan_hash") != plan.plan_hash:
-            raise ConfigError(
-                f"the shard plan of run {plan.run_id} changed since it was recorded at {uri} "
-                "(input shards were added, removed or resized). Completed shards would no longer match; "
-                "start a new run (set run_id=...) or restore the inputs."
-            )
-        return True
-    storage.write_json_atomic(uri, {"run_id": plan.run_id, "plan_hash": plan.plan_hash,
-                                    "tasks": [t.model_dump() for t in plan.tasks]}, spec)
-    return False
+    doc = {"run_id": plan.run_id, "plan_hash": plan.plan_hash, "pins": pins or {},
+           "started_at": datetime.now(timezone.utc).isoformat(),
+           "tasks": [t.model_dump() for t in plan.tasks]}
+    if storage.put_if_absent(uri, (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode(), spec):
+        return False
+    recorded = storage.read_json(uri, spec)
+    if recorded.get("plan_hash") != plan.plan_hash:
+        raise ConfigError(
+            f"the shard plan of run {plan.run_id} changed since it was recorded at {uri} "
+            "(input shards were added, removed or resized). Completed shards would no longer match; "
+            "start a new run (set run_id=...) or restore the inputs."
+        )
+    if pins is not None and "pins" in recorded and recorded["pins"] != pins:
+        raise ConfigError(f"run {plan.run_id} was started with inputs {recorded['pins']} (recorded at "
+                          f"{uri}), not {pins}; rerun to resume it with the recorded inputs")
+    return True

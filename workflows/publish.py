@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from operators import storage
+from operators.errors import ConfigError, StorageError
 from operators.manifest import (
     DomainEntry,
     InfluenceBlock,
@@ -20,9 +23,12 @@ from operators.manifest import (
 )
 from workflows.aggregate import InfluenceResult
 from workflows.config import RunConfig
+from workflows.faults import maybe_inject_fault
 from workflows.mixture_stage import latest_pointer_uri, manifests_root
+from workflows.plan import read_recorded_plan
 
 VERSION = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 def _git_commit() -> str | None:
@@ -80,20 +86,69 @@ def manifest_dir(cfg: RunConfig) -> str:
     return storage.join(manifests_root(cfg), cfg.resolved_run_id())
 
 
-def publish(cfg: RunConfig, manifest: Manifest, run_root: str) -> dict[str, str]:
-    """Write all manifest files, then `_SUCCESS`, then the `latest` pointer (each one atomic PUT)."""
+def parse_pointer(data: bytes, uri: str) -> dict:
+    """A `latest.json` pointer; ConfigError naming the file when it is unreadable."""
+    try:
+        pointer = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"latest pointer {uri} is not valid JSON: {exc}") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("manifest_uri"), str):
+        raise ConfigError(f"latest pointer {uri}: field 'manifest_uri' is missing")
+    return pointer
+
+
+def pointer_order(pointer: dict) -> tuple[str, str]:
+    """Total order of published runs: (run start time, run id). Pre-1.1 pointers sort first."""
+    return str(pointer.get("started_at", "")), str(pointer.get("run_id", ""))
+
+
+def move_latest(uri: str, pointer: dict, spec: storage.StorageSpec, attempts: int = 20) -> bool:
+    """Move the `latest` pointer to `pointer` only forward: compare-and-swap against the version read, and
+    only if `pointer` orders after the current one. Returns False when a newer run already holds it."""
+    for _ in range(attempts):
+        found = storage.read_versioned(uri, spec)
+        if found is None:
+            doc = {**pointer, "sequence": 1}
+            if storage.put_if_absent(uri, _pointer_bytes(doc), spec):
+                return True
+            continue
+        current = parse_pointer(found[0], uri)
+        if pointer_order(current) >= pointer_order(pointer):
+            log.warning("latest pointer %s stays at run %s (started %s): run %s started earlier (%s)", uri,
+                        current.get("run_id"), current.get("started_at"), pointer["run_id"],
+                        pointer["started_at"])
+            return False
+        doc = {**pointer, "sequence": int(current.get("sequence", 0)) + 1}
+        if storage.put_if_match(uri, _pointer_bytes(doc), found[1], spec):
+            return True
+    raise StorageError(f"latest pointer {uri}: too many concurrent updates; rerun to publish")
+
+
+def _pointer_bytes(doc: dict) -> bytes:
+    return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
+
+
+def publish(cfg: RunConfig, manifest: Manifest, run_root: str, lease=None) -> dict[str, str]:
+    """Write all manifest files, then `_SUCCESS`, then move the `latest` pointer forward (each one atomic
+    write). `lease`, when given, must still be held before anything is written."""
+    if lease is not None:
+        lease.check()
     out_dir = manifest_dir(cfg)
     written: dict[str, str] = {}
     for filename, data in render_all(manifest, cfg.mixture.data_prefixes or None).items():
         uri = storage.join(out_dir, filename)
         storage.write_bytes_atomic(uri, data, cfg.storage)
         written[filename] = uri
+    maybe_inject_fault("publish")
     storage.write_json_atomic(storage.join(run_root, "_SUCCESS"),
                               {"manifest_uri": written["manifest.json"], "run_id": cfg.resolved_run_id()},
                               cfg.storage)
-    storage.write_json_atomic(latest_pointer_uri(cfg), {
-        "run_id": cfg.resolved_run_id(), "manifest_uri": written["manifest.json"],
-        "manifest_dir": out_dir, "created_at": manifest.provenance.created_at,
+    plan = read_recorded_plan(run_root, cfg.storage) or {}
+    moved = move_latest(latest_pointer_uri(cfg), {
+        "run_id": cfg.resolved_run_id(), "manifest_uri": written["manifest.json"], "manifest_dir": out_dir,
+        "created_at": manifest.provenance.created_at,
+        "started_at": plan.get("started_at", manifest.provenance.created_at),
     }, cfg.storage)
-    written["latest"] = latest_pointer_uri(cfg)
+    if moved:
+        written["latest"] = latest_pointer_uri(cfg)
     return written

@@ -10,6 +10,8 @@ import logging
 from datetime import datetime, timezone
 
 from operators import storage
+from operators.errors import ConfigError
+from operators.names import SAFE_NAME_HELP, is_safe_name
 from workflows.config import RunConfig
 from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
 
@@ -32,6 +34,9 @@ def refresh_config(cfg: RunConfig, stamp: str) -> RunConfig:
         return pinned
     tag = f"-step{step}" if step is not None else ""
     run_id = f"{cfg.name}-{stamp}{tag}-{pinned.config_hash()[:8]}"
+    if not is_safe_name(run_id):
+        raise ConfigError(f"--stamp {stamp!r} gives the run id {run_id!r}, which is not a safe name: "
+                          f"{SAFE_NAME_HELP}")
     return pinned.model_copy(update={"run_id": run_id})
 
 

@@ -48,3 +48,32 @@ def test_unreachable_jobs_api_gives_clear_error(capsys):
     code = main(["status", "nope", "--address", "http://127.0.0.1:9"])
     assert code == 2
     assert "cannot reach the Ray Jobs API at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_credentials_are_not_forwarded_to_jobs(monkeypatch, capsys, tmp_path):
+    import pytest
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-ship-me")
+    with pytest.raises(jobs.JobError, match=r"refusing to forward \['AWS_SECRET_ACCESS_KEY'\]"):
+        jobs.build_runtime_env(None, {"AWS_SECRET_ACCESS_KEY": "do-not-ship-me"})
+    assert main(["submit", "default", f"output_uri={tmp_path}", "--address", "http://127.0.0.1:1",
+                 "--env", "AWS_SECRET_ACCESS_KEY"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to forward" in err and "do-not-ship-me" not in err
+
+
+def test_job_metadata_and_runtime_env_hold_no_credentials(monkeypatch, capsys, tmp_path):
+    secret = "sEcReT-influmix-0123456789"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("INFLUMIX_OUTPUT", str(tmp_path))
+    seen: dict = {}
+
+    def fake_submit(address, command, submission_id, runtime_env, metadata=None, **kw):
+        seen.update(command=command, runtime_env=runtime_env, metadata=metadata)
+        return submission_id, True
+
+    monkeypatch.setattr(jobs, "submit", fake_submit)
+    assert main(["submit", "default", "--address", "http://127.0.0.1:1", "--env", "INFLUMIX_OUTPUT"]) == 0
+    dumped = json.dumps(seen, default=str)
+    assert seen["metadata"]["influmix_run_id"] and secret not in dumped
+    assert "AWS_SECRET_ACCESS_KEY" not in dumped

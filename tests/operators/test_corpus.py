@@ -19,8 +19,10 @@ from operators.corpus import (
     CorpusSpec,
     SamplingSpec,
     ShardRef,
+    DomainCap,
     cap_per_domain,
     discover_shards,
+    iter_shard_batches,
     read_shard,
     sample_rows,
     shard_id_for,
@@ -206,3 +208,81 @@ def test_cap_per_domain_global_equals_unsharded() -> None:
     big = cap_per_domain(table, 10_000, seed=3)
     assert big.equals(table)
     assert cap_per_domain(table, 50, seed=4).column("id").to_pylist() != capped.column("id").to_pylist()
+
+
+def _zst(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst"])
+def test_streaming_reads_record_batches(tmp_path: Path, suffix: str) -> None:
+    rows = _rows("s", "web", 23)
+    path = tmp_path / f"shard{suffix}"
+    data = {".parquet": lambda: _parquet_bytes(pa.Table.from_pylist(rows)),
+            ".jsonl": lambda: _jsonl_bytes(rows),
+            ".jsonl.gz": lambda: gzip.compress(_jsonl_bytes(rows)),
+            ".jsonl.zst": lambda: _zst(_jsonl_bytes(rows))}
+    path.write_bytes(data[suffix]())
+    spec = CorpusSpec(paths=[str(tmp_path)])
+    (ref,) = discover_shards(spec)
+    batches = list(iter_shard_batches(ref, spec, batch_rows=5))
+    assert [b.num_rows for b in batches] == [5, 5, 5, 5, 3]
+    whole = pa.concat_tables(batches)
+    assert whole.equals(read_shard(ref, spec)) and whole.column("id").to_pylist() == [r["id"] for r in rows]
+
+
+def test_streaming_errors_name_the_file(tmp_path: Path) -> None:
+    rows = _rows("s", "web", 12)
+    dup = tmp_path / "dup.jsonl.zst"
+    dup.write_bytes(_zst(_jsonl_bytes(rows + [rows[1]])))  # duplicate across record batches
+    with pytest.raises(CorpusError, match=r"dup.jsonl.zst: duplicate id 's-1'"):
+        list(iter_shard_batches(_ref(dup, "jsonl"), CorpusSpec(paths=[str(dup)]), batch_rows=4))
+    bad = tmp_path / "bad.jsonl.zst"
+    bad.write_bytes(_zst(_jsonl_bytes(rows))[:-9])
+    with pytest.raises(CorpusError, match="bad.jsonl.zst"):
+        list(iter_shard_batches(_ref(bad, "jsonl"), CorpusSpec(paths=[str(bad)]), batch_rows=4))
+    nulls = tmp_path / "nulls.jsonl"
+    nulls.write_bytes(_jsonl_bytes(rows[:6] + [{"id": "n", "domain": "web", "text": None}]))
+    with pytest.raises(CorpusError, match=r"nulls.jsonl: column 'text' has 1 null values \(first at row 6\)"):
+        list(iter_shard_batches(_ref(nulls, "jsonl"), CorpusSpec(paths=[str(nulls)]), batch_rows=4))
+
+
+def test_domain_cap_streaming_equals_whole_table() -> None:
+    table = pa.Table.from_pylist(_rows("a", "x", 40) + _rows("b", "y", 7) + _rows("c", "x", 30),
+                                 schema=SHARD_SCHEMA)
+    cap = DomainCap(9, seed=3)
+    for start in range(0, table.num_rows, 8):
+        cap.add(table.slice(start, 8))
+    assert cap.result().equals(cap_per_domain(table, 9, 3))
+
+
+def test_streaming_memory_is_bounded_by_the_batch(tmp_path: Path) -> None:
+    """A ~27 MB (uncompressed) .jsonl.zst shard streams with a peak far below its size."""
+    import tracemalloc
+
+    import zstandard
+
+    rng = np.random.default_rng(0)
+    words = np.array([f"w{i}" for i in range(5000)])
+    rows = ({"id": f"r{i}", "domain": "web", "text": " ".join(rng.choice(words, 250))} for i in range(20000))
+
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    path = tmp_path / "big.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(raw))
+    size = len(raw)
+    del raw
+    spec = CorpusSpec(paths=[str(path)])
+    tracemalloc.start()
+    arrow_peak, n = 0, 0
+    try:
+        for batch in iter_shard_batches(_ref(path, "jsonl"), spec, batch_rows=500):
+            n += batch.num_rows
+            arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
+        _, py_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert n == 20000 and size > 20e6
+    print(f"streamed {size / 1e6:.1f} MB: python peak {py_peak / 1e6:.1f} MB, arrow peak {arrow_peak / 1e6:.1f} MB")
+    assert py_peak + arrow_peak < size / 4, (py_peak, arrow_peak, size)

@@ -52,7 +52,9 @@ def test_schema_and_table_construction() -> None:
 
 
 def test_layout_uris() -> None:
-    assert ds.feature_uri("s3://b/run", "s-1") == "s3://b/run/features/s-1.parquet"
+    assert ds.feature_uri("s3://b/run", "s-1") == "s3://b/run/features/s-1"
+    assert ds.feature_part_uri("s3://b/run", "s-1", 3) == "s3://b/run/features/s-1/part-00003.parquet"
+    assert ds.legacy_feature_uri("s3://b/run", "s-1") == "s3://b/run/features/s-1.parquet"
     assert ds.kfac_uri("s3://b/run/", "s-1") == "s3://b/run/kfac/s-1.npz"
     assert ds.completion_uri("/tmp/run", "s-1") == "/tmp/run/_done/s-1.json"
 
@@ -60,13 +62,13 @@ def test_layout_uris() -> None:
 def test_feature_shard_roundtrip_bitwise(run_root) -> None:
     spec, root = run_root
     table, feats = _table()
-    uri = ds.feature_uri(root, "shard-a")
+    uri = ds.legacy_feature_uri(root, "shard-a")  # a single file still reads as a shard
     ds.write_feature_shard(uri, table, spec)
     back = ds.read_feature_shard(uri, spec)
     assert back.equals(table)
     assert ds.projector_fingerprint(back) == "fp-abc" and ds.feature_dim(back) == 6
     assert np.array_equal(ds.features_to_numpy(back).view(np.uint32), feats.view(np.uint32))
-    empty_uri = ds.feature_uri(root, "shard-empty")
+    empty_uri = ds.feature_part_uri(root, "shard-empty", 0)
     ds.write_feature_shard(empty_uri, ds.empty_features_table(6, "fp-abc"), spec)
     assert ds.read_feature_shard(empty_uri, spec).num_rows == 0
 
@@ -74,11 +76,11 @@ def test_feature_shard_roundtrip_bitwise(run_root) -> None:
 def test_corrupt_feature_shard_and_npz(run_root) -> None:
     spec, root = run_root
     table, _ = _table()
-    uri = ds.feature_uri(root, "bad")
+    uri = ds.feature_part_uri(root, "bad", 0)
     ds.write_feature_shard(uri, table, spec)
     st.write_bytes_atomic(uri, st.read_bytes(uri, spec)[:100], spec)
-    with pytest.raises(CorpusError, match="bad.parquet"):
-        ds.read_feature_shard(uri, spec)
+    with pytest.raises(CorpusError, match="part-00000.parquet"):
+        ds.read_feature_shard(ds.feature_uri(root, "bad"), spec)
     arrays = {"A": np.arange(12, dtype=np.float64).reshape(3, 4), "count": np.array(7)}
     k = ds.kfac_uri(root, "bad")
     ds.write_npz_atomic(k, arrays, spec)
@@ -116,3 +118,49 @@ def test_completion_records(run_root, caplog: pytest.LogCaptureFixture) -> None:
     assert "s4.json" in caplog.text and "s5.json" in caplog.text
     with pytest.raises(CorpusError, match="s4.json"):
         ds.read_completion(root, "s4", spec)
+
+
+def test_part_writer_splits_by_rows_and_record_lists_parts(run_root) -> None:
+    spec, root = run_root
+    table, feats = _table()
+    n = table.num_rows
+    ids, doms = table.column("id").to_pylist(), table.column("domain").to_pylist()
+    ntok, loss = table.column("n_tokens").to_numpy(), table.column("loss").to_numpy()
+    st.write_bytes_atomic(ds.feature_part_uri(root, "s", 7), b"stale part of an earlier attempt", spec)
+    writer = ds.FeaturePartWriter(root, "s", 6, "fp-abc", part_rows=2, storage=spec)
+    for start in range(0, n, 3):  # batches that do not line up with parts
+        sl = slice(start, start + 3)
+        writer.add(ids[sl], doms[sl], ntok[sl], loss[sl], feats[sl])
+    parts = writer.close()
+    assert [r for _, r in parts] == [2] * (n // 2) + ([n % 2] if n % 2 else [])
+    assert [u.rsplit("/", 1)[-1] for u, _ in parts] == [f"part-{i:05d}.parquet" for i in range(len(parts))]
+    assert len(st.list_files(ds.feature_uri(root, "s"), (".parquet",), spec)) == len(parts)  # stale gone
+    # before the completion record: the folder listing; after: exactly the record's parts
+    assert ds.read_feature_shard(ds.feature_uri(root, "s"), spec).equals(table)
+    ds.write_completion(root, _record("s").model_copy(update={
+        "parts": [u for u, _ in parts], "part_rows": [r for _, r in parts],
+        "output_uri": ds.feature_uri(root, "s")}), spec)
+    got = list(ds.iter_feature_batches(root, "s", spec))
+    assert [b.num_rows for b in got] == [r for _, r in parts]
+    assert pa.concat_tables(got).equals(table)
+    # an empty shard still has one (empty) part with the schema
+    empty = ds.FeaturePartWriter(root, "e", 6, "fp-abc", part_rows=2, storage=spec).close()
+    assert [r for _, r in empty] == [0]
+    assert ds.feature_dim(next(ds.iter_feature_batches(root, "e", spec))) == 6
+    # legacy single-file shards of older runs
+    ds.write_feature_shard(ds.legacy_feature_uri(root, "old"), table, spec)
+    assert pa.concat_tables(list(ds.iter_feature_batches(root, "old", spec))).equals(table)
+    assert ds.part_rows_for(1024) == ds.PART_BYTES // 4096 and ds.part_rows_for(1024, 10) == 10
+
+
+def test_estimated_tokens_available() -> None:
+    base = _record("a")
+    old = base.model_copy(update={"domain_tokens": {"a": 50, "c": 7}})  # an older record: no new fields
+    new = base.model_copy(update={
+        "domain_rows_all": {"a": 10, "b": 4}, "domain_bytes_all": {"a": 1000, "b": 400},
+        "domain_tokens_untruncated": {"a": 30, "b": 0}, "domain_bytes_featurized": {"a": 100, "b": 0}})
+    assert ds.CompletionRecord.model_validate_json(old.model_dump_json()).domain_bytes_all == {}
+    est = ds.estimated_tokens_available([old, new])
+    assert est == {"a": 50 + 300, "b": 0, "c": 7}
+    target = new.model_copy(update={"role": "target"})
+    assert ds.estimated_tokens_available({"x": target}) == {}

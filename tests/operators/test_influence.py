@@ -7,15 +7,21 @@ from scipy.stats import spearmanr
 import operators.influence as inf
 from operators.errors import ConfigError
 from operators.influence import (
+    BootstrapSums,
     DomainSums,
     bootstrap_influence,
+    bootstrap_intervals,
     combine_targets,
     group_influence,
     normalize_per_target,
     per_example_scores,
     spearman,
     summarize_influence,
+    poisson_weights,
+    shard_seed,
     target_means,
+    target_token_sums,
+    token_weighted_means,
 )
 
 DOMAINS = ["web", "code", "books"]
@@ -154,7 +160,8 @@ def test_bootstrap_is_stratified_deterministic_and_maps_extra() -> None:
     np.testing.assert_allclose(a["gi_low"][2], 0.25)
     np.testing.assert_allclose(a["gi_high"][2], 0.25)
 
-    def softmax(s: np.ndarray) -> np.ndarray:
+    def softmax(gi: np.ndarray) -> np.ndarray:  # extra gets a replicate's raw GI (K, V)
+        s = combine_targets(normalize_per_target(gi), [1, 1, 1])
         e = np.exp(s - s.max())
         return e / e.sum()
 
@@ -201,3 +208,43 @@ def test_spearman_matches_scipy_with_ties() -> None:
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
     with pytest.raises(ConfigError):
         spearman([1, 2], [1, 2, 3])
+
+
+def test_token_weighted_target_sums_for_mean_and_sum_reductions() -> None:
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    n_tok = np.array([1, 3, 4])
+    names = np.array(["a", "a", "b"])
+    sums, tokens, counts = target_token_sums(feats, n_tok, names, ["a", "b"], "mean")
+    np.testing.assert_allclose(token_weighted_means(sums, tokens, ["a", "b"]), [[0.25, 0.75], [2.0, 2.0]])
+    np.testing.assert_array_equal(counts, [2, 1])
+    sums, tokens, _ = target_token_sums(feats, n_tok, names, ["a", "b"], "sum")
+    np.testing.assert_allclose(token_weighted_means(sums, tokens, ["a", "b"]), [[0.25, 0.25], [0.5, 0.5]])
+    with pytest.raises(ConfigError, match="target sets with no examples: \\['c'\\]"):
+        token_weighted_means(np.zeros((3, 2)), np.array([1.0, 1.0, 0.0]), ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="loss_reduction"):
+        target_token_sums(feats, n_tok, names, ["a", "b"], "max")  # type: ignore[arg-type]
+
+
+def test_poisson_weights_are_batch_invariant_with_unit_moments() -> None:
+    whole = poisson_weights(shard_seed(3, "shard-a"), 5000, 37)
+    rng = shard_seed(3, "shard-a")
+    split = np.concatenate([poisson_weights(rng, n, 37) for n in (1, 999, 4000)])
+    np.testing.assert_array_equal(whole, split)
+    assert abs(whole.mean() - 1) < 0.01 and abs(whole.var() - 1) < 0.02
+    assert not np.array_equal(whole, poisson_weights(shard_seed(3, "shard-b"), 5000, 37))
+
+
+def test_poisson_bootstrap_sums_merge_across_shards_and_cover() -> None:
+    scores, labels = _toy((400, 300, 200), seed=11)
+    codes = np.array([DOMAINS.index(x) for x in labels])
+    parts = []
+    for i, idx in enumerate(np.array_split(np.arange(len(codes)), 3)):
+        w = poisson_weights(shard_seed(0, f"s{i}"), idx.size, 300)
+        parts.append(BootstrapSums(300, 3, 3).update(scores[idx], codes[idx], w))
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    gi = group_influence(scores, labels, DOMAINS)
+    ci = bootstrap_intervals(merged.gi(gi), [1, 1, 1], confidence=0.9, normalize="none")
+    assert np.all(ci["gi_low"] <= gi) and np.all(gi <= ci["gi_high"])
+    # the Poisson CI width matches the normal approximation 2·1.645·σ/√n within 20%
+    sd = np.stack([scores[labels == d].std(0) / np.sqrt((labels == d).sum()) for d in DOMAINS])
+    np.testing.assert_allclose(ci["gi_high"] - ci["gi_low"], 2 * 1.645 * sd, rtol=0.2)

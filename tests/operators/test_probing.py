@@ -15,6 +15,7 @@ from operators.probing import (
     ProbeSpec,
     causal_lm_loss,
     probe_mixture,
+    train_on_mixture,
     reference_loss,
 )
 
@@ -192,6 +193,26 @@ def test_probe_mixture_matching_domain_beats_noise_domain() -> None:
     d_noise = probe_mixture(model, pools, {"count": 0.0, "noise": 1.0}, **kw)
     assert d_count < 0
     assert d_count < d_noise - 0.05
+
+
+def test_train_on_mixture_equals_probe_and_continues_optimizer() -> None:
+    """Training in place gives exactly the probe's ΔL; two halves with the optimizer state carried over
+    are a continued run (the Adam step counter keeps counting)."""
+    model = tiny_llama(2)
+    pools = {"count": counting(16, seed=30), "noise": noise(16, seed=31, length=SEQ - 4)}
+    ref = counting(8, seed=32)
+    spec = ProbeSpec(lr=1e-2, reference_batch_size=8)
+    mix = {"count": 0.7, "noise": 0.3}
+    probed = probe_mixture(model, pools, mix, 4, 4, ref[0], ref[1], spec, seed=7)
+    work = copy.deepcopy(model)
+    before = reference_loss(work, ref[0], ref[1], 8)
+    opt = train_on_mixture(work, pools, mix, 4, 4, spec, seed=7)
+    assert reference_loss(work, ref[0], ref[1], 8) - before == pytest.approx(probed, abs=1e-6)
+    state = opt.state_dict()
+    assert all(float(v["step"]) == 4 for v in state["state"].values())
+    opt2 = train_on_mixture(work, pools, mix, 2, 4, spec, seed=8, optimizer_state=state)
+    assert all(float(v["step"]) == 6 for v in opt2.state_dict()["state"].values())
+    assert not state_equal(work.state_dict(), model.state_dict())
 
 
 def test_probe_mixture_rejects_bad_weights() -> None:

@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from operators.errors import ConfigError
 from operators.projection import (
-    DENSE_CHUNK_COLUMNS,
     DenseProjector,
     KroneckerProjector,
     ProjectionSpec,
@@ -102,23 +101,69 @@ def test_kronecker_shapes_and_formula() -> None:
     )
 
 
-def test_dense_formula_and_chunking() -> None:
+def _dense_matrix(proj: DenseProjector, name: str) -> torch.Tensor:
+    """The k x (out*in) matrix the projector applies to one layer (by projecting unit vectors)."""
+    d_in, d_out = proj.layers[name]
+    eye = torch.eye(d_in * d_out).reshape(-1, d_out, d_in)
+    return proj.project_layer(name, eye).T
+
+
+def test_dense_is_a_subsampled_randomized_hadamard_transform() -> None:
     proj = DenseProjector(ProjectionSpec(kind="dense", dim=16, seed=2), LAYERS)
     assert proj.output_dim == 16
     grads = _grads(LAYERS, b=4, seed=1)
     flat = torch.cat([grads[n].reshape(4, -1) for n in sorted(LAYERS)], dim=1)
-    big_p = torch.cat([proj.blocks[n] for n in sorted(LAYERS)], dim=1)
+    big_p = torch.cat([_dense_matrix(proj, n) for n in sorted(LAYERS)], dim=1)
     assert big_p.shape == (16, sum(i * o for i, o in LAYERS.values()))
-    torch.testing.assert_close(proj.project(grads), flat @ big_p.T, rtol=1e-5, atol=1e-5)
-    # a layer wider than one chunk is drawn in independently seeded chunks; still deterministic
+    torch.testing.assert_close(proj.project(grads), flat @ big_p.T, rtol=1e-4, atol=1e-4)
+    # explicit SRHT: sqrt(n/k) * rows idx of H_n diag(signs) on the zero-padded coordinates
+    name = "blk.0.a"
+    n = proj.sizes[name]
+    assert n == 256  # next power of two of 20 * 12
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    h = h / math.sqrt(n)
+    explicit = math.sqrt(n / 16) * h[proj.indices[name]][:, :240] * proj.signs(name).double()
+    torch.testing.assert_close(_dense_matrix(proj, name).double(), explicit, rtol=1e-5, atol=1e-5)
+    # chunking over examples (BLOCK_ELEMS) does not change the result
+    import operators.projection as projection
+
     wide = {"w": (300, 300)}
-    assert 300 * 300 > DENSE_CHUNK_COLUMNS
-    a = DenseProjector(ProjectionSpec(kind="dense", dim=4), wide).blocks["w"]
-    b = DenseProjector(ProjectionSpec(kind="dense", dim=4), wide).blocks["w"]
-    assert a.shape == (4, 90000) and torch.equal(a, b)
-    n_tail = 90000 - DENSE_CHUNK_COLUMNS
-    assert not torch.equal(a[:, DENSE_CHUNK_COLUMNS:], a[:, :n_tail])
-    assert abs(float(a.var()) - 1 / 4) < 0.01  # N(0, 1/dim)
+    g = _grads(wide, b=5, seed=3)
+    full = DenseProjector(ProjectionSpec(kind="dense", dim=8), wide).project(g)
+    old = projection.BLOCK_ELEMS
+    projection.BLOCK_ELEMS = 2 * 131072
+    try:
+        chunked = DenseProjector(ProjectionSpec(kind="dense", dim=8), wide).project(g)
+    finally:
+        projection.BLOCK_ELEMS = old
+    torch.testing.assert_close(chunked, full)
+
+
+def test_dense_memory_is_independent_of_k_times_d() -> None:
+    """A 100M-weight layer set at k=4096 builds instantly: only indices and a bounded sign cache."""
+    layers = {f"l{i}": (4096, 4096) for i in range(6)}  # 100M weights; a k x D matrix would be 1.6 TB
+    proj = DenseProjector(ProjectionSpec(kind="dense", dim=4096), layers, sign_cache_bytes=1 << 20)
+    held = sum(t.numel() * t.element_size() for t in proj.indices.values())
+    assert held == 6 * 4096 * 8
+    signs = proj.signs("l0")
+    assert signs.numel() == 4096 * 4096 and not proj._signs  # over budget: regenerated, not cached
+    assert abs(float(signs.float().mean())) < 0.002
+
+
+def test_walsh_hadamard_matches_sylvester_matrix() -> None:
+    from operators.projection import walsh_hadamard
+
+    for n in (1, 2, 64, 2048):
+        h = torch.ones(1, 1, dtype=torch.float64)
+        while h.shape[0] < n:
+            h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+        x = torch.randn(3, n, dtype=torch.float64)
+        torch.testing.assert_close(walsh_hadamard(x.float()).double(), x @ h / math.sqrt(n),
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="power of two"):
+        walsh_hadamard(torch.zeros(1, 12))
 
 
 def test_bad_inputs_raise() -> None:
@@ -152,6 +197,24 @@ def test_dense_jl_error_matches_bound(k: int) -> None:
     assert 0.5 * bound < rmse < 1.5 * bound
 
 
+def test_dense_jl_error_on_low_rank_gradients() -> None:
+    """Per-example gradients Σ_t δ_t x_tᵀ have low rank; the SRHT error must still follow the JL bound."""
+    g = torch.Generator().manual_seed(4)
+    n, k = 200, 512
+    shared = torch.randn(2, 48, 1, generator=g), torch.randn(2, 1, 40, generator=g)
+    own = [torch.randn(n, 48, 2, generator=g), torch.randn(n, 2, 40, generator=g)]
+    grads = own[0] @ own[1] + (shared[0] @ shared[1]).sum(0)  # rank 3, cosines spread over (0, 1)
+    a, b = grads[: n // 2], grads[n // 2:]
+    c = _cos(a.flatten(1), b.flatten(1))
+    bound = float(((1 - c**2) ** 2).mean().sqrt()) / math.sqrt(k)
+    ratios = []
+    for seed in range(8):  # the shared component correlates the pairs' errors: average projectors
+        proj = build_projector(ProjectionSpec(kind="dense", dim=k, seed=seed), {"w": (40, 48)})
+        pc = _cos(proj.project({"w": a}), proj.project({"w": b}))
+        ratios.append(float(((pc - c) ** 2).mean().sqrt()) / bound)
+    assert 0.75 < sum(ratios) / len(ratios) < 1.25
+
+
 def test_kronecker_error_shrinks_with_rank_and_is_unbiased() -> None:
     errs = {}
     for r in (4, 16):
@@ -180,7 +243,8 @@ def _snapshot(seed: int) -> dict[str, dict]:
     res: dict[str, dict] = {"seeds": {"q": layer_seed(3, "model.layers.0.q"), "k": layer_seed(3, "model.layers.0.k")}}
     for kind in ("kronecker", "dense"):
         p = build_projector(ProjectionSpec(kind=kind, rank=6, dim=64, seed=seed), LAYERS)
-        mats = dict(p.blocks) if isinstance(p, DenseProjector) else {**p.p_in, **{k + "/out": v for k, v in p.p_out.items()}}
+        mats = ({**p.indices, **{k + "/signs": p.signs(k) for k in p.layers}} if isinstance(p, DenseProjector)
+                else {**p.p_in, **{k + "/out": v for k, v in p.p_out.items()}})
         res[kind] = {"features": p.project(grads), "digest": p.describe()["matrix_digest"], "mats": mats}
     return res
 

@@ -153,3 +153,29 @@ def test_select_per_domain_rejects_oversized_quota() -> None:
         select_per_domain(ids, domains, scores, {"web": 4}, 0.5, 0, True)
     with pytest.raises(ConfigError):
         select_per_domain(ids, domains[:-1], scores, {"web": 1}, 0.5, 0, True)
+
+
+def test_select_per_domain_standardises_raw_scale_scores() -> None:
+    """MATES scores are loss changes (std ≈ 0.003); selection must still favour low ΔL, not be random."""
+    rng = np.random.default_rng(12)
+    n, q = 3000, 300
+    scores = rng.normal(-0.01, 0.003, size=n)
+    ids = [f"web-{i}" for i in range(n)]
+    picked = select_per_domain(ids, ["web"] * n, scores, {"web": q}, 0.5, seed=2, higher_is_better=False)
+    sel = scores[[int(i.split("-")[1]) for i in picked["web"]]]
+    random_se = scores.std() / np.sqrt(q) * np.sqrt(1 - q / n)
+    assert sel.mean() < scores.mean() - 10 * random_se
+    # τ is in units of the domain's spread: rescaling the scores does not change the selection
+    again = select_per_domain(ids, ["web"] * n, scores * 1000, {"web": q}, 0.5, seed=2, higher_is_better=False)
+    assert again == picked
+
+
+def test_threshold_bin_splits_quota_at_the_boundary_bin() -> None:
+    from operators.selection import key_histogram, key_range, threshold_bin
+
+    keys = np.random.default_rng(0).gumbel(size=1000)
+    lo, hi = key_range(-1.0, 1.0, 1.0, higher_is_better=True)
+    hist = key_histogram(keys, lo, hi, bins=64)
+    for quota in (0, 1, 37, 1000):
+        b, above = threshold_bin(hist, quota)
+        assert above == int(hist[b + 1 :].sum()) and above < quota <= above + (hist[b] if b < 64 else 0) or quota == 0

@@ -162,3 +162,62 @@ def test_read_many_reports_missing_per_uri(where) -> None:
     got = st.read_many([present, absent], spec)
     assert got[present] == b"{}"
     assert isinstance(got[absent], StorageError) and "q.json" in str(got[absent])
+
+
+def test_conditional_update_and_delete(where) -> None:
+    spec, root = where
+    uri = st.join(root, "ptr.json")
+    assert st.read_versioned(uri, spec) is None
+    assert st.put_if_match(uri, b"x", "nope", spec) is False  # nothing to match
+    assert st.put_if_absent(uri, b"v1", spec)
+    data, v1 = st.read_versioned(uri, spec)
+    assert data == b"v1"
+    assert st.put_if_match(uri, b"v2", v1, spec) is True
+    assert st.put_if_match(uri, b"v3", v1, spec) is False  # stale version: refused, content kept
+    data, v2 = st.read_versioned(uri, spec)
+    assert data == b"v2" and v2 != v1
+    assert st.delete_if_match(uri, v1, spec) is False
+    assert st.read_bytes(uri, spec) == b"v2"
+    assert st.delete_if_match(uri, v2, spec) is True
+    assert not st.exists(uri, spec)
+    assert st.list_files(root, None, spec) == []  # lock files are hidden
+
+
+def test_conditional_update_race_has_one_winner(where) -> None:
+    spec, root = where
+    uri = st.join(root, "race.json")
+    st.put_if_absent(uri, b"base", spec)
+    _, version = st.read_versioned(uri, spec)
+    barrier = threading.Barrier(6)
+    results: list[bool] = []
+
+    def swap(i: int) -> None:
+        barrier.wait()
+        results.append(st.put_if_match(uri, f"w{i}".encode(), version, spec))
+
+    threads = [threading.Thread(target=swap, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 5 + [True]
+    assert st.read_bytes(uri, spec).startswith(b"w")
+
+
+def test_endpoint_with_credentials_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must not embed credentials"):
+        StorageSpec(endpoint_url="http://AKIA:secretvalue@minio:9000")
+
+
+def test_simulated_disk_full_leaves_no_partial_file(tmp_path, monkeypatch) -> None:
+    uri = str(tmp_path / "features" / "shard.parquet")
+    st.write_bytes_atomic(uri, b"old")
+    monkeypatch.setenv("INFLUMIX_FAULT_ENOSPC", f"shard.parquet:{tmp_path / 'marker'}")
+    with pytest.raises(StorageError, match=r"shard\.parquet.*No space left"):
+        st.write_bytes_atomic(uri, b"new content of the shard")
+    assert st.read_bytes(uri) == b"old"
+    assert os.listdir(tmp_path / "features") == ["shard.parquet"]  # the half-written temp file is gone
+    st.write_bytes_atomic(uri, b"new")  # once per marker: the retry succeeds
+    assert st.read_bytes(uri) == b"new"

@@ -80,3 +80,13 @@ def test_iter_token_batches_sorted_trimmed_deterministic() -> None:
             assert b.input_ids[row, :n].tolist() == tb.input_ids[k, :n].tolist()
     unsorted = list(iter_token_batches(ids, domains, tb, batch_size=4, sort_by_length=False))
     assert [i for b in unsorted for i in b.ids] == valid_ids
+
+
+def test_untruncated_lengths_and_identical_truncated_ids() -> None:
+    tok = prepare_tokenizer(_tokenizer())
+    plain = tokenize_texts(tok, TEXTS, max_length=3)
+    counted = tokenize_texts(tok, TEXTS, max_length=3, count_untruncated=True)
+    assert plain.full_lengths is None
+    assert counted.full_lengths.tolist() == [6, 1, 5, 2, 1]
+    assert torch.equal(plain.input_ids, counted.input_ids) and torch.equal(plain.lengths, counted.lengths)
+    assert tokenize_texts(tok, [], 3, count_untruncated=True).full_lengths.tolist() == []

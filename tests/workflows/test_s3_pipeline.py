@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from operators import datastore, storage
@@ -35,11 +33,28 @@ def _s3_config(ray_cluster, model_cache, spec, bucket, corpus, run_id):
     return cfg.model_copy(update={"corpus": cfg.corpus.model_copy(update={"paths": [corpus + "/"]})})
 
 
-def test_corpus_and_outputs_on_s3(ray_cluster, model_cache, s3_storage):
+KEY_ID, SECRET = "AKIAINFLUMIXLEAKTEST", "sEcReT/influmix+leak-test-0123456789"
+
+
+def test_corpus_and_outputs_on_s3_without_leaking_credentials(ray_cluster, model_cache, s3_storage, monkeypatch,
+                                                              capfd, caplog):
+    from operators.storage import clear_filesystem_cache
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)  # distinctive driver credentials (moto accepts any)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    clear_filesystem_cache()
     spec, bucket = s3_storage
     corpus = _upload_corpus(bucket, spec)
     cfg = _s3_config(ray_cluster, model_cache, spec, bucket, corpus, "s3-run")
     result = run_mixture_refresh(cfg)
+    # no credential in any output object (config.yaml, plan, report.*, manifests, pointer, lease), nor in logs
+    outputs = storage.list_files(storage.join(bucket, "out"), None, spec)
+    assert any(u.endswith("config.yaml") for u in outputs) and any(u.endswith("report.md") for u in outputs)
+    for uri, data in storage.read_many(outputs, spec).items():
+        assert KEY_ID.encode() not in data and SECRET.encode() not in data, uri
+    logs = capfd.readouterr()
+    for text in (logs.out, logs.err, caplog.text):
+        assert KEY_ID not in text and SECRET not in text
     assert result.manifest_uri.startswith(bucket)
     manifest = parse_manifest(storage.read_bytes(result.manifest_uri, spec))
     assert abs(sum(d.weight for d in manifest.domains) - 1) < 1e-6
@@ -47,7 +62,7 @@ def test_corpus_and_outputs_on_s3(ray_cluster, model_cache, s3_storage):
     assert all(t.uri.startswith("s3://") for t in plan.corpus_tasks())
     done = datastore.list_completions(plan.root, spec)
     assert set(done) == {t.shard_id for t in plan.tasks}
-    table = pq.read_table(io.BytesIO(storage.read_bytes(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)))
+    table = datastore.read_feature_shard(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)
     assert table.schema.field("features").type.list_size == datastore.feature_dim(table)
     latest = storage.read_json(storage.join(bucket, "out", "manifests", "default", "latest.json"), spec)
     assert latest["manifest_uri"] == result.manifest_uri

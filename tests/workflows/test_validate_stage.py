@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cluster.runtime import layout_or_local
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.mixture_stage import build_problem
 from workflows.plan import build_plan
@@ -29,7 +30,8 @@ def test_a_harmful_solution_is_not_published(setup):
     cfg, plan, model_uri, problem = setup
     bad = np.array([0.02, 0.02, 0.6, 0.02, 0.34])  # config + legal: unlike the docs/code-heavy target
     good = np.array([0.02, 0.3, 0.02, 0.6, 0.06])
-    out = run_validation(cfg, plan, model_uri, problem, {"bad": bad, "good": good}, {}, "bad", layout=None)
+    out = run_validation(cfg, plan, model_uri, problem, {"bad": bad, "good": good}, {}, "bad",
+                         layout_or_local(cfg.cluster))
     rows = out["candidates"]
     assert set(rows) == {"reference", "bad", "good", "line:0.5"}
     assert rows["bad"]["gain"] < 0 < rows["good"]["gain"]
@@ -46,7 +48,8 @@ def test_budget_scaled_pools_shrink_scarce_domains(setup):
         "budget": cfg.mixture.budget.model_copy(update={"tokens_next_stage": 1_000_000})})})
     problem = build_problem(cfg2, DOMAINS, tokens, None)
     uniform = problem.reference
-    out = run_validation(cfg2, plan, model_uri, problem, {"same": uniform}, {}, "same", layout=None)
+    out = run_validation(cfg2, plan, model_uri, problem, {"same": uniform}, {}, "same",
+                         layout_or_local(cfg2.cluster))
     assert out["pool_sizes"]["legal"] < out["pool_sizes"]["docs"]
     assert out["aliases"] == {"same": "reference", "line:0.5": "reference"}
     assert out["published"] == "reference" and not out["improvement_found"]
