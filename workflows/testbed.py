@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from operators.errors import ConfigError
 from operators.mixture import project_bounded_simplex
@@ -106,6 +107,36 @@ def testbed_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: i
     return reference_set(cfg, plan, tokenizer, total=total, seed=seed, split=split)
 
 
+def packed_pools(cfg: RunConfig, plan: Plan, tokenizer, per_domain: int, seed: int,
+                 domains: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-domain pools of every ``max_length``-token window of up to ``per_domain`` examples (documents
+    encoded whole, then cut into consecutive windows, as a packing trainer would see them), so a
+    domain's pool holds all of its unique tokens rather than each example's first window only."""
+    from workflows.examples import sample_rows_per_group
+
+    length = cfg.featurize.max_length
+    table = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, seed)
+    pad = tokenizer.pad_token_id
+    pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    all_domains = np.asarray(table.column("domain").to_pylist(), dtype=object)
+    texts = table.column("text").to_pylist()
+    for domain in domains:
+        rows = [texts[i] for i in np.flatnonzero(all_domains == domain)]
+        if not rows:
+            continue
+        encoded = tokenizer(rows, truncation=False, padding=False, add_special_tokens=True,
+                            verbose=False)["input_ids"]
+        windows = [e[i:i + length] for e in encoded for i in range(0, len(e), length)]
+        windows = [w for w in windows if len(w) >= 2]
+        ids = torch.full((len(windows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(windows), length), dtype=torch.long)
+        for j, w in enumerate(windows):
+            ids[j, :len(w)] = torch.tensor(w, dtype=torch.long)
+            mask[j, :len(w)] = 1
+        pools[domain] = (ids, mask)
+    return pools
+
+
 def _sd(x: np.ndarray) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else 0.0
 
@@ -126,6 +157,7 @@ def evaluate_mixtures(
     data_seed: int = 1,
     full_corpus: bool = True,
     split: SplitName = "test",
+    packed: bool = False,
 ) -> dict:
     """Train the checkpoint on each mixture × seed and report the target-loss change ΔL.
 
@@ -134,8 +166,9 @@ def evaluate_mixtures(
     examples mixed by target weight. Pools and reference are chosen by ``data_seed`` (fixed across
     seeds); a seed changes the batch draws. ``grid`` names the mixtures the regret is measured
     against (default: all). ``split`` picks the part of the targets the reference set is drawn from
-    (default ``test``, held out from every refresh stage; :func:`testbed_reference`). Returns a
-    JSON-able dict (see module docstring).
+    (default ``test``, held out from every refresh stage; :func:`testbed_reference`). ``packed``:
+    pools of every ``max_length``-token window of each example (:func:`packed_pools`) instead of each
+    example's first window. Returns a JSON-able dict (see module docstring).
     """
     if steps < 1 or batch_size < 1 or per_domain < 1 or reference_examples < 1:
         raise ConfigError("evaluate_mixtures: steps, batch_size, per_domain, reference_examples must be "
@@ -157,7 +190,8 @@ def evaluate_mixtures(
     if full_corpus:
         pool_cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(
             update={"rate": 1.0, "max_per_domain": None})})
-    pools = domain_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
+    make_pools = packed_pools if packed else domain_pools
+    pools = make_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
     missing = [d for d in domains if d not in pools]
     if missing:
         raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "
@@ -185,7 +219,7 @@ def evaluate_mixtures(
         "settings": {"steps": steps, "batch_size": batch_size, "seeds": seeds, "per_domain": per_domain,
                      "reference_examples": int(ref_ids.shape[0]), "data_seed": data_seed,
                      "full_corpus": full_corpus, "probe": spec.model_dump(mode="json"),
-                     "reference_split": split},
+                     "reference_split": split, "packed": packed},
         "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()},
         "base_loss": float(base),
         "mixtures": rows,
@@ -229,6 +263,7 @@ def run_testbed(
     reference_examples: int = 128,
     name: str = "chosen",
     split: SplitName = "test",
+    packed: bool = False,
 ) -> dict:
     """Evaluate a finished refresh's mixture (``name``, default ``chosen``) against ``tokens``
     (proportional to each domain's unique tokens over the whole corpus, within the bounds), any
@@ -266,7 +301,7 @@ def run_testbed(
         raise ConfigError(f"run_testbed: mixture names {clash} clash with grid names")
     report = evaluate_mixtures(cfg, plan, model_uri, {**named, **grid}, steps, batch_size, seeds, per_domain,
                                grid=list(grid), probe=probe, reference_examples=reference_examples,
-                               split=split)
+                               split=split, packed=packed)
     report["run_id"] = plan.run_id
     report["bounds"] = {"lower": dict(zip(order, problem.lower.tolist())),
                         "upper": dict(zip(order, problem.upper.tolist()))}

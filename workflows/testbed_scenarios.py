@@ -11,8 +11,9 @@ then trains the refresh checkpoint on ``published``, ``tokens`` and a grid (``un
 
 The training budget of the testbed equals the config's ``mixture.budget.tokens_next_stage``
 (steps = budget / (batch_size × max_length)) unless ``steps`` is given, and the training pools hold
-every corpus example (``per_domain``), so a heavy weight on the small domain repeats it as often as
-the next stage would.
+every ``max_length``-token window of every corpus example (``per_domain``; packed, as a trainer sees
+whole documents), so a heavy weight on the small domain repeats its unique tokens as often as the
+next stage would.
 
 Acceptance per scenario (:func:`acceptance`), with the seed std pooled over all evaluated mixtures:
 
@@ -193,7 +194,7 @@ def run_scenario(
     extra = candidate_mixtures(result.report) if candidates else {}
     report = run_testbed(cfg, result.weights, extra=extra, grid_size=grid_size, grid_seed=grid_seed, steps=steps,
                          batch_size=batch_size, seeds=seeds, per_domain=per_domain,
-                         reference_examples=reference_examples, name=PUBLISHED, split=split)
+                         reference_examples=reference_examples, name=PUBLISHED, split=split, packed=True)
     testbed_s = time.perf_counter() - started
     for row in report["mixtures"].values():
         row["repetitions"] = _repetitions(row["weights"], report["pool_sizes"], steps, batch_size)
