@@ -71,6 +71,29 @@ def test_candidate_mixtures_from_report() -> None:
     assert candidate_mixtures({}) == {}
 
 
+def test_packed_pools_hold_every_token(tmp_path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from operators.tokenize import prepare_tokenizer
+    from workflows.assets import default_tokenizer_dir
+    from workflows.plan import build_plan
+    from workflows.testbed import packed_pools
+
+    cfg = scenario_config("oop_small", str(tmp_path), overrides=["sampling.rate=1.0"])
+    tok = prepare_tokenizer(PreTrainedTokenizerFast.from_pretrained(default_tokenizer_dir()))
+    pools = packed_pools(cfg, build_plan(cfg), tok, 100_000, 1, ["de"])
+    ids, mask = pools["de"]
+    import pyarrow.parquet as pq
+    from workflows.assets import DATA_DIR
+
+    texts = pq.read_table(DATA_DIR / "scenarios" / "corpus" / "de-0000.parquet").column("text").to_pylist()
+    lengths = [len(e) for e in tok(texts)["input_ids"]]
+    length = cfg.featurize.max_length
+    assert ids.shape == (sum(-(-n // length) for n in lengths), length)  # no window is < 2 tokens here
+    assert int(mask.sum()) == sum(lengths)  # every token of every example, once
+    assert int(ids[0, 0]) == tok.bos_token_id
+
+
 @pytest.mark.slow
 def test_scenario_end_to_end_structure(ray_cluster, model_cache, tmp_path) -> None:
     seeds, steps, grid_size = [0, 1], 5, 9
@@ -88,7 +111,7 @@ def test_scenario_end_to_end_structure(ray_cluster, model_cache, tmp_path) -> No
     upper = report["bounds"]["upper"]
     for name in grid:  # the grid stays inside the refresh problem's bounds (reuse cap included)
         assert all(rows[name]["weights"][d] <= upper[d] + 1e-9 for d in upper), name
-    assert report["pool_sizes"]["de"] == 70  # the small domain is used whole, not capped
+    assert report["settings"]["packed"] and report["pool_sizes"]["de"] > 70  # every window of all 70 examples
     assert rows[PUBLISHED]["weights"] == pytest.approx(res["refresh"]["weights"])
     for name, row in rows.items():
         assert sum(row["weights"].values()) == pytest.approx(1.0), name
