@@ -1,13 +1,24 @@
-"""Mixture testbed: train the tiny default model on candidate mixtures, print regret vs a small grid.
+"""Mixture testbed: train the tiny model on candidate mixtures, print regret vs a grid and acceptance.
 
-    python benchmarks/mixture_testbed.py [--steps 40] [--seeds 0 1 2] [--grid 11] [--tikmix-m]
+    python benchmarks/mixture_testbed.py [--scenario all|oop_small|oop|mixed|default] [--steps N]
+                                         [--seeds 0 1 2] [--grid 13] [--split test] [--json FILE]
 
-Runs the embedded default refresh (fast settings: sampling.rate=0.2, 40 bootstrap draws) into a temp
+Scenarios (default ``all``; issue 9 item 7, ``workflows/testbed_scenarios.py``): ``oop_small`` (target
+nl outside the pool, its related pool domain de has only 70 examples), ``oop`` (target pt outside the
+pool), ``mixed`` (half code, half French). Each runs its refresh (fast settings: sampling.rate=0.2, 40
+bootstrap draws), then trains the checkpoint on the published mixture, uniform, token-proportional,
+the refresh's other candidates (``solver:<name>``, ``baseline:<name>`` e.g. the DSIR baseline) and a grid (uniform, one heavy corner per domain, Dirichlet samples) for each seed, for the config's
+next-stage token budget (``--steps`` overrides), and measures ΔL on the held-out ``--split`` of the
+targets. It prints a table per scenario and an ACCEPTANCE block: gain over uniform in seed-std
+units (goal >= 1), worse than uniform beyond noise (goal no), regret vs the grid best (goal <= 0.02
+nats). About 10 minutes on 2 CPU cores with the defaults.
+
+``--scenario default`` runs the embedded default refresh (fast settings: sampling.rate=0.2, 40 bootstrap draws) into a temp
 output dir, then continues training its checkpoint on each mixture (chosen = TiKMiX-D, uniform,
 token-proportional, grid: domain-heavy corners and Dirichlet samples) and measures the change of the
 target loss ΔL (lower is better) on a reference set mixed from the config's targets. With
 ``--tikmix-m`` the refresh also runs TiKMiX-M (mixture.solver=tikmix_m) and both are evaluated.
-About 2-4 minutes on 2 CPU cores.
+About 2-4 minutes on 2 CPU cores (defaults there: --steps 40 --grid 11).
 """
 
 from __future__ import annotations
@@ -15,27 +26,117 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import tempfile
 import time
 
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 from workflows.testbed import compare, run_testbed
+from workflows.testbed_scenarios import GOALS, PUBLISHED, SCENARIOS, run_scenario
+
+
+def print_table(report: dict, steps: int, batch_size: int) -> None:
+    """Mixtures sorted by mean ΔL: mean, std, regret, max passes over a domain pool, weights."""
+    domains = report["domains"]
+    header = (f"{'mixture':<16}{'mean ΔL':>9}{'std':>8}{'regret':>9}{'max rep':>8}  "
+              + " ".join(f"{d[:9]:>9}" for d in domains))
+    print(header)
+    print("-" * len(header))
+    grid = set(report["grid"])
+    for name, row in sorted(report["mixtures"].items(), key=lambda kv: kv[1]["mean"]):
+        tag = name if name not in grid else f"{name}*"
+        weights = " ".join(f"{row['weights'][d]:>9.3f}" for d in domains)
+        reps = max(w * steps * batch_size / report["pool_sizes"][d] for d, w in row["weights"].items())
+        print(f"{tag[:16]:<16}{row['mean']:>9.4f}{row['std']:>8.4f}{row['regret']:>+9.4f}{reps:>8.1f}  {weights}")
+    print("(* grid mixture; regret = mean ΔL − best grid mean ΔL; max rep = most passes over one domain's pool)")
+
+
+def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
+    out = tempfile.mkdtemp(prefix="influmix-testbed-")
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="influmix-testbed-cache-")
+    results = []
+    for name in names:
+        started = time.perf_counter()
+        res = run_scenario(name, f"{out}/{name}", cache_dir=cache, overrides=args.set, steps=args.steps,
+                           batch_size=args.batch_size, seeds=args.seeds, grid_size=args.grid,
+                           per_domain=args.per_domain, reference_examples=args.reference_examples,
+                           split=args.split)
+        results.append(res)
+        rep = res["testbed"]
+        st = rep["settings"]
+        print(f"\n=== scenario {name}: {res['description']}")
+        print(f"refresh {res['refresh']['run_id']}: {res['refresh']['wall_s']:.1f}s; testbed: "
+              f"{len(rep['mixtures'])} mixtures x {len(st['seeds'])} seeds x {st['steps']} steps "
+              f"(batch {st['batch_size']}, ~{st['steps'] * st['batch_size']} examples; tokens_next_stage "
+              f"{res['tokens_next_stage']}) in {res['testbed_wall_s']:.1f}s; total {time.perf_counter() - started:.0f}s")
+        print(f"published: {res['refresh']['published_source']} (validation stage's pick); bounds upper: "
+              + ", ".join(f"{d} {v:.2f}" for d, v in rep["bounds"]["upper"].items()))
+        print(f"pool sizes: {rep['pool_sizes']}")
+        print(f"reference: {st['reference_examples']} target examples, split {st['reference_split']!r}; "
+              f"loss before training {rep['base_loss']:.4f}  (ΔL < 0: the target loss dropped)")
+        for target, halves in res["target_losses"].items():
+            print(f"per-token loss of the checkpoint on {target}: "
+                  + ", ".join(f"{h} {v:.3f}" for h, v in halves.items()))
+        print_table(rep, st["steps"], st["batch_size"])
+        others = [n for n in rep["mixtures"] if n.startswith(("solver:", "baseline:"))]
+        for baseline in ("uniform", "tokens", *others):
+            if baseline in rep["mixtures"]:
+                c = compare(rep, PUBLISHED, baseline)
+                units = f" ({c['improvement'] / c['seed_std']:+.2f} seed std)" if c["seed_std"] > 0 else ""
+                print(f"{PUBLISHED} vs {baseline}: improvement {c['improvement']:+.4f} nats{units}")
+        print(f"grid best: {rep['best']} (ΔL {rep['best_mean']:.4f}); pooled seed std {rep['seed_std']:.4f}")
+
+    print("\nACCEPTANCE (published = the refresh's published mixture; seed std pooled over all mixtures)")
+    for res in results:
+        a = res["acceptance"]
+        split = res["testbed"]["settings"]["reference_split"]
+        gain = f"{a['gain_std']:.2f}" if math.isfinite(a["gain_std"]) else str(a["gain_std"])
+        print(f"[{res['scenario']}] ({a['seeds']} seeds, measured on split {split!r})")
+        print(f"  gain over uniform = {gain} seed std (goal >= {GOALS['gain_std']:g})"
+              f"   [{a['gain']:+.4f} nats, seed std {a['seed_std']:.4f}]")
+        print(f"  worse than uniform beyond noise: {'yes' if a['worse_beyond_noise'] else 'no'} (goal no)"
+              f"   [noise = 2 SE of a difference = {a['noise']:.4f} nats]")
+        print(f"  regret = {a['regret']:.3f} nats (goal <= {GOALS['regret']:g})   [grid best {a['best']}]")
+        print(f"  {'PASS' if a['passed'] else 'FAIL'}")
+    passed = sum(r["acceptance"]["passed"] for r in results)
+    print(f"overall: {passed}/{len(results)} scenarios PASS")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="training steps per mixture and seed")
+    parser.add_argument("--scenario", default="all", choices=["all", *SCENARIOS, "default"],
+                        help="harder-testbed scenario, all three (default), or the embedded default")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per mixture and seed (default: the scenario's "
+                             "tokens_next_stage budget; 40 for --scenario default)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--grid", type=int, default=11, help="grid size (uniform + corners + Dirichlet)")
-    parser.add_argument("--per-domain", type=int, default=64, help="training pool size per domain")
-    parser.add_argument("--tikmix-m", action="store_true", help="also evaluate TiKMiX-M")
+    parser.add_argument("--grid", type=int, default=None,
+                        help="grid size (uniform + corners + Dirichlet; default 13 for scenarios, 11 for default)")
+    parser.add_argument("--per-domain", type=int, default=None,
+                        help="training pool size per domain (default: every example for scenarios, 64 for default)")
+    parser.add_argument("--reference-examples", type=int, default=128)
+    parser.add_argument("--split", default="test", help="held-out target split measured by scenarios")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the scenario refreshes (e.g. mixture.beta=1.0)")
+    parser.add_argument("--tikmix-m", action="store_true", help="also evaluate TiKMiX-M (--scenario default)")
     parser.add_argument("--cache-dir", default=None, help="model cache (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the full report to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.scenario != "default":
+        args.grid = args.grid or 13
+        args.per_domain = args.per_domain or 100_000
+        run_scenarios(args, list(SCENARIOS) if args.scenario == "all" else [args.scenario])
+        return
+    args.steps = args.steps or 40
+    args.grid = args.grid or 11
+    args.per_domain = args.per_domain or 64
 
     out = tempfile.mkdtemp(prefix="influmix-testbed-")
     cache = args.cache_dir or tempfile.mkdtemp(prefix="influmix-testbed-cache-")

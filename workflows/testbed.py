@@ -2,11 +2,12 @@
 
 Ground truth by actually training: every named mixture continues training the refresh checkpoint for
 a few steps on batches drawn by that mixture from per-domain pools (``operators.probing.probe_mixture``)
-and the change of the target loss is measured on a reference set built from the config's targets,
-mixed by target weight. Lower ΔL is better. The report gives per mixture the mean/std over seeds and
+and the change of the target loss is measured on a reference set built from the ``test`` split of the
+config's targets (never used by a refresh), mixed by target weight. Lower ΔL is better. The report gives per mixture the mean/std over seeds and
 the regret against the best mixture of a small grid (uniform, domain-heavy corners, Dirichlet
 samples): ``regret(name) = mean ΔL(name) − min over grid mixtures of mean ΔL``. A negative regret means
-the mixture beat every grid mixture. The loss before training is common to all mixtures.
+the mixture beat every grid mixture. The loss before training is common to all mixtures. Harder
+scenarios (out-of-pool targets, a small pool domain, a mixed target) are in workflows/testbed_scenarios.py.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from operators.errors import ConfigError
 from operators.mixture import project_bounded_simplex
 from operators.mixture_regression import sample_dirichlet_mixtures
 from operators.model_io import load_causal_lm
 from operators.probing import ProbeSpec, probe_mixture, reference_loss
+from operators.splits import SplitName
 from operators.tiny_lm import small_model_threads
 from operators.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
@@ -31,7 +34,7 @@ from workflows.plan import Plan
 
 log = logging.getLogger(__name__)
 
-__all__ = ["grid_mixtures", "evaluate_mixtures", "run_testbed", "compare"]
+__all__ = ["grid_mixtures", "evaluate_mixtures", "run_testbed", "compare", "testbed_reference"]
 
 #: Default probe optimizer of the testbed (AdamW, as TiKMiX-M probes).
 DEFAULT_PROBE = ProbeSpec(lr=1e-3, reference_batch_size=64)
@@ -94,6 +97,46 @@ def _check_mixtures(mixtures: Mapping[str, Mapping[str, float]]) -> list[str]:
     return sorted(domains)
 
 
+def testbed_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int,
+                      split: SplitName = "test") -> tuple[object, object]:
+    """(ids, mask) of the testbed's reference set: ``split`` of the targets (operators/splits.py).
+
+    The default ``test`` split is never touched by a refresh (neither the influence scores nor the
+    validation probes), so a published mixture is judged on data that did not choose it.
+    """
+    return reference_set(cfg, plan, tokenizer, total=total, seed=seed, split=split)
+
+
+def packed_pools(cfg: RunConfig, plan: Plan, tokenizer, per_domain: int, seed: int,
+                 domains: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-domain pools of every ``max_length``-token window of up to ``per_domain`` examples (documents
+    encoded whole, then cut into consecutive windows, as a packing trainer would see them), so a
+    domain's pool holds all of its unique tokens rather than each example's first window only."""
+    from workflows.examples import sample_rows_per_group
+
+    length = cfg.featurize.max_length
+    table = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, seed)
+    pad = tokenizer.pad_token_id
+    pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    all_domains = np.asarray(table.column("domain").to_pylist(), dtype=object)
+    texts = table.column("text").to_pylist()
+    for domain in domains:
+        rows = [texts[i] for i in np.flatnonzero(all_domains == domain)]
+        if not rows:
+            continue
+        encoded = tokenizer(rows, truncation=False, padding=False, add_special_tokens=True,
+                            verbose=False)["input_ids"]
+        windows = [e[i:i + length] for e in encoded for i in range(0, len(e), length)]
+        windows = [w for w in windows if len(w) >= 2]
+        ids = torch.full((len(windows), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(windows), length), dtype=torch.long)
+        for j, w in enumerate(windows):
+            ids[j, :len(w)] = torch.tensor(w, dtype=torch.long)
+            mask[j, :len(w)] = 1
+        pools[domain] = (ids, mask)
+    return pools
+
+
 def _sd(x: np.ndarray) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else 0.0
 
@@ -113,6 +156,8 @@ def evaluate_mixtures(
     reference_examples: int = 128,
     data_seed: int = 1,
     full_corpus: bool = True,
+    split: SplitName = "test",
+    packed: bool = False,
 ) -> dict:
     """Train the checkpoint on each mixture × seed and report the target-loss change ΔL.
 
@@ -120,7 +165,10 @@ def evaluate_mixtures(
     not only the featurization sample); the reference set has about ``reference_examples`` target
     examples mixed by target weight. Pools and reference are chosen by ``data_seed`` (fixed across
     seeds); a seed changes the batch draws. ``grid`` names the mixtures the regret is measured
-    against (default: all). Returns a JSON-able dict (see module docstring).
+    against (default: all). ``split`` picks the part of the targets the reference set is drawn from
+    (default ``test``, held out from every refresh stage; :func:`testbed_reference`). ``packed``:
+    pools of every ``max_length``-token window of each example (:func:`packed_pools`) instead of each
+    example's first window. Returns a JSON-able dict (see module docstring).
     """
     if steps < 1 or batch_size < 1 or per_domain < 1 or reference_examples < 1:
         raise ConfigError("evaluate_mixtures: steps, batch_size, per_domain, reference_examples must be "
@@ -142,13 +190,13 @@ def evaluate_mixtures(
     if full_corpus:
         pool_cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(
             update={"rate": 1.0, "max_per_domain": None})})
-    pools = domain_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
+    make_pools = packed_pools if packed else domain_pools
+    pools = make_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
     missing = [d for d in domains if d not in pools]
     if missing:
         raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "
                           "mixtures")
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, total=reference_examples, seed=data_seed,
-                                     split="test")
+    ref_ids, ref_mask = testbed_reference(cfg, plan, tokenizer, reference_examples, data_seed, split)
     rows: dict[str, dict] = {}
     with small_model_threads(loaded.model):
         base = reference_loss(loaded.model, ref_ids, ref_mask, spec.reference_batch_size)
@@ -170,7 +218,8 @@ def evaluate_mixtures(
         "model_uri": model_uri,
         "settings": {"steps": steps, "batch_size": batch_size, "seeds": seeds, "per_domain": per_domain,
                      "reference_examples": int(ref_ids.shape[0]), "data_seed": data_seed,
-                     "full_corpus": full_corpus, "probe": spec.model_dump(mode="json")},
+                     "full_corpus": full_corpus, "probe": spec.model_dump(mode="json"),
+                     "reference_split": split, "packed": packed},
         "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools.items()},
         "base_loss": float(base),
         "mixtures": rows,
@@ -212,37 +261,49 @@ def run_testbed(
     per_domain: int = 64,
     probe: ProbeSpec | None = None,
     reference_examples: int = 128,
+    name: str = "chosen",
+    split: SplitName = "test",
+    packed: bool = False,
 ) -> dict:
-    """Evaluate a finished refresh's mixture (``chosen``) against ``tokens`` (token-proportional over the
-    featurized sample), any ``extra`` mixtures and a grid within the config's constraints (default size
-    ``2K + 1``). Needs the refresh's completion records (token counts). Adds ``comparison`` (chosen vs
-    uniform) to :func:`evaluate_mixtures`' report.
+    """Evaluate a finished refresh's mixture (``name``, default ``chosen``) against ``tokens``
+    (proportional to each domain's unique tokens over the whole corpus, within the bounds), any
+    ``extra`` mixtures and a grid within the refresh problem's bounds (config box + the budget's reuse
+    cap; default size ``2K + 1``). Needs the refresh's completion records (token counts). ``split``:
+    the target split to measure on (default ``test``; see :func:`testbed_reference`). Adds
+    ``comparison`` (``name`` vs uniform) to :func:`evaluate_mixtures`' report.
     """
+    from operators import datastore
     from workflows.aggregate import domain_order
     from workflows.mixture_refresh import resolve_model_uri
-    from workflows.mixture_stage import build_problem
+    from workflows.mixture_stage import build_problem, tokens_available
     from workflows.plan import build_plan
 
     plan = build_plan(cfg)
     model_uri = resolve_model_uri(cfg)
-    order, tokens = domain_order(cfg, plan)
+    order, _ = domain_order(cfg, plan)
     stray = sorted(set(result_weights) - set(order))
     if stray:
         raise ConfigError(f"run_testbed: result_weights name domains {stray} that the refresh did not "
                           "featurize")
-    problem = build_problem(cfg, order, tokens, previous=None)
+    available = tokens_available(cfg, datastore.list_completions(plan.root, cfg.storage))
+    problem = build_problem(cfg, order, available, previous=None, model_uri=model_uri)
     grid = grid_mixtures(order, grid_size or 2 * len(order) + 1, grid_seed, problem.lower, problem.upper)
-    total = sum(tokens.values())
+    u = np.array([float(available.get(d, 0)) for d in order])
+    tokens = project_bounded_simplex(u / u.sum() if u.sum() > 0 else np.full(len(order), 1.0 / len(order)),
+                                     problem.lower, problem.upper)
     named: dict[str, Mapping[str, float]] = {
-        "chosen": dict(result_weights),
-        "tokens": {d: tokens[d] / total for d in order},
+        name: dict(result_weights),
+        "tokens": dict(zip(order, tokens.tolist())),
         **(extra or {}),
     }
     clash = sorted(set(named) & set(grid))
     if clash:
         raise ConfigError(f"run_testbed: mixture names {clash} clash with grid names")
     report = evaluate_mixtures(cfg, plan, model_uri, {**named, **grid}, steps, batch_size, seeds, per_domain,
-                               grid=list(grid), probe=probe, reference_examples=reference_examples)
+                               grid=list(grid), probe=probe, reference_examples=reference_examples,
+                               split=split, packed=packed)
     report["run_id"] = plan.run_id
-    report["comparison"] = compare(report, "chosen", "uniform")
+    report["bounds"] = {"lower": dict(zip(order, problem.lower.tolist())),
+                        "upper": dict(zip(order, problem.upper.tolist()))}
+    report["comparison"] = compare(report, name, "uniform")
     return report
