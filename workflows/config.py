@@ -136,6 +136,9 @@ class ValidationSpec(_Spec):
         "probe seeds per candidate (batch draws); at least 2, or seed noise cannot be estimated"))
     line_points: list[float] = Field(default=[0.5], description=(
         "points between the reference (0) and the solved mixture (1) that are also measured"))
+    beta_path: list[float] = Field(default=[2.0, 4.0], description=(
+        "the primary solver is also solved at beta × each of these (a weaker pull toward the prior) and "
+        "those answers are validated too"))
     reference_examples: int = Field(default=96, ge=8, description="validation-split target examples")
     max_pool: int = Field(default=96, ge=1, description="largest per-domain probe pool (examples)")
     budget_scaled_pools: bool = Field(default=True, description=(

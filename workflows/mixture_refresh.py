@@ -76,11 +76,28 @@ def _solve_all(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> tu
         solver = SOLVERS.build(name, cfg.mixture.options.get(name), f"mixture.options.{name}")
         solved[name] = solver.solve(problem, ctx)
         log.info("solver %s: %s", name, dict(zip(problem.domains, solved[name].weights.round(4).tolist())))
+    solved.update(_beta_path(cfg, problem, ctx))
     baselines = {}
     for name in cfg.mixture.baselines:
         baselines[name] = BASELINES.build(name, cfg.mixture.options.get(name),
                                           f"mixture.options.{name}").solve(problem, ctx)
     return solved, baselines
+
+
+def _beta_path(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> dict:
+    """The primary solver re-solved at weaker pulls (β × m for m in ``validation.beta_path``): extra
+    candidates between its answer and the prior, validated like any other (regularised solvers only)."""
+    name = cfg.mixture.solver
+    cls = SOLVERS.get(name)
+    if cls.measures or "beta" not in cls.Options.model_fields or not cfg.mixture.validation.enabled:
+        return {}
+    options = dict(cfg.mixture.options.get(name) or {})
+    beta = float(options.get("beta") or cfg.mixture.beta)
+    out = {}
+    for m in cfg.mixture.validation.beta_path:
+        key = f"{name}@beta={beta * m:g}"
+        out[key] = SOLVERS.build(name, {**options, "beta": beta * m}, f"mixture.options.{name}").solve(problem, ctx)
+    return out
 
 
 def _bootstrap_solver(cfg: RunConfig, problem_of: Callable[[np.ndarray], MixtureProblem]):
