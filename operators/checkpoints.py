@@ -19,8 +19,8 @@ import torch
 from transformers import PreTrainedModel
 
 from operators import storage as st
-from operators.errors import ConfigError, ModelError, StorageError
-from operators.model_io import _STEP_DIR, _listing, _remote_fs
+from operators.errors import ConfigError, ModelError
+from operators.model_io import list_checkpoints
 from operators.storage import StorageSpec
 from operators.tiny_lm import save_checkpoint
 
@@ -65,29 +65,6 @@ def save_step_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
-
-
-def list_checkpoints(root_uri: str, storage: StorageSpec | None = None) -> list[tuple[int, str]]:
-    """``(step, uri)`` of every complete checkpoint under ``root_uri`` (local or s3://), oldest first.
-
-    Same rules as :func:`operators.model_io.find_latest_checkpoint`: subdirectories named like
-    ``checkpoint-<n>`` / ``step_<n>`` that hold a ``config.json``.
-    """
-    fs, path = _remote_fs(root_uri, storage)
-    found: dict[int, str] = {}
-    for info in _listing(fs, path, root_uri, "checkpoint root"):
-        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-        m = _STEP_DIR.match(name)
-        if info.get("type") != "directory" or m is None:
-            continue
-        try:
-            complete = fs.exists(f"{info['name'].rstrip('/')}/config.json")
-        except OSError as exc:
-            raise StorageError(f"checking {root_uri}/{name}/config.json failed: {exc}") from exc
-        step = int(m.group(1))
-        if complete and (step not in found or name < found[step].rsplit("/", 1)[-1]):
-            found[step] = st.join(root_uri, name)
-    return sorted(found.items())
 
 
 def last_checkpoints(root_uri: str, n: int, storage: StorageSpec | None = None) -> list[str]:

@@ -242,25 +242,33 @@ def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: st
     return str(dest)
 
 
-def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) -> str:
-    """The ``checkpoint-<n>`` / ``step_<n>`` (etc.) subdirectory of ``root_uri`` with the highest step."""
+def list_checkpoints(root_uri: str, storage: StorageSpec | None = None) -> list[tuple[int, str]]:
+    """``(step, uri)`` of every complete checkpoint under ``root_uri`` (local or s3://), oldest first:
+    subdirectories named like ``checkpoint-<n>`` / ``step_<n>`` that hold a ``config.json``."""
     fs, path = _remote_fs(root_uri, storage)
-    best: tuple[int, str] | None = None
+    found: dict[int, str] = {}
     for info in _listing(fs, path, root_uri, "checkpoint root"):
         name = info["name"].rstrip("/").rsplit("/", 1)[-1]
         m = _STEP_DIR.match(name)
         if info.get("type") != "directory" or m is None:
             continue
         try:
-            has_config = fs.exists(f"{info['name'].rstrip('/')}/config.json")
+            complete = fs.exists(f"{info['name'].rstrip('/')}/config.json")
         except OSError as exc:
             raise StorageError(f"checking {root_uri}/{name}/config.json failed: {exc}") from exc
-        if has_config and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), name)
-    if best is None:
+        step = int(m.group(1))
+        if complete and (step not in found or name < found[step].rsplit("/", 1)[-1]):
+            found[step] = st.join(root_uri, name)
+    return sorted(found.items())
+
+
+def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) -> str:
+    """The ``checkpoint-<n>`` / ``step_<n>`` (etc.) subdirectory of ``root_uri`` with the highest step."""
+    found = list_checkpoints(root_uri, storage)
+    if not found:
         raise ModelError(f"no checkpoint under {root_uri}: expected subdirectories like checkpoint-<step> "
                          f"or step_<n> containing config.json")
-    return st.join(root_uri, best[1])
+    return found[-1][1]
 
 
 def adam_state_dict(model: torch.nn.Module, moments: dict[str, Any]) -> dict[str, Any]:

@@ -357,20 +357,30 @@ def build(out: Path) -> dict[str, str]:
         write_table(out / "targets" / f"{name}.parquet", rows, ["id", "domain", "text"])
     train_tokenizer(train_texts, out / "tokenizer")
     write_sources(out, picked, splits)
+    return write_checksums(out)
+
+
+def write_checksums(out: Path) -> dict[str, str]:
+    """sha256 of every file under ``out`` into ``out/CHECKSUMS.json``; returns the mapping."""
     files = sorted(p for p in out.rglob("*") if p.is_file())
     sums = {p.relative_to(out).as_posix(): sha256_file(p) for p in files}
     (out / "CHECKSUMS.json").write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1) + "\n")
     return sums
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (replaced)")
+def run_cli(build_fn, description: str, default_out: Path, argv: list[str] | None = None) -> None:
+    """``--out DIR`` → ``build_fn(DIR)``, then print what was written (shared by the asset builders)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", type=Path, default=default_out, help="output directory (replaced)")
     args = parser.parse_args(argv)
-    sums = build(args.out)
+    sums = build_fn(args.out)
     size = sum((args.out / k).stat().st_size for k in sums)
     print(f"wrote {len(sums)} files, {size / 1e6:.2f} MB to {args.out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    run_cli(build, __doc__.splitlines()[0], DEFAULT_OUT, argv)
 
 
 if __name__ == "__main__":

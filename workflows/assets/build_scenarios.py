@@ -13,10 +13,8 @@ depend only on file contents and the seed.
 
 from __future__ import annotations
 
-import argparse
 import gettext
 import hashlib
-import json
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from workflows.assets import DATA_DIR, sha256_file
+from workflows.assets import DATA_DIR
 from workflows.assets.build_corpus import (
     HARD_MAX,
     MIN_CHARS,
@@ -35,7 +33,9 @@ from workflows.assets.build_corpus import (
     chunk_blocks,
     normalise,
     read_code,
+    run_cli,
     select,
+    write_checksums,
     write_table,
 )
 
@@ -200,20 +200,12 @@ def build(out: Path) -> dict[str, str]:
     write_table(out / "targets" / f"{MIXED_TARGET}.parquet", rows, ["id", "domain", "text"])
     print(f"{MIXED_TARGET}: {len(code)} code + {len(fr)} fr", file=sys.stderr)
     write_sources(out, picked)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
-    sums = {p.relative_to(out).as_posix(): sha256_file(p) for p in files}
-    (out / "CHECKSUMS.json").write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1) + "\n")
-    return sums
+    return write_checksums(out)
 
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (replaced)")
-    args = parser.parse_args(argv)
-    sums = build(args.out)
-    size = sum((args.out / k).stat().st_size for k in sums)
-    print(f"wrote {len(sums)} files, {size / 1e6:.2f} MB to {args.out}", file=sys.stderr)
+    run_cli(build, __doc__.splitlines()[0], DEFAULT_OUT, argv)
 
 
 if __name__ == "__main__":
