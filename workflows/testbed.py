@@ -275,7 +275,7 @@ def run_testbed(
     from operators import datastore
     from workflows.aggregate import domain_order
     from workflows.mixture_refresh import resolve_model_uri
-    from workflows.mixture_stage import build_problem, tokens_available
+    from workflows.mixture_stage import build_problem
     from workflows.plan import build_plan
 
     plan = build_plan(cfg)
@@ -285,7 +285,7 @@ def run_testbed(
     if stray:
         raise ConfigError(f"run_testbed: result_weights name domains {stray} that the refresh did not "
                           "featurize")
-    available = tokens_available(cfg, datastore.list_completions(plan.root, cfg.storage))
+    available = datastore.estimated_tokens_available(datastore.list_completions(plan.root, cfg.storage))
     problem = build_problem(cfg, order, available, previous=None, model_uri=model_uri)
     grid = grid_mixtures(order, grid_size or 2 * len(order) + 1, grid_seed, problem.lower, problem.upper)
     u = np.array([float(available.get(d, 0)) for d in order])
