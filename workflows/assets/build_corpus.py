@@ -331,9 +331,11 @@ def write_sources(out: Path, picked: dict[str, list[Chunk]], splits: dict[str, d
 
 
 def build(out: Path) -> dict[str, str]:
-    """Regenerate everything under ``out`` and return the relative-path -> sha256 map written."""
-    if out.exists():
-        shutil.rmtree(out)
+    """Regenerate the default assets under ``out`` (corpus, targets, tokenizer; other folders such as
+    ``scenarios/`` are left alone) and return the relative-path -> sha256 map written."""
+    for sub in ("corpus", "targets", "tokenizer"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
     train_texts: list[str] = []
     targets: dict[str, list[dict[str, str]]] = {"target_mixed": []}
     picked: dict[str, list[Chunk]] = {}
@@ -357,12 +359,14 @@ def build(out: Path) -> dict[str, str]:
         write_table(out / "targets" / f"{name}.parquet", rows, ["id", "domain", "text"])
     train_tokenizer(train_texts, out / "tokenizer")
     write_sources(out, picked, splits)
-    return write_checksums(out)
+    return write_checksums(out, exclude=("scenarios",))
 
 
-def write_checksums(out: Path) -> dict[str, str]:
-    """sha256 of every file under ``out`` into ``out/CHECKSUMS.json``; returns the mapping."""
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+def write_checksums(out: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every file under ``out`` (but the top-level folders in ``exclude``) into
+    ``out/CHECKSUMS.json``; returns the mapping."""
+    files = sorted(p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] not in exclude
+                   and p.name != "CHECKSUMS.json")
     sums = {p.relative_to(out).as_posix(): sha256_file(p) for p in files}
     (out / "CHECKSUMS.json").write_text(json.dumps({"algorithm": "sha256", "files": sums}, indent=1) + "\n")
     return sums
