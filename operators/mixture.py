@@ -1,4 +1,5 @@
-"""TiKMiX-D: KL-regularised influence maximisation over the bounded simplex (ALGORITHMS.md §1.4).
+"""KL-regularised influence maximisation over the bounded simplex: the kernel of the ``tikmix_d``
+solver (workflows/solvers/tikmix_d.py), plus bounds, reference mixtures and simplex projection.
 
     maximize_w  Σ_k w_k s_k − β KL(w ‖ w_ref)   s.t.  Σ_k w_k = 1,  lower_k ≤ w_k ≤ upper_k
 
@@ -50,15 +51,6 @@ class MixtureConstraints(BaseModel):
         if crossed:
             raise ValueError(f"domain_min exceeds domain_max for {crossed}")
         return self
-
-
-class TikmixDSpec(BaseModel):
-    """TiKMiX-D settings: KL strength β (a temperature) and which mixture the KL is measured against."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    beta: float = Field(default=1.0, gt=0)
-    reference: Literal["previous", "uniform", "tokens"] = "previous"
 
 
 def bounds_for(

@@ -6,7 +6,6 @@ from scipy.optimize import minimize
 from operators.errors import ConfigError
 from operators.mixture import (
     MixtureConstraints,
-    TikmixDSpec,
     bounds_for,
     kl_projection,
     objective,
@@ -48,9 +47,6 @@ def test_constraints_validation() -> None:
     ):
         with pytest.raises(ValidationError):
             MixtureConstraints(**bad)
-    with pytest.raises(ValidationError):
-        TikmixDSpec(beta=0)
-    assert TikmixDSpec().reference == "previous"
 
 
 def test_bounds_with_reuse_caps_and_overrides() -> None:
