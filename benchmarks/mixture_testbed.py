@@ -148,7 +148,7 @@ def main() -> None:
     started = time.perf_counter()
     result = run_mixture_refresh(cfg)
     refresh_s = time.perf_counter() - started
-    chosen = result.report.get("tikmix_d", result.weights)
+    chosen = result.weights  # the published mixture
     extra = {"tikmix_m": result.weights} if args.tikmix_m else None
 
     started = time.perf_counter()
@@ -156,20 +156,10 @@ def main() -> None:
                          batch_size=args.batch_size, seeds=args.seeds, per_domain=args.per_domain)
     testbed_s = time.perf_counter() - started
 
-    domains = report["domains"]
     print(f"refresh {result.run_id}: {refresh_s:.1f}s; testbed: {len(report['mixtures'])} mixtures x "
           f"{len(args.seeds)} seeds x {args.steps} steps (batch {args.batch_size}) in {testbed_s:.1f}s")
     print(f"reference loss before training: {report['base_loss']:.4f}  (ΔL < 0: the target loss dropped)")
-    header = (f"{'mixture':<16}{'mean ΔL':>9}{'std':>8}{'regret':>9}  "
-              + " ".join(f"{d[:9]:>9}" for d in domains))
-    print(header)
-    print("-" * len(header))
-    grid = set(report["grid"])
-    for name, row in sorted(report["mixtures"].items(), key=lambda kv: kv[1]["mean"]):
-        tag = name if name not in grid else f"{name}*"
-        weights = " ".join(f"{row['weights'][d]:>9.3f}" for d in domains)
-        print(f"{tag[:16]:<16}{row['mean']:>9.4f}{row['std']:>8.4f}{row['regret']:>+9.4f}  {weights}")
-    print("(* grid mixture; regret = mean ΔL − best grid mean ΔL)")
+    print_table(report, args.steps, args.batch_size)
     names = ["chosen"] + (["tikmix_m"] if args.tikmix_m else [])
     for name in names:
         for baseline in ("uniform", "tokens"):
