@@ -59,7 +59,7 @@ def _check_storage(cfg: RunConfig) -> None:
 
 
 def prepare_run(cfg: RunConfig, pins: dict | None = None) -> tuple[Plan, str]:
-    _check_storage(cfg)
+    """Plan, resolve the model and record the plan (the caller has checked storage: `_check_storage`)."""
     plan = build_plan(cfg)  # cheap input validation first: missing shards fail before any model work
     model_uri = resolve_model_uri(cfg)
     resumed = check_or_record_plan(plan, cfg.storage, pins)
@@ -73,14 +73,12 @@ def _solve_all(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> tu
     """Primary and comparison solvers, then baselines, on one problem: name → SolverResult."""
     solved = {}
     for name in dict.fromkeys([cfg.mixture.solver, *cfg.mixture.compare]):
-        solver = SOLVERS.build(name, cfg.mixture.options.get(name), f"mixture.options.{name}")
-        solved[name] = solver.solve(problem, ctx)
+        solved[name] = SOLVERS.configured(name, cfg.mixture.options).solve(problem, ctx)
         log.info("solver %s: %s", name, dict(zip(problem.domains, solved[name].weights.round(4).tolist())))
     solved.update(_beta_path(cfg, problem, ctx))
     baselines = {}
     for name in cfg.mixture.baselines:
-        baselines[name] = BASELINES.build(name, cfg.mixture.options.get(name),
-                                          f"mixture.options.{name}").solve(problem, ctx)
+        baselines[name] = BASELINES.configured(name, cfg.mixture.options).solve(problem, ctx)
     return solved, baselines
 
 
@@ -91,13 +89,10 @@ def _beta_path(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> di
     cls = SOLVERS.get(name)
     if cls.measures or "beta" not in cls.Options.model_fields or not cfg.mixture.validation.enabled:
         return {}
-    options = dict(cfg.mixture.options.get(name) or {})
-    beta = float(options.get("beta") or cfg.mixture.beta)
-    out = {}
-    for m in cfg.mixture.validation.beta_path:
-        key = f"{name}@beta={beta * m:g}"
-        out[key] = SOLVERS.build(name, {**options, "beta": beta * m}, f"mixture.options.{name}").solve(problem, ctx)
-    return out
+    beta = float((cfg.mixture.options.get(name) or {}).get("beta") or cfg.mixture.beta)
+    return {f"{name}@beta={beta * m:g}":
+            SOLVERS.configured(name, cfg.mixture.options, beta=beta * m).solve(problem, ctx)
+            for m in cfg.mixture.validation.beta_path}
 
 
 def _bootstrap_solver(cfg: RunConfig, problem_of: Callable[[np.ndarray], MixtureProblem]):
@@ -105,7 +100,7 @@ def _bootstrap_solver(cfg: RunConfig, problem_of: Callable[[np.ndarray], Mixture
     name = cfg.mixture.solver
     if SOLVERS.get(name).measures:
         name = "tikmix_d"
-    solver = SOLVERS.build(name, cfg.mixture.options.get(name), f"mixture.options.{name}")
+    solver = SOLVERS.configured(name, cfg.mixture.options)
     return lambda gi: solver.solve(problem_of(gi)).weights
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
@@ -15,8 +14,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Classes with a ``name`` and an ``Options`` pydantic model, registered by a decorator."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, section: str = "mixture.options") -> None:
         self.kind = kind
+        self.section = section  # config section holding each class's options by name
         self._classes: dict[str, type[T]] = {}
 
     def register(self, cls: type[T]) -> type[T]:
@@ -46,6 +46,8 @@ class Registry(Generic[T]):
     def build(self, name: str, data: dict[str, Any] | None = None, where: str = "") -> T:
         return self.get(name)(self.options(name, data, where or name))  # type: ignore[call-arg]
 
+    def configured(self, name: str, options: dict[str, dict[str, Any]], **override: Any) -> T:
+        """Build ``name`` from its section of the config's options (``override`` wins), errors naming
+        ``<section>.<name>.<field>``."""
+        return self.build(name, {**(options.get(name) or {}), **override}, f"{self.section}.{name}")
 
-def registered(registry: Registry[Any]) -> Callable[[type[T]], type[T]]:
-    return registry.register  # type: ignore[return-value]

@@ -116,7 +116,7 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
 
     t0 = time.monotonic()
     domains = problem.domains
-    w_d = SOLVERS.build("tikmix_d", cfg.mixture.options.get("tikmix_d")).solve(problem).weights
+    w_d = SOLVERS.configured("tikmix_d", cfg.mixture.options).solve(problem).weights
     box_lo, box_hi = perturbation_box(w_d, problem.lower, problem.upper, opts.scale_low, opts.scale_high)
     W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed)])
     tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
