@@ -15,7 +15,7 @@ import os
 import posixpath
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -537,41 +537,33 @@ def read_versioned(uri: str, spec: StorageSpec | None = None) -> tuple[bytes, st
 def put_if_match(uri: str, data: bytes, version: str, spec: StorageSpec | None = None) -> bool:
     """Replace ``uri`` with ``data`` only if its current version is ``version``; False otherwise
     (changed or deleted meanwhile). S3: a PUT with ``If-Match``; local: lock, compare, atomic replace."""
-    fs, path = filesystem_for(uri, spec)
-    if is_remote(uri):
-        bucket, _, key = path.partition("/")
-        try:
-            with _wrap("updating", uri, spec):
-                fs.call_s3("put_object", Bucket=bucket, Key=key, Body=bytes(data), IfMatch=version)
-        except StorageError as exc:
-            if isinstance(exc, StorageNotFoundError) or _is_precondition_failure(exc):
-                return False
-            raise
-        return True
-    with _wrap("updating", uri, spec), _local_lock(path):
-        current = _read_local_versioned(path)
-        if current is None or current[1] != version:
-            return False
-        write_bytes_atomic(uri, data, spec)
-        return True
+    return _if_match(uri, version, spec, "updating", "put_object", {"Body": bytes(data)},
+                     lambda path: write_bytes_atomic(uri, data, spec))
 
 
 def delete_if_match(uri: str, version: str, spec: StorageSpec | None = None) -> bool:
     """Delete ``uri`` only if its current version is ``version``; False otherwise."""
+    return _if_match(uri, version, spec, "deleting", "delete_object", {}, os.unlink)
+
+
+def _if_match(uri: str, version: str, spec: StorageSpec | None, verb: str, s3_call: str, s3_args: dict,
+              apply_local: Callable[[str], object]) -> bool:
+    """An S3 call with ``If-Match: version`` (False on a failed precondition or a missing object), or,
+    locally, ``apply_local(path)`` under the file's lock if its content still hashes to ``version``."""
     fs, path = filesystem_for(uri, spec)
     if is_remote(uri):
         bucket, _, key = path.partition("/")
         try:
-            with _wrap("deleting", uri, spec):
-                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+            with _wrap(verb, uri, spec):
+                fs.call_s3(s3_call, Bucket=bucket, Key=key, IfMatch=version, **s3_args)
         except StorageError as exc:
             if isinstance(exc, StorageNotFoundError) or _is_precondition_failure(exc):
                 return False
             raise
         return True
-    with _wrap("deleting", uri, spec), _local_lock(path):
+    with _wrap(verb, uri, spec), _local_lock(path):
         current = _read_local_versioned(path)
         if current is None or current[1] != version:
             return False
-        os.unlink(path)
+        apply_local(path)
         return True
