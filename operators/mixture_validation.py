@@ -1,11 +1,14 @@
 """Decide what to publish from measured probe trainings (pure; the probes run in workflows/validate_stage.py).
 
 Each candidate mixture was trained from the checkpoint with the same seeds; ``delta[name]`` holds its
-target-loss change ΔL (nats per validation token; lower is better) per seed. The seed noise σ is
-pooled over all candidates (more degrees of freedom than any one of them), so the standard error of
-a difference of two candidates' means is σ·sqrt(2/n). A candidate is published only when it beats the
-reference by more than ``margin`` standard errors; otherwise the reference itself is published and
-``improvement_found`` is False.
+target-loss change ΔL (nats per validation token; lower is better) per seed, in the same seed order.
+A seed fixes each domain's example order for every candidate (``operators.blend``), so candidates are
+compared as a randomised block design: the noise σ of a comparison is the residual std after removing
+each candidate's and each seed's mean (degrees of freedom (C−1)(S−1)), and the standard error of a
+difference of two candidates' means is σ·sqrt(2/S). Unequal seed counts fall back to the within-
+candidate std pooled over candidates. A candidate is published only when it beats the reference by more
+than ``margin`` standard errors; otherwise the reference itself is published and ``improvement_found``
+is False.
 """
 
 from __future__ import annotations
@@ -29,6 +32,20 @@ def pooled_std(delta: dict[str, np.ndarray]) -> tuple[float, int]:
     return (math.sqrt(ss / df), df) if df > 0 else (0.0, 0)
 
 
+def paired_std(delta: dict[str, np.ndarray]) -> tuple[float, int]:
+    """Residual std of a candidates × seeds table after removing both main effects, and its dof.
+
+    Falls back to :func:`pooled_std` when the candidates were not all measured on the same number of
+    seeds (then they are not paired)."""
+    sizes = {np.asarray(v).size for v in delta.values()}
+    if len(delta) < 2 or len(sizes) != 1 or sizes.pop() < 2:
+        return pooled_std(delta)
+    x = np.array([np.asarray(v, dtype=np.float64) for v in delta.values()])
+    resid = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
+    df = (x.shape[0] - 1) * (x.shape[1] - 1)
+    return math.sqrt(float((resid**2).sum()) / df), df
+
+
 def decide(delta: dict[str, np.ndarray], reference: str, eligible: list[str], margin: float = 1.0,
            confidence: float = 0.9) -> dict:
     """Gains over the reference with t-intervals, the best eligible candidate and the publish decision."""
@@ -37,7 +54,7 @@ def decide(delta: dict[str, np.ndarray], reference: str, eligible: list[str], ma
     unknown = [e for e in eligible if e not in delta]
     if unknown:
         raise ConfigError(f"validation: eligible candidates {unknown} were not measured")
-    sigma, df = pooled_std(delta)
+    sigma, df = paired_std(delta)
     if df == 0:
         raise ConfigError("validation needs at least 2 seeds per candidate to estimate seed noise")
     ref_mean = float(np.mean(delta[reference]))

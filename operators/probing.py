@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from operators.blend import DomainStream, blend_schedule
 from operators.errors import ConfigError, CorpusError, ModelError
 
 __all__ = [
@@ -314,33 +315,29 @@ def train_on_mixture(
 ) -> torch.optim.Optimizer:
     """Train ``model`` IN PLACE for ``steps`` mixture batches; return the optimizer (its state continues).
 
-    Each batch draws per-domain counts ~ Multinomial(batch_size, weights) from
-    ``np.random.default_rng(seed)``; within a domain, examples are taken without replacement
-    from a shuffled order, reshuffled when exhausted. ``optimizer_state`` (a torch AdamW/SGD
-    ``state_dict``, e.g. :func:`operators.model_io.checkpoint_adam_state` or the previous call's
-    ``optimizer.state_dict()``) is continued; the spec sets lr, betas and weight decay. Steps run in
-    eval mode (no dropout), so the same seed gives the same model.
+    Batches follow :mod:`operators.blend`: slot ``i`` of the run (batch ``i // batch_size``) goes to
+    the domain with the largest running deficit of ``weights``, and each domain hands out its
+    examples in its own order seeded by ``(seed, domain)``, reshuffled at each pass over its pool. So
+    the same seed gives every mixture the same examples of each domain (paired comparisons), and the
+    run's domain counts match the weights to within one example. ``optimizer_state`` (a torch
+    AdamW/SGD ``state_dict``, e.g. :func:`operators.model_io.checkpoint_adam_state` or the previous
+    call's ``optimizer.state_dict()``) is continued; the spec sets lr, betas and weight decay. Steps
+    run in eval mode (no dropout), so the same seed gives the same model.
     """
     if steps < 0 or batch_size < 1:
         raise ConfigError(f"train_on_mixture: need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     names, probs = _normalised_weights(domain_pools, weights)
-    rng = np.random.default_rng(seed)
     params = _trainable(model)
     opt = _make_optimizer(params, spec, optimizer_state)
-    orders = {d: rng.permutation(domain_pools[d][0].shape[0]) for d in names}
-    cursor = {d: 0 for d in names}
+    streams = [DomainStream(domain_pools[d][0].shape[0], seed, d) for d in names]
+    schedule = blend_schedule(probs, steps * batch_size).reshape(steps, batch_size)
     with _eval_mode(model):
-        for _ in range(steps):
-            counts = rng.multinomial(batch_size, probs)
+        for slots in schedule:
             rows: list[tuple[Tensor, Tensor]] = []
-            for d, c in zip(names, counts, strict=True):
-                ids, mask = domain_pools[d]
-                for _ in range(int(c)):
-                    if cursor[d] >= len(orders[d]):
-                        orders[d], cursor[d] = rng.permutation(ids.shape[0]), 0
-                    i = int(orders[d][cursor[d]])
-                    cursor[d] += 1
-                    rows.append((ids[i : i + 1], mask[i : i + 1]))
+            for k in sorted(slots.tolist()):
+                ids, mask = domain_pools[names[k]]
+                i = streams[k].next()
+                rows.append((ids[i : i + 1], mask[i : i + 1]))
             batch_ids, batch_mask = _pad_cat(rows)
             _train_step(model, opt, params, batch_ids, batch_mask, spec.grad_clip)
     return opt

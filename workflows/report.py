@@ -34,7 +34,8 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
     lines = ["", "## Validation before publishing", "", verdict, "",
              f"{len(v['seeds'])} seeds × {v['steps']} steps × batch {v['batch_size']} from the checkpoint; "
              f"target loss on the held-out `{v['split']}` split ({v['reference_examples']} examples), never used "
-             f"for influence. Pooled seed std {v['seed_std']:.4f} nats; gains are vs the reference, "
+             f"for influence. Paired noise σ {v['seed_std']:.4f} nats (candidates × seeds residual; each seed feeds "
+             f"every candidate the same examples per domain); gains are vs the reference, "
              f"{int(v['confidence'] * 100)}% t-intervals.", "",
              "| candidate | source | mean ΔL | gain vs reference | CI | z | predicted (score units) | max epochs |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]

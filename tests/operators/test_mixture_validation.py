@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from operators.errors import ConfigError
-from operators.mixture_validation import budget_pool_sizes, decide, pooled_std, predicted_vs_measured
+from operators.mixture_validation import (
+    budget_pool_sizes,
+    decide,
+    paired_std,
+    pooled_std,
+    predicted_vs_measured,
+)
 
 
 def test_pooled_std_over_candidates() -> None:
@@ -25,9 +31,28 @@ def test_clear_winner_is_published_with_a_positive_interval() -> None:
 
 
 def test_noise_level_difference_publishes_the_reference() -> None:
-    delta = {"reference": np.array([-0.30, -0.32]), "solved": np.array([-0.305, -0.33])}
+    # per seed, solved is better by 0.02 and worse by 0.015: the paired difference is noise
+    delta = {"reference": np.array([-0.30, -0.32]), "solved": np.array([-0.32, -0.305])}
     d = decide(delta, "reference", ["reference", "solved"], margin=1.0)
     assert d["best"] == "solved" and d["published"] == "reference" and not d["improvement_found"]
+
+
+def test_paired_seeds_separate_a_consistent_small_gain() -> None:
+    """Seeds shift every candidate alike (common random numbers): the block design removes that shift,
+    so a gain of 0.01 that holds on every seed is found although the seed-to-seed spread is 0.05."""
+    rng = np.random.default_rng(3)
+    seed_shift = 0.05 * rng.normal(size=4)
+    delta = {"reference": -0.30 + seed_shift + 0.001 * rng.normal(size=4),
+             "solved": -0.31 + seed_shift + 0.001 * rng.normal(size=4),
+             "other": -0.29 + seed_shift + 0.001 * rng.normal(size=4)}
+    sigma, df = paired_std(delta)
+    assert df == 6 and sigma < 0.003 < pooled_std(delta)[0]
+    d = decide(delta, "reference", list(delta))
+    assert d["published"] == "solved" and d["candidates"]["solved"]["ci"][0] > 0
+    # unpaired: the same gain is lost in the seed spread
+    unpaired = {k: v + 0.05 * rng.normal(size=4) for k, v in delta.items()}
+    unpaired["solved"] = unpaired["solved"][:3]  # unequal seed counts: no pairing, pooled std
+    assert paired_std(unpaired) == pooled_std(unpaired)
 
 
 def test_ineligible_candidates_are_not_published() -> None:
