@@ -6,9 +6,10 @@ Pass 2 (:class:`ScoreJob`): a corpus shard and the preconditioned directions →
 written to a score shard, plus per-domain score sums, counts, tokens and Poisson-bootstrap sums.
 
 Each pass reads a feature shard once, in record batches of ``batch_rows``, so memory does not grow
-with shard size. Pass-2 outputs go to deterministic keys under the run root that include a hash of
-the directions and bootstrap settings: a retry overwrites identical objects, and a rerun with the
-same inputs finds the stats file (written last) and skips the shard. No Ray imports here.
+with shard size. Both passes store their per-shard statistics under deterministic keys in the run
+root: pass 1 under a hash of the shard's completion record and the pass settings, pass 2 under a hash
+of the directions and bootstrap settings. A retry overwrites identical objects, and a resumed or
+repeated aggregation finds the stats file (written last) and skips the shard. No Ray imports here.
 """
 
 from __future__ import annotations
@@ -87,6 +88,25 @@ class PreconditionerJob:
 
     def __call__(self, item: tuple[str, str]) -> dict[str, np.ndarray]:
         shard_id, role = item
+        if role == "corpus" and self.preconditioner == "kfac":
+            return self._compute(shard_id, role)  # the featurizer already stored these sums
+        record = datastore.read_completion(self.root, shard_id, self.spec)
+        if record is None:  # features written outside the featurizer: nothing names their version
+            return self._compute(shard_id, role)
+        uri = pass1_stats_uri(self.root, self.key(record.model_dump_json()), role, shard_id)
+        if storage.exists(uri, self.spec):
+            return datastore.read_npz(uri, self.spec)
+        out = self._compute(shard_id, role)
+        datastore.write_npz_atomic(uri, out, self.spec)
+        return out
+
+    def key(self, record_json: str) -> str:
+        """Short hash of everything that changes a shard's pass-1 statistics."""
+        h = hashlib.sha256(record_json.encode())
+        h.update(f"{self.preconditioner}|{list(self.targets)}|{self.loss_reduction}".encode())
+        return h.hexdigest()[:16]
+
+    def _compute(self, shard_id: str, role: str) -> dict[str, np.ndarray]:
         if role == "target":
             return self._target(shard_id)
         if self.preconditioner == "kfac":
@@ -115,6 +135,10 @@ class PreconditionerJob:
             for key, value in (("sums", sums), ("tokens", tokens), ("counts", counts)):
                 out[key] = out[key] + value if key in out else value
         return out
+
+
+def pass1_stats_uri(root: str, key: str, role: str, shard_id: str) -> str:
+    return storage.join(root, "influence", "pass1", role, key, f"{shard_id}.npz")
 
 
 def score_key(directions: np.ndarray, order: list[str], n_boot: int, seed: int) -> str:

@@ -131,3 +131,29 @@ def test_corrupt_feature_shard_names_the_file(tmp_path):
         fh.write(b"not parquet")
     with pytest.raises(CorpusError, match="c1.parquet"):
         aggregate_influence(_cfg(str(tmp_path)), plan, DOMAINS)
+
+
+def _complete(plan: Plan, attempt: int = 1) -> None:
+    """Completion records for the synthetic shards (what the featurizer writes last)."""
+    for task in plan.tasks:
+        datastore.write_completion(plan.root, datastore.CompletionRecord(
+            shard_id=task.shard_id, source_uri=task.uri, role=task.role, target_name=task.target_name,
+            output_uri=datastore.legacy_feature_uri(plan.root, task.shard_id), n_examples=1, n_tokens=1,
+            domain_counts={}, domain_tokens={}, feature_dim=16, projector_fingerprint="fp", worker="w",
+            attempt=attempt, started_at="t0", finished_at="t1", duration_s=0.0))
+
+
+def test_resumed_aggregation_reads_no_feature_shard_again(ray_cluster, tmp_path):
+    """Both passes keep per-shard statistics: with every feature file gone, a rerun gives the same GI;
+    a shard whose completion record changed (it was featurized again) is recomputed."""
+    plan, _ = _synth(str(tmp_path / "run"), shards=3, rows=100)
+    _complete(plan)
+    cfg = _cfg(str(tmp_path))
+    first = aggregate_influence(cfg, plan, DOMAINS)
+    for task in plan.tasks:
+        os.remove(datastore.legacy_feature_uri(plan.root, task.shard_id))
+    again = aggregate_influence(cfg, plan, DOMAINS)
+    np.testing.assert_array_equal(again.gi, first.gi)
+    _complete(plan, attempt=2)
+    with pytest.raises(CorpusError, match="not found"):
+        aggregate_influence(cfg, plan, DOMAINS)
