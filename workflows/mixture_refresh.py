@@ -83,7 +83,7 @@ def _solve_all(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> tu
 
 
 def _beta_path(cfg: RunConfig, problem: MixtureProblem, ctx: SolveContext) -> dict:
-    """The primary solver re-solved at weaker pulls (β × m for m in ``validation.beta_path``): extra
+    """The primary solver re-solved with stronger pulls to its prior (β × m, m in ``validation.beta_path``): extra
     candidates between its answer and the prior, validated like any other (regularised solvers only)."""
     name = cfg.mixture.solver
     cls = SOLVERS.get(name)
