@@ -190,7 +190,8 @@ def causal_lm_loss_grad(
         scale = n_tokens.clamp(min=1).to(grad.dtype)
         summed, weight = summed / scale, mask / scale[:, None]
     grad.exp_()
-    grad[:, :-1].scatter_add_(-1, targets, torch.full(targets.shape, -1.0, dtype=grad.dtype, device=grad.device))
+    onehot = torch.full(targets.shape, -1.0, dtype=grad.dtype, device=grad.device)
+    grad[:, :-1].scatter_add_(-1, targets, onehot)
     grad.mul_(torch.cat([weight, weight.new_zeros(bsz, 1)], dim=1).unsqueeze(-1))
     return summed, n_tokens, grad
 
@@ -235,7 +236,8 @@ def _forward_backward(
                 raise ModelError(f"featurize: selected layers {silent} were not called in the forward pass")
             losses, n_tokens, dlogits = causal_lm_loss_grad(logits, input_ids, attention_mask, reduction)
             flat = [o for n in layers for o in outputs[n]]
-            deltas = torch.autograd.grad(logits, flat, grad_outputs=dlogits.to(logits.dtype), allow_unused=True)
+            deltas = torch.autograd.grad(logits, flat, grad_outputs=dlogits.to(logits.dtype),
+                                         allow_unused=True)
             del dlogits
     finally:
         for h in handles:
