@@ -190,8 +190,8 @@ def causal_lm_loss_grad(
         scale = n_tokens.clamp(min=1).to(grad.dtype)
         summed, weight = summed / scale, mask / scale[:, None]
     grad.exp_()
-    onehot = torch.full(targets.shape, -1.0, dtype=grad.dtype, device=grad.device)
-    grad[:, :-1].scatter_add_(-1, targets, onehot)
+    minus_one = torch.full(targets.shape, -1.0, dtype=grad.dtype, device=grad.device)
+    grad[:, :-1].scatter_add_(-1, targets, minus_one)  # softmax − onehot(target)
     grad.mul_(torch.cat([weight, weight.new_zeros(bsz, 1)], dim=1).unsqueeze(-1))
     return summed, n_tokens, grad
 
