@@ -169,33 +169,6 @@ def causal_lm_losses(
     return summed, n_tokens
 
 
-def causal_lm_loss_grad(
-    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, reduction: LossReduction
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`causal_lm_losses` and the gradient of their sum w.r.t. ``logits``, without autograd.
-
-    ``∂ Σ_b loss_b / ∂ logit_{b,t,:} = w_{b,t} (softmax − onehot(target))`` with ``w`` the token mask
-    (divided by the example's token count for ``mean``). One (B, T, V) float32 buffer holds the
-    log-probabilities, then the gradient in place: cheaper than the autograd path through
-    cross-entropy, which allocates and fills several buffers of that size.
-    """
-    bsz, width, _ = logits.shape
-    grad = torch.log_softmax(logits.detach().float(), dim=-1)
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    mask = attention_mask[:, 1:].to(grad.dtype)
-    n_tokens = attention_mask[:, 1:].sum(dim=1).to(torch.int64)
-    summed = -(grad[:, :-1].gather(-1, targets).squeeze(-1) * mask).sum(dim=1)
-    weight = mask
-    if reduction == "mean":
-        scale = n_tokens.clamp(min=1).to(grad.dtype)
-        summed, weight = summed / scale, mask / scale[:, None]
-    grad.exp_()
-    minus_one = torch.full(targets.shape, -1.0, dtype=grad.dtype, device=grad.device)
-    grad[:, :-1].scatter_add_(-1, targets, minus_one)  # softmax − onehot(target)
-    grad.mul_(torch.cat([weight, weight.new_zeros(bsz, 1)], dim=1).unsqueeze(-1))
-    return summed, n_tokens, grad
-
-
 @contextmanager
 def _require_weight_grad(layers: Mapping[str, nn.Linear]) -> Iterator[None]:
     """Temporarily make layer weights require grad, so their outputs join the autograd graph."""
@@ -234,11 +207,9 @@ def _forward_backward(
             silent = [n for n in layers if not outputs[n]]
             if silent:
                 raise ModelError(f"featurize: selected layers {silent} were not called in the forward pass")
-            losses, n_tokens, dlogits = causal_lm_loss_grad(logits, input_ids, attention_mask, reduction)
+            losses, n_tokens = causal_lm_losses(logits, input_ids, attention_mask, reduction)
             flat = [o for n in layers for o in outputs[n]]
-            deltas = torch.autograd.grad(logits, flat, grad_outputs=dlogits.to(logits.dtype),
-                                         allow_unused=True)
-            del dlogits
+            deltas = torch.autograd.grad(losses.sum(), flat, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
