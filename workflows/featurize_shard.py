@@ -174,7 +174,9 @@ class ShardFeaturizer:
                     n_tok, losses, feats = n_tok[finite], losses[finite], feats[finite]
                 writer.add(ids, doms, n_tok, losses, feats)
                 for fb in pieces:
-                    _accumulate_kfac(kfac, fb.kfac)
+                    if not _accumulate_kfac(kfac, fb.kfac):
+                        log.warning("shard %s (%s): K-FAC sums of a %d-example piece are NaN/Inf; left out of "
+                                    "the factors", task.shard_id, task.uri, int(fb.features.shape[0]))
                 for d, n in zip(doms, n_tok.tolist()):
                     counts[d] = counts.get(d, 0) + 1
                     tokens[d] = tokens.get(d, 0) + int(n)
@@ -261,9 +263,13 @@ def _background(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
         stop.set()
 
 
-def _accumulate_kfac(acc: dict[str, list], kfac: dict | None) -> None:
+def _accumulate_kfac(acc: dict[str, list], kfac: dict | None) -> bool:
+    """Add one piece's K-FAC sums; a piece with any NaN/Inf sum is left out whole (False), so every
+    layer's factors count the same examples."""
     if not kfac:
-        return
+        return True
+    if not all(bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all()) for a, b, _ in kfac.values()):
+        return False
     for name, (a_sum, b_sum, n) in kfac.items():
         if name not in acc:
             acc[name] = [a_sum.double().numpy().copy(), b_sum.double().numpy().copy(), int(n)]
@@ -271,6 +277,7 @@ def _accumulate_kfac(acc: dict[str, list], kfac: dict | None) -> None:
             acc[name][0] += a_sum.double().numpy()
             acc[name][1] += b_sum.double().numpy()
             acc[name][2] += int(n)
+    return True
 
 
 def _kfac_arrays(acc: dict[str, list]) -> dict[str, np.ndarray]:

@@ -165,3 +165,31 @@ def test_nonfinite_features_are_skipped_and_counted(model_cache, tmp_path, monke
     assert np.isfinite(datastore.features_to_numpy(table)).all()
     assert np.isfinite(table.column("loss").to_numpy()).all()
     assert skipped_examples(cfg, plan) == {"nonfinite_features": 2}
+
+
+def test_nonfinite_kfac_sums_are_left_out_of_the_factors(model_cache, tmp_path, monkeypatch):
+    """A piece whose K-FAC sums hold NaN (a poisoned batch) is left out whole: every layer's factors
+    stay finite and count the same examples."""
+    import torch
+
+    cfg = fast_config(str(tmp_path / "out"), model_cache, "run_id=kfacnan", "influence.preconditioner=kfac")
+    task = build_plan(cfg).corpus_tasks()[0]
+    worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "w")
+    real = worker.featurizer.featurize
+    poisoned_tokens, all_tokens = [], []
+
+    def poisoned(ids, mask):
+        fb = real(ids, mask)
+        name = next(iter(fb.kfac))
+        all_tokens.append(fb.kfac[name][2])
+        if not poisoned_tokens:
+            fb.kfac[name][0][0, 0] = torch.nan
+            poisoned_tokens.append(fb.kfac[name][2])
+        return fb
+
+    monkeypatch.setattr(worker.featurizer, "featurize", poisoned)
+    worker.process(task)
+    arrays = datastore.read_npz(datastore.kfac_uri(worker.root, task.shard_id))
+    assert all(np.isfinite(v).all() for v in arrays.values())
+    counts = {int(v) for k, v in arrays.items() if k.endswith("|N")}
+    assert len(all_tokens) > 1 and counts == {sum(all_tokens) - poisoned_tokens[0]}
