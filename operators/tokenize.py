@@ -70,6 +70,14 @@ def _encode(tokenizer: Any, texts: list[str], add_special_tokens: bool, max_leng
         raise ModelError(f"tokenizer {type(tokenizer).__name__} failed: {exc}") from exc
 
 
+#: Texts longer than this many characters (or 64 per token of ``max_length``, if more) are tokenized
+#: through a prefix: a 10 MB document costs what its first 64k characters cost.
+PREFIX_CHARS = 1 << 16
+#: A prefix must give this many tokens beyond ``max_length`` for its truncation to equal the full
+#: text's (the word cut at the prefix's end can only change the last tokens).
+PREFIX_SLACK = 16
+
+
 def tokenize_texts(
     tokenizer: Any,
     texts: list[str],
@@ -81,6 +89,11 @@ def tokenize_texts(
 
     With ``count_untruncated`` the texts are encoded without truncation first (``full_lengths``);
     only rows longer than ``max_length`` are encoded again with the tokenizer's own truncation.
+
+    A text longer than the prefix limit (``max(PREFIX_CHARS, 64 × max_length)`` characters) is encoded
+    through its prefix. When the prefix alone gives at least ``max_length + PREFIX_SLACK`` tokens its
+    truncated ids are the full text's, and its untruncated length is extrapolated by characters
+    (``prefix tokens × len(text) / len(prefix)``); otherwise the whole text is encoded.
     """
     if max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
@@ -90,17 +103,33 @@ def tokenize_texts(
         zeros = torch.zeros(0, dtype=torch.long)
         full = zeros.clone() if count_untruncated else None
         return TokenizedBatch(empty, empty.clone(), zeros, zeros.bool(), full)
-    full_lengths = None
-    if count_untruncated:
-        encoded = _encode(tokenizer, texts, add_special_tokens, None)
-        full_lengths = torch.tensor([len(e) for e in encoded], dtype=torch.int64)
-        long_rows = [i for i, e in enumerate(encoded) if len(e) > max_length]
-        if long_rows:
-            again = _encode(tokenizer, [texts[i] for i in long_rows], add_special_tokens, max_length)
-            for i, row in zip(long_rows, again):
-                encoded[i] = row
-    else:
-        encoded = _encode(tokenizer, texts, add_special_tokens, max_length)
+    limit = max(PREFIX_CHARS, 64 * max_length)
+    huge = {i for i, t in enumerate(texts) if len(t) > limit}
+    source = list(texts)  # what each row's truncated ids are encoded from
+    full: list[float] = [0.0] * n
+    encoded: list[Any] = [None] * n
+    probe = list(range(n)) if count_untruncated else sorted(huge)
+    if probe:  # untruncated encodings: counts, and whether a huge row's prefix suffices
+        heads = [texts[i][:limit] for i in probe]
+        unknown = []
+        for i, head, row in zip(probe, heads, _encode(tokenizer, heads, add_special_tokens, None)):
+            if i not in huge:
+                full[i] = float(len(row))
+                if len(row) <= max_length:
+                    encoded[i] = row  # already final
+            elif len(row) >= max_length + PREFIX_SLACK:
+                source[i] = head
+                full[i] = len(row) * len(texts[i]) / len(head)
+            else:  # tokens longer than 64 characters on average: no shortcut
+                unknown.append(i)
+        if count_untruncated and unknown:
+            for i, row in zip(unknown, _encode(tokenizer, [texts[i] for i in unknown], add_special_tokens, None)):
+                full[i] = float(len(row))
+    rest = [i for i in range(n) if encoded[i] is None]
+    if rest:
+        for i, row in zip(rest, _encode(tokenizer, [source[i] for i in rest], add_special_tokens, max_length)):
+            encoded[i] = row
+    full_lengths = torch.tensor([round(f) for f in full], dtype=torch.int64) if count_untruncated else None
     lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=n)
     width = int(lengths.max()) if n else 0
     ids = np.full((n, width), _pad_id(tokenizer), dtype=np.int64)

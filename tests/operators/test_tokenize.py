@@ -90,3 +90,35 @@ def test_untruncated_lengths_and_identical_truncated_ids() -> None:
     assert counted.full_lengths.tolist() == [6, 1, 5, 2, 1]
     assert torch.equal(plain.input_ids, counted.input_ids) and torch.equal(plain.lengths, counted.lengths)
     assert tokenize_texts(tok, [], 3, count_untruncated=True).full_lengths.tolist() == []
+
+
+def test_huge_text_goes_through_a_prefix_with_identical_ids(monkeypatch) -> None:
+    """A text past the prefix limit is encoded through its prefix: the truncated ids are the full
+    text's, the untruncated count is extrapolated by characters (here exact: a repeating text), and a
+    text whose prefix is too short in tokens falls back to the whole text."""
+    import operators.tokenize as tz
+
+    monkeypatch.setattr(tz, "PREFIX_CHARS", 200)
+    tok = prepare_tokenizer(_tokenizer())
+    text = "the cat sat on a mat " * 100  # 2,100 characters, 600 words
+    seen: list[int] = []
+    real = tz._encode
+
+    def spy(t, texts, *args):
+        seen.extend(len(x) for x in texts)
+        return real(t, texts, *args)
+
+    monkeypatch.setattr(tz, "_encode", spy)
+    got = tokenize_texts(tok, [text, "dog ran"], max_length=3, count_untruncated=True)
+    assert max(seen) <= 200  # the long text was never encoded whole
+    monkeypatch.setattr(tz, "_encode", real)
+    monkeypatch.setattr(tz, "PREFIX_CHARS", 1 << 20)
+    ref = tokenize_texts(tok, [text, "dog ran"], max_length=3, count_untruncated=True)
+    assert torch.equal(got.input_ids, ref.input_ids) and ref.full_lengths.tolist() == [600, 2]
+    assert abs(int(got.full_lengths[0]) - 600) <= 600 * 0.02 and int(got.full_lengths[1]) == 2
+    plain = tokenize_texts(tok, [text], max_length=3)
+    assert torch.equal(plain.input_ids, ref.input_ids[:1, : plain.input_ids.shape[1]])
+    # unknown words are single tokens of any length: a prefix of 200 characters holds < 3 + slack tokens
+    monkeypatch.setattr(tz, "PREFIX_CHARS", 200)
+    odd = ("x" * 150 + " ") * 20
+    assert tokenize_texts(tok, [odd], max_length=3, count_untruncated=True).full_lengths.tolist() == [20]
