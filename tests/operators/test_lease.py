@@ -12,6 +12,7 @@ import pytest
 
 from operators import storage as st
 from operators.lease import Lease, LeaseHeld
+from tests.fixtures.concurrency import race
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,19 +53,8 @@ def test_expired_lease_is_taken_over_once(where) -> None:
     assert Lease(uri, ttl_s=10, spec=spec, clock=lambda: now[0]).try_acquire()["host"] == "other-host"
     now[0] += 6  # past expiry: contenders race, exactly one takes over
     contenders = [Lease(uri, ttl_s=10, spec=spec, clock=lambda: now[0]) for _ in range(4)]
-    barrier = threading.Barrier(len(contenders))
-    results: dict[int, dict | None] = {}
-
-    def grab(i: int) -> None:
-        barrier.wait()
-        results[i] = contenders[i].try_acquire()
-
-    threads = [threading.Thread(target=grab, args=(i,)) for i in range(len(contenders))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    winners = [i for i, r in results.items() if r is None]
+    results = race(lambda i: contenders[i].try_acquire(), len(contenders))
+    winners = [i for i, r in enumerate(results) if r is None]
     assert len(results) == 4 and len(winners) == 1
     assert json.loads(st.read_bytes(uri, spec))["owner"] == contenders[winners[0]].owner
     assert crashed.renew() is False  # the crashed holder learns it lost the lease

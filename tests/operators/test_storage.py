@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from operators import storage as st
 from operators.errors import StorageError
 from operators.storage import StorageSpec
+from tests.fixtures.concurrency import race
 from tests.fixtures.s3 import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -89,18 +89,7 @@ def test_missing_file_error_names_uri(where) -> None:
 
 def test_local_put_if_absent_race_has_one_winner(tmp_path) -> None:
     uri = str(tmp_path / "race.txt")
-    results: list[bool] = []
-    barrier = threading.Barrier(8)
-
-    def claim(i: int) -> None:
-        barrier.wait()
-        results.append(st.put_if_absent(uri, f"worker-{i}".encode()))
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race(lambda i: st.put_if_absent(uri, f"worker-{i}".encode()), 8)
     assert sorted(results) == [False] * 7 + [True]
     assert st.read_text(uri).startswith("worker-")
     assert [p.name for p in tmp_path.iterdir()] == ["race.txt"]  # no temp files left
@@ -188,18 +177,7 @@ def test_conditional_update_race_has_one_winner(where) -> None:
     uri = st.join(root, "race.json")
     st.put_if_absent(uri, b"base", spec)
     _, version = st.read_versioned(uri, spec)
-    barrier = threading.Barrier(6)
-    results: list[bool] = []
-
-    def swap(i: int) -> None:
-        barrier.wait()
-        results.append(st.put_if_match(uri, f"w{i}".encode(), version, spec))
-
-    threads = [threading.Thread(target=swap, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = race(lambda i: st.put_if_match(uri, f"w{i}".encode(), version, spec), 6)
     assert sorted(results) == [False] * 5 + [True]
     assert st.read_bytes(uri, spec).startswith(b"w")
 

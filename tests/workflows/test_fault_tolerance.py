@@ -75,10 +75,15 @@ def assert_same_as_baseline(baseline, cfg, result=None) -> None:
         assert result.weights == pytest.approx(base_result.weights, abs=1e-12)
 
 
-def _driver(overrides: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workflows.cli", "run", "default", *overrides],
+def _start_driver(tmp_path, cache: str, ray_cluster: dict, run_id: str, **env: str):
+    """``influmix run`` of ``run_id`` on the shared cluster as a subprocess (its own session, so it can be
+    killed whole); returns (overrides, cfg, plan, process)."""
+    overrides = _overrides(str(tmp_path / "out"), cache, run_id, f"cluster.address={ray_cluster['address']}")
+    cfg = load_config("default", overrides)
+    proc = subprocess.Popen([sys.executable, "-m", "workflows.cli", "run", "default", *overrides],
                             env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    return overrides, cfg, build_plan(cfg), proc
 
 
 def _wait_for(predicate, proc: subprocess.Popen | None = None, timeout: float = 400) -> None:
@@ -103,10 +108,8 @@ def test_actor_killed_mid_shard_is_retried(baseline, model_cache, tmp_path, monk
 
 
 def test_driver_killed_mid_featurize_then_resumed(baseline, ray_cluster, model_cache, tmp_path):
-    overrides = _overrides(str(tmp_path / "out"), model_cache, "driver-kill", f"cluster.address={ray_cluster['address']}")
-    cfg = load_config("default", overrides)
-    plan = build_plan(cfg)
-    proc = _driver(overrides, INFLUMIX_FAULT_INJECT="delay:*:1.5")
+    _, cfg, plan, proc = _start_driver(tmp_path, model_cache, ray_cluster, "driver-kill",
+                                       INFLUMIX_FAULT_INJECT="delay:*:1.5")
     _wait_for(lambda: storage.exists(plan.root) and len(datastore.list_completions(plan.root)) >= 2, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
@@ -122,10 +125,8 @@ def test_driver_killed_mid_featurize_then_resumed(baseline, ray_cluster, model_c
 
 
 def test_driver_killed_mid_publish_then_resumed(baseline, ray_cluster, model_cache, tmp_path):
-    overrides = _overrides(str(tmp_path / "out"), model_cache, "publish-kill", f"cluster.address={ray_cluster['address']}")
-    cfg = load_config("default", overrides)
-    plan = build_plan(cfg)
-    proc = _driver(overrides, INFLUMIX_DRIVER_FAULT="kill:publish")
+    _, cfg, plan, proc = _start_driver(tmp_path, model_cache, ray_cluster, "publish-kill",
+                                       INFLUMIX_DRIVER_FAULT="kill:publish")
     assert proc.wait(timeout=600) == -signal.SIGKILL, proc.stdout.read().decode()[-3000:]
     manifest_dir = storage.join(cfg.output_uri, "manifests", "default", "publish-kill")
     assert storage.exists(storage.join(manifest_dir, "manifest.json"))  # files written, then the kill
@@ -201,10 +202,8 @@ def test_disk_full_while_writing_a_shard(baseline, model_cache, tmp_path, monkey
 def test_two_concurrent_drivers(baseline, ray_cluster, model_cache, tmp_path, capsys):
     from workflows.cli import main
 
-    overrides = _overrides(str(tmp_path / "out"), model_cache, "twins", f"cluster.address={ray_cluster['address']}")
-    cfg = load_config("default", overrides)
-    plan = build_plan(cfg)
-    first = _driver(overrides, INFLUMIX_FAULT_INJECT="delay:*:1")
+    overrides, cfg, plan, first = _start_driver(tmp_path, model_cache, ray_cluster, "twins",
+                                                INFLUMIX_FAULT_INJECT="delay:*:1")
     _wait_for(lambda: storage.exists(storage.join(plan.root, "_lease.json")), first)
 
     # the second driver exits at once with a clear message (exit code 3) and touches nothing
