@@ -33,7 +33,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from cluster.parallel import map_shards  # noqa: E402
 from cluster.runtime import WorkerLayout  # noqa: E402
-from operators import datastore  # noqa: E402
+from operators.features import datastore  # noqa: E402
 
 DOMAINS = ["arxiv", "books", "code", "web", "wiki"]
 TARGETS = ["target_mixed", "val_code", "val_docs"]
@@ -71,7 +71,7 @@ class Generate:
 
 
 def _plan(root: str, n_rows: int, shard_rows: int):
-    from workflows.plan import Plan, ShardTask
+    from workflows.run.plan import Plan, ShardTask
 
     items, tasks = [], []
     for s, start in enumerate(range(0, n_rows, shard_rows)):
@@ -101,7 +101,7 @@ def main() -> None:
 
     import ray
 
-    from workflows.aggregate import aggregate_influence
+    from workflows.stages.aggregate import aggregate_influence
     from workflows.config import load_config
 
     ray.init(num_cpus=2, logging_level="ERROR", include_dashboard=False)

@@ -10,11 +10,11 @@ continuing the optimizer across stages):
 * ``uniform``  static uniform mixture for all stages;
 * ``first``    the mixture published by one refresh of the initial checkpoint, kept for all stages;
 * ``dynamic``  that same mixture for stage 0, then at every stage boundary the CURRENT model is written
-  as ``checkpoint-<step>`` under a temp ``checkpoint_root`` (operators/checkpoints.py) and
+  as ``checkpoint-<step>`` under a temp ``checkpoint_root`` (operators/model/checkpoints.py) and
   ``run_mixture_refresh`` (``model.checkpoint_root=...``, a fresh run id, the previous stage's manifest
   as the KL reference) publishes the mixture of the next stage;
 * ``avg<N>``   (``--average N``) as dynamic with ``model.average_checkpoints=N`` (needs the refresh to
-  honour it: workflows/checkpoint_average.py wired into workflows/mixture_refresh.py).
+  honour it: workflows/stages/checkpoint_average.py wired into workflows/mixture_refresh.py).
 
 Target loss is measured on the TEST split of the targets (never used by a refresh: influence uses
 the influence split, validation probes the validation split) after every stage. A seed changes the
@@ -35,14 +35,14 @@ import time
 
 import numpy as np
 
-from operators.checkpoints import optimizer_from_state, save_step_checkpoint
-from operators.model_io import checkpoint_adam_state, load_causal_lm
-from operators.probing import ProbeSpec, reference_loss, train_on_mixture
-from operators.tiny_lm import small_model_threads
-from operators.tokenize import prepare_tokenizer
+from operators.model.checkpoints import optimizer_from_state, save_step_checkpoint
+from operators.model.loading import checkpoint_adam_state, load_causal_lm
+from operators.training.probing import ProbeSpec, reference_loss, train_on_mixture
+from operators.model.tiny_lm import small_model_threads
+from operators.model.tokenize import prepare_tokenizer
 from workflows.config import RunConfig, TargetSpec, load_config
-from workflows.examples import domain_pools, reference_set
-from workflows.plan import build_plan
+from workflows.jobs.examples import domain_pools, reference_set
+from workflows.run.plan import build_plan
 
 log = logging.getLogger("dynamic_refresh")
 MAX_LENGTH = 128
@@ -80,7 +80,7 @@ def refresh(cfg: RunConfig, run_id: str, *, checkpoint_root: str | None = None, 
     result = run_mixture_refresh(cfg)
     if average > 1 and not os.path.isfile(os.path.join(result.run_root, "checkpoints.json")):
         raise SystemExit("--average needs run_mixture_refresh to honour model.average_checkpoints "
-                         "(workflows/checkpoint_average.py is not wired into workflows/mixture_refresh.py)")
+                         "(workflows/stages/checkpoint_average.py is not wired into workflows/mixture_refresh.py)")
     v = result.report.get("validation", {})
     summary = {"run_id": run_id, "published": result.report.get("published"),
                "improvement_found": v.get("improvement_found"), "wall_s": round(time.perf_counter() - t0, 1),

@@ -24,9 +24,9 @@ import ray
 import torch
 
 from cluster.runtime import init_ray
-from operators import datastore
+from operators.features import datastore
 from workflows.config import load_config
-from workflows.featurize_stage import run_featurize
+from workflows.stages.featurize import run_featurize
 from workflows.mixture_refresh import prepare_run
 
 
@@ -68,8 +68,8 @@ def _peak_mib(device: str) -> float:
 
 def step_ratio(args: argparse.Namespace) -> None:
     """Interleaved timing of featurize vs a plain training step on one random-token batch."""
-    from operators.featurize import FeaturizerSpec, GradientFeaturizer, select_linear_layers
-    from operators.projection import ProjectionSpec
+    from operators.features.featurize import FeaturizerSpec, GradientFeaturizer, select_linear_layers
+    from operators.features.projection import ProjectionSpec
 
     device = "cuda" if torch.cuda.is_available() and args.gpus != "never" else "cpu"
     model = _model(args.hidden, args.layers, args.intermediate, device)
@@ -128,10 +128,10 @@ def step_ratio(args: argparse.Namespace) -> None:
 def shard_path(args: argparse.Namespace, cache: str) -> None:
     """The per-shard path (read, tokenize, featurize, write parts) with background tokenize/write
     threads vs the same work done serially, interleaved, on the embedded default's corpus shards."""
-    import workflows.featurize_shard as fs
-    from workflows.featurize_shard import ShardFeaturizer
+    import workflows.jobs.featurize_shard as fs
+    from workflows.jobs.featurize_shard import ShardFeaturizer
     from workflows.mixture_refresh import resolve_model_uri
-    from workflows.plan import build_plan
+    from workflows.run.plan import build_plan
 
     serial = lambda items, depth=2: iter(items)  # noqa: E731
     threaded = fs._background

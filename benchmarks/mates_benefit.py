@@ -22,16 +22,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators import storage
-from operators.manifest import parse_manifest
-from operators.model_io import checkpoint_adam_state, load_causal_lm
-from operators.probing import ProbeSpec, probe_mixture
-from operators.tiny_lm import small_model_threads
-from operators.tokenize import prepare_tokenizer
+from operators.io import storage
+from operators.manifest.schema import parse_manifest
+from operators.model.loading import checkpoint_adam_state, load_causal_lm
+from operators.training.probing import ProbeSpec, probe_mixture
+from operators.model.tiny_lm import small_model_threads
+from operators.model.tokenize import prepare_tokenizer
 from workflows.config import load_config
-from workflows.examples import read_task_rows, reference_set, tokenize_table
+from workflows.jobs.examples import read_task_rows, reference_set, tokenize_table
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
-from workflows.plan import build_plan
+from workflows.run.plan import build_plan
 
 
 def main() -> None:

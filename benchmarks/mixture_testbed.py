@@ -3,7 +3,7 @@
     python benchmarks/mixture_testbed.py [--scenario all|oop_small|oop|mixed|default] [--steps N]
                                          [--seeds 0 1 2] [--grid 13] [--split test] [--json FILE]
 
-Scenarios (default ``all``; issue 9 item 7, ``workflows/testbed_scenarios.py``): ``oop_small`` (target
+Scenarios (default ``all``; issue 9 item 7, ``benchmarks/testbed/scenarios.py``): ``oop_small`` (target
 nl outside the pool, its related pool domain de has only 70 examples), ``oop`` (target pt outside the
 pool), ``mixed`` (half code, half French). Each runs its refresh (fast settings: sampling.rate=0.2, 40
 bootstrap draws), then trains the checkpoint on the published mixture, uniform, token-proportional,
@@ -30,10 +30,15 @@ import math
 import tempfile
 import time
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks.testbed
+
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
-from workflows.testbed import compare, run_testbed
-from workflows.testbed_scenarios import GOALS, PUBLISHED, SCENARIOS, run_scenario
+from benchmarks.testbed.harness import compare, run_testbed
+from benchmarks.testbed.scenarios import GOALS, PUBLISHED, SCENARIOS, run_scenario
 
 
 def print_table(report: dict, steps: int, batch_size: int) -> None:

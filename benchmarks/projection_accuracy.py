@@ -21,15 +21,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from operators.featurize import (
+from operators.features.featurize import (
     FeaturizerSpec,
     GradientFeaturizer,
     per_example_linear_grads,
     select_linear_layers,
 )
-from operators.model_io import load_causal_lm
-from operators.projection import ProjectionSpec
-from operators.tokenize import prepare_tokenizer, tokenize_texts
+from operators.model.loading import load_causal_lm
+from operators.features.projection import ProjectionSpec
+from operators.model.tokenize import prepare_tokenizer, tokenize_texts
 from workflows.assets import default_corpus_dir, ensure_default_checkpoint
 
 EXCLUDE = "lm_head|embed_out"

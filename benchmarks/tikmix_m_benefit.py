@@ -2,7 +2,7 @@
 
     python benchmarks/tikmix_m_benefit.py [--config default] [--steps 40] [--seeds 0 1 2 3 4] [--set k=v ...]
 
-The refresh labels candidates on the VALIDATION split (workflows/tikmix_m_stage.py); this script scores
+The refresh labels candidates on the VALIDATION split (workflows/solvers/tikmix_m_search.py); this script scores
 on the TEST split (workflows/testbed.evaluate_mixtures), which the refresh never saw. It prints the label
 noise and the regression's held-out error from the solver report, then ΔL per mixture (mean ± std over
 seeds) and w_M − w_D in pooled-seed-std units. w_M is the searched mixture even when the solver fell back.
@@ -19,10 +19,15 @@ import time
 
 import numpy as np
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks.testbed
+
 from workflows.config import load_config
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
-from workflows.plan import build_plan
-from workflows.testbed import evaluate_mixtures
+from workflows.run.plan import build_plan
+from benchmarks.testbed.harness import evaluate_mixtures
 
 
 def main() -> None:

@@ -23,15 +23,20 @@ from cluster.metrics import WorkerMetrics
 from cluster.parallel import local_device
 from cluster.runtime import WorkerLayout
 from operators.errors import InfluMixError
-from workflows.config import ClusterSpec
-from workflows.plan import ShardTask
-from workflows.progress import Progress
+from cluster.spec import ClusterSpec
+from cluster.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
+class ShardTask(Protocol):
+    """What the pool needs of a unit of work: a stable id (the handler gets the object itself)."""
+
+    shard_id: str
+
+
 class ShardHandler(Protocol):
-    def process(self, task: ShardTask, attempt: int, on_batch: Callable | None = None) -> Any: ...
+    def process(self, task: Any, attempt: int, on_batch: Callable | None = None) -> Any: ...
     def describe(self) -> dict: ...
 
 
@@ -52,16 +57,15 @@ class ShardWorker:
                 "host": socket.gethostname(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
-    def process(self, task: dict, attempt: int) -> dict:
-        shard = ShardTask.model_validate(task)
+    def process(self, task: Any, attempt: int) -> dict:
         started = time.time()
         try:
-            record = self.handler.process(shard, attempt, self.metrics.batch)
+            record = self.handler.process(task, attempt, self.metrics.batch)
         except Exception as exc:
             self.metrics.shard_failed(type(exc).__name__)
             raise
-        self.metrics.shard_done(record.n_examples, time.time() - started)
-        return record.model_dump(mode="json")
+        self.metrics.shard_done(int(getattr(record, "n_examples", 0)), time.time() - started)
+        return record.model_dump(mode="json") if hasattr(record, "model_dump") else record
 
 
 @dataclass
@@ -133,7 +137,7 @@ class ShardPool:
             while idle and queue:
                 index = idle.popleft()
                 task, attempt = queue.popleft()
-                ref = self.actors[index].process.remote(task.model_dump(), attempt)
+                ref = self.actors[index].process.remote(task, attempt)
                 in_flight[ref] = (index, task, attempt)
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.spec.progress_interval_s)
             progress.report()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import InfluMixError
-from operators.secrets import is_secret_name
+from operators.io.secrets import is_secret_name
 
 log = logging.getLogger(__name__)
 

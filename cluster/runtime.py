@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import ray
 
 from operators.errors import ConfigError
-from workflows.config import ClusterSpec
+from cluster.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
 

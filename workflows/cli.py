@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from operators.errors import InfluMixError
-from operators.lease import LeaseHeld
-from operators.secrets import redact
+from operators.io.lease import LeaseHeld
+from operators.io.secrets import redact
 from workflows.config import dump_config, load_config, resolve_config_path
 from workflows.logs import configure_logging
 

@@ -21,17 +21,18 @@ from pydantic import (
     model_validator,
 )
 
-from operators.corpus import SamplingSpec
+from cluster.spec import ClusterSpec
+from operators.io.corpus import SamplingSpec
 from operators.errors import ConfigError
-from operators.influence_model import InfluenceModelSpec
-from operators.mixture import MixtureConstraints
-from operators.names import SafeName
-from operators.secrets import redact
-from operators.probing import ProbeSpec
-from operators.projection import ProjectionSpec
-from operators.splits import TargetSplitSpec
-from operators.storage import StorageSpec
-from operators.tiny_lm import TinyLMSpec
+from operators.selection.influence_model import InfluenceModelSpec
+from operators.mixture.simplex import MixtureConstraints
+from operators.io.names import SafeName
+from operators.io.secrets import redact
+from operators.training.probing import ProbeSpec
+from operators.features.projection import ProjectionSpec
+from operators.io.splits import TargetSplitSpec
+from operators.io.storage import StorageSpec
+from operators.model.tiny_lm import TinyLMSpec
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_MODEL = "builtin://tiny"
@@ -212,28 +213,6 @@ class MatesSpec(_Spec):
     selection_ratio: float = Field(default=0.2, gt=0, le=1)
     temperature: float = Field(default=0.5, ge=0)
     seed: int = 0
-
-
-class ClusterSpec(_Spec):
-    """Ray execution: local cluster by default; GPU actors when GPUs exist, CPU actors otherwise."""
-
-    address: str | None = None  # None: start a local Ray; "auto": join the running cluster
-    num_workers: int | None = Field(default=None, ge=1)  # default: #GPUs, else 2 CPU actors
-    use_gpus: Literal["auto", "always", "never"] = "auto"
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    max_restarts: int = Field(default=3, ge=-1)
-    max_task_retries: int = Field(default=2, ge=-1)
-    shard_attempts: int = Field(default=3, ge=1)
-    num_cpus: int | None = Field(default=None, ge=1)  # local cluster only
-    num_gpus: int | None = Field(default=None, ge=0)  # local cluster only (logical GPUs for tests)
-    include_dashboard: bool = False
-    dashboard_port: int | None = None
-    metrics_export_port: int | None = None
-    progress_interval_s: float = Field(default=5.0, gt=0)
-    actor_start_timeout_s: float = Field(default=600.0, gt=0)
-    dashboard_host: str = "127.0.0.1"  # local cluster only; expose deliberately (see README, security)
-    lease_ttl_s: float = Field(default=120.0, ge=1)  # a crashed driver's run lease lapses after this
-    lease_wait_s: float = Field(default=0.0, ge=0)  # wait this long for another driver's lease, then exit
 
 
 class RunConfig(_Spec):

@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import datetime, timezone
 
-from operators.secrets import redact
+from operators.io.secrets import redact
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,7 +39,7 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class RedactingFilter(logging.Filter):
-    """Masks URL passwords and secret environment values in every record (operators/secrets.py)."""
+    """Masks URL passwords and secret environment values in every record (operators/io/secrets.py)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -9,21 +9,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from operators import datastore, storage
-from workflows.aggregate import InfluenceResult, domain_order
+from operators.features import datastore
+
+from operators.io import storage
+from workflows.stages.aggregate import InfluenceResult, domain_order
 from workflows.baselines import BASELINES
-from workflows.checkpoint_average import average_influence, featurize_all, plan_checkpoints
+from workflows.stages.checkpoint_average import average_influence, featurize_all, plan_checkpoints
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
-from workflows.featurize_stage import run_featurize
-from workflows.integrity import check_unique_ids, skipped_examples
-from workflows.lease import run_lease
-from workflows.mixture_stage import build_problem, load_previous
-from workflows.pins import pin_run
-from workflows.plan import Plan, build_plan, check_or_record_plan
-from workflows.publish import build_manifest, manifest_dir, publish
-from workflows.report import ranking_stability, render_markdown
+from workflows.stages.featurize import run_featurize
+from workflows.run.integrity import check_unique_ids, skipped_examples
+from workflows.run.lease import run_lease
+from workflows.stages.problem import build_problem, load_previous
+from workflows.run.pins import pin_run
+from workflows.run.plan import Plan, build_plan, check_or_record_plan
+from workflows.stages.publish import build_manifest, manifest_dir, publish
+from workflows.stages.report import ranking_stability, render_markdown
 from workflows.solvers import SOLVERS, MixtureProblem, SolveContext
-from workflows.validate_stage import run_validation
+from workflows.stages.validate import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class RefreshResult:
 def resolve_model_uri(cfg: RunConfig) -> str:
     """checkpoint_root (latest step) > builtin tiny model (built once, cached) > model.path."""
     if cfg.model.checkpoint_root:
-        from operators.model_io import find_latest_checkpoint
+        from operators.model.loading import find_latest_checkpoint
 
         return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
     if cfg.model.path == BUILTIN_MODEL:
@@ -121,7 +123,7 @@ def run_mixture_refresh(cfg: RunConfig) -> RefreshResult:
     """Run (or resume) one mixture refresh end to end and publish its manifest."""
     t0 = time.monotonic()
     _check_storage(cfg)
-    cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/pins.py)
+    cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/run/pins.py)
     plan, model_uri = prepare_run(cfg, pins)
     finished = _finished(cfg, plan)
     if finished is not None:
@@ -170,7 +172,7 @@ def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t
         t_valid = time.monotonic()
         selection = None
         if cfg.mates.enabled:
-            from workflows.mates_stage import run_mates
+            from workflows.stages.mates import run_mates
 
             selection, report["mates"] = run_mates(cfg, plan, model_uri, dict(zip(order, weights.tolist())),
                                                    manifest_dir(cfg))
@@ -222,7 +224,7 @@ def _finished(cfg: RunConfig, plan: Plan) -> RefreshResult | None:
     success = storage.join(plan.root, "_SUCCESS")
     if not storage.exists(success, cfg.storage):
         return None
-    from operators.manifest import parse_manifest, weights_of
+    from operators.manifest.schema import parse_manifest, weights_of
 
     uri = storage.read_json(success, cfg.storage)["manifest_uri"]
     manifest = parse_manifest(storage.read_bytes(uri, cfg.storage))

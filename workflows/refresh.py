@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from operators import storage
+from operators.io import storage
 from operators.errors import ConfigError
-from operators.names import SAFE_NAME_HELP, is_safe_name
+from operators.io.names import SAFE_NAME_HELP, is_safe_name
 from workflows.config import RunConfig
 from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
 
@@ -47,7 +47,7 @@ def run_scheduled_refresh(cfg: RunConfig, stamp: str | None = None) -> RefreshRe
 
 
 def latest_manifest_uri(cfg: RunConfig) -> str | None:
-    from workflows.mixture_stage import latest_pointer_uri
+    from workflows.stages.problem import latest_pointer_uri
 
     pointer = latest_pointer_uri(cfg)
     if not storage.exists(pointer, cfg.storage):

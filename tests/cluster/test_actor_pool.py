@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from cluster.actor_pool import ShardPool
 from cluster.runtime import WorkerLayout, worker_layout
-from workflows.config import ClusterSpec
-from workflows.plan import ShardTask
-from workflows.progress import Progress
+from cluster.progress import Progress
+from cluster.spec import ClusterSpec
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Any object with a shard_id is a unit of work for the pool."""
+
+    shard_id: str
+    uri: str
 
 
 class _Record:
@@ -40,7 +48,7 @@ class FlakyHandler:
 
 
 def _tasks(*names: str) -> list[ShardTask]:
-    return [ShardTask(shard_id=n, uri=f"/data/{n}.parquet", format="parquet", role="corpus") for n in names]
+    return [ShardTask(shard_id=n, uri=f"/data/{n}.parquet") for n in names]
 
 
 def test_layout_uses_one_gpu_per_actor_when_gpus_exist(ray_cluster):

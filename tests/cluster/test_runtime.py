@@ -5,7 +5,7 @@ from __future__ import annotations
 import ray
 
 from cluster import runtime
-from workflows.config import ClusterSpec
+from cluster.spec import ClusterSpec
 
 
 def _init_kwargs(monkeypatch, spec: ClusterSpec) -> dict:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.featurize import FeaturizerSpec, GradientFeaturizer
-from operators.projection import ProjectionSpec
-from operators.tiny_lm import TinyLMSpec, build_tiny_lm
+from operators.features.featurize import FeaturizerSpec, GradientFeaturizer
+from operators.features.projection import ProjectionSpec
+from operators.model.tiny_lm import TinyLMSpec, build_tiny_lm
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from workflows.config import RunConfig, load_config
-from workflows.examples import read_task_rows
-from workflows.plan import Plan
+from workflows.jobs.examples import read_task_rows
+from workflows.run.plan import Plan
 
 
 def fast_overrides(output_uri: str, cache_dir: str, *extra: str) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from operators.errors import CorpusError
-from operators.tiny_lm import TinyLMSpec
+from operators.model.tiny_lm import TinyLMSpec
 from workflows import assets
 from workflows.assets import build_corpus as bc
 from workflows.assets import build_scenarios as bs
@@ -136,7 +136,7 @@ def _ensure_in_child(cache: str, queue) -> None:  # module level: picklable for 
 
 
 def test_default_checkpoint_is_cached_and_loadable(tmp_path) -> None:
-    from operators.model_io import load_adam_moments, load_causal_lm
+    from operators.model.loading import load_adam_moments, load_causal_lm
 
     before = assets._BUILD_COUNT
     path = assets.ensure_default_checkpoint(str(tmp_path), FAST)

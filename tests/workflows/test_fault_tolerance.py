@@ -19,14 +19,16 @@ import time
 import numpy as np
 import pytest
 
-from operators import datastore, storage
+from operators.features import datastore
+
+from operators.io import storage
 from operators.errors import InfluMixError
-from operators.lease import LeaseHeld
+from operators.io.lease import LeaseHeld
 from tests.fixtures.s3 import REGION, free_port
 from tests.workflows.helpers import expected_ids, fast_overrides
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
-from workflows.plan import build_plan
+from workflows.run.plan import build_plan
 
 SMALL = ("sampling.rate=0.05", "featurize.batch_size=4")  # several batches per shard
 
@@ -230,7 +232,7 @@ def test_two_concurrent_drivers(baseline, ray_cluster, model_cache, tmp_path, ca
 
 def test_changed_plan_under_same_run_id_is_refused(ray_cluster, model_cache, tmp_path):
     from operators.errors import ConfigError
-    from workflows.plan import check_or_record_plan
+    from workflows.run.plan import check_or_record_plan
 
     cfg = _config(str(tmp_path / "out"), model_cache, "plan-change")
     plan = build_plan(cfg)

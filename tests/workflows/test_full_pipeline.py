@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from operators import storage
-from operators.manifest import parse_manifest
+from operators.io import storage
+from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_overrides
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh

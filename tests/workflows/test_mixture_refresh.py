@@ -8,12 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from operators import datastore, storage
-from operators.manifest import parse_manifest, weights_of
+from operators.features import datastore
+
+from operators.io import storage
+from operators.manifest.schema import parse_manifest, weights_of
 from tests.workflows.helpers import expected_ids, fast_config
-from workflows.featurize_shard import ShardFeaturizer
+from workflows.jobs.featurize_shard import ShardFeaturizer
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
-from workflows.plan import build_plan
+from workflows.run.plan import build_plan
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workflows.examples import read_task_rows
+    from workflows.jobs.examples import read_task_rows
 
     cfg, _ = default_run
     plan = build_plan(cfg)

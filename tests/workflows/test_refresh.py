@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shutil
 
-from operators import storage
-from operators.manifest import parse_manifest
+from operators.io import storage
+from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_config
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.refresh import latest_manifest_uri, run_scheduled_refresh

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from operators import datastore, storage
+from operators.features import datastore
+
+from operators.io import storage
 from operators.errors import StorageError
-from operators.manifest import parse_manifest
+from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_config
 from workflows.assets import default_corpus_dir
-from workflows.featurize_stage import ShardFailures
+from workflows.stages.featurize import ShardFailures
 from workflows.mixture_refresh import run_mixture_refresh
-from workflows.plan import build_plan
+from workflows.run.plan import build_plan
 
 
 def _upload_corpus(bucket: str, spec, *, corrupt: str | None = None) -> str:
@@ -38,7 +40,7 @@ KEY_ID, SECRET = "AKIAINFLUMIXLEAKTEST", "sEcReT/influmix+leak-test-0123456789"
 
 def test_corpus_and_outputs_on_s3_without_leaking_credentials(ray_cluster, model_cache, s3_storage, monkeypatch,
                                                               capfd, caplog):
-    from operators.storage import clear_filesystem_cache
+    from operators.io.storage import clear_filesystem_cache
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)  # distinctive driver credentials (moto accepts any)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from operators.errors import CorpusError
-from operators.tiny_lm import TinyLMSpec
+from operators.model.tiny_lm import TinyLMSpec
 
 ASSETS_DIR = Path(__file__).resolve().parent
 DATA_DIR = ASSETS_DIR / "data"
@@ -112,7 +112,7 @@ def _build(directory: Path, spec: TinyLMSpec, key: str) -> None:
     """Build, warm up and save the tiny default model into ``directory``."""
     from transformers import PreTrainedTokenizerFast
 
-    from operators.tiny_lm import build_tiny_lm, lm_loss, save_checkpoint, warmup
+    from operators.model.tiny_lm import build_tiny_lm, lm_loss, save_checkpoint, warmup
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(default_tokenizer_dir())
     tokenizer.model_max_length = spec.max_length
@@ -150,7 +150,7 @@ def ensure_default_checkpoint(cache_dir: str | None = None, spec: TinyLMSpec | N
     concurrent threads/processes all return the same complete directory.
     """
     global _BUILD_COUNT
-    from operators.model_io import default_cache_dir
+    from operators.model.loading import default_cache_dir
 
     spec = spec or TinyLMSpec()
     key = checkpoint_key(spec)

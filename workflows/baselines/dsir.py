@@ -1,7 +1,7 @@
 """DSIR-style hashed n-gram importance mixture, computed from the same target sets in the same run.
 
 Bag-of-n-gram models of the target (influence split, mixed by target weight) and of the raw pool give
-every pool example a length-normalised log importance (operators/ngram.py). A domain's weight is its
+every pool example a length-normalised log importance (operators/mixture/ngram.py). A domain's weight is its
 share of importance mass, Σ_{x∈k} n_x·exp(imp_x) over all domains, where n_x counts x's n-grams: what
 importance resampling of the pool would draw from each domain. Two map passes over the corpus shards
 on Ray (counts, then per-domain log-sum-exp of importance), so only (buckets,) and (K,) arrays reach
@@ -14,9 +14,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import logsumexp
 
-from operators.mixture import project_bounded_simplex
-from operators.ngram import example_importance, log_importance, ngram_buckets, ngram_counts
-from workflows.baselines import BASELINES
+from operators.mixture.simplex import project_bounded_simplex
+from operators.mixture.ngram import example_importance, log_importance, ngram_buckets, ngram_counts
+from workflows.baselines.base import BASELINES
 from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
 
 
@@ -28,7 +28,7 @@ class _ShardPass:
 
     def __call__(self, tasks: list, device: str) -> list:
         from workflows.config import RunConfig
-        from workflows.examples import read_task_rows
+        from workflows.jobs.examples import read_task_rows
 
         cfg = RunConfig.model_validate(self.cfg_data)
         out = []
@@ -67,7 +67,7 @@ class Dsir(Solver):
         if ctx is None:
             raise ValueError("the dsir baseline reads the corpus: it needs a SolveContext")
         from cluster.parallel import parallel_map
-        from workflows.examples import read_task_rows
+        from workflows.jobs.examples import read_task_rows
 
         cfg, plan, b = ctx.cfg, ctx.plan, self.options.buckets
         target, n_target = np.zeros(b), 0.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.mixture import project_bounded_simplex
-from workflows.baselines import BASELINES
+from operators.mixture.simplex import project_bounded_simplex
+from workflows.baselines.base import BASELINES
 from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
 
 

@@ -1,9 +1,6 @@
 """Mixture solvers, chosen by name (``mixture.solver``, ``mixture.compare``); see base.py."""
 
-from workflows.registry import Registry
-from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
-
-SOLVERS: Registry[Solver] = Registry("mixture solver")
+from workflows.solvers.base import SOLVERS, MixtureProblem, SolveContext, Solver, SolverResult
 
 # Built-in solvers: one import each registers it.
 from workflows.solvers import tikmix_d, tikmix_d_paper, tikmix_m  # noqa: E402,F401

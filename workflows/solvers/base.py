@@ -21,8 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from operators.budget import Budget
-from operators.influence import combine_targets, normalize_per_target
+from operators.mixture.budget import Budget
+from operators.influence.group import combine_targets, normalize_per_target
+from workflows.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class MixtureProblem:
     targets: list[str]
     target_weights: np.ndarray  # (V,), sums to 1
     gi: np.ndarray  # (K, V) raw group influence: nats of target loss per unit step (benefit sign)
-    normalize: str  # how `scores` were derived from `gi` (operators.influence.normalize_per_target)
+    normalize: str  # how `scores` were derived from `gi` (operators.influence.group.normalize_per_target)
     lower: np.ndarray  # (K,) box and reuse caps included
     upper: np.ndarray
     prior: np.ndarray  # fixed anchor of regularised solvers (does not move between refreshes)
@@ -93,3 +94,6 @@ class Solver(ABC):
     @abstractmethod
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
         """Weights (K,) on the bounded simplex, plus a report section."""
+
+
+SOLVERS: Registry[Solver] = Registry("mixture solver")

@@ -3,7 +3,7 @@
     maximize_w  Σ_k gain_k(w_k) − β·KL(w ‖ anchor)   on the bounded simplex (box and reuse caps),
 
 gain_k = s_k·value_k(w_k): the domain score times the unique-equivalent share of the next stage that
-weight w_k buys (operators/budget.py; diminishing returns of repeated tokens). With the default anchor
+weight w_k buys (operators/mixture/budget.py; diminishing returns of repeated tokens). With the default anchor
 (the fixed prior: uniform or token-proportional) the answer depends only on this refresh's scores, so
 chained refreshes with stable scores give the same mixture instead of compounding toward the caps. The
 ``previous`` anchor is damped: anchor = (1 − damping)·previous + damping·prior.
@@ -16,10 +16,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.budget import budgeted_gain, solve_budgeted
-from operators.mixture import solve_tikmix_d
-from workflows.solvers import SOLVERS
-from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
+from operators.mixture.budget import budgeted_gain, solve_budgeted
+from operators.mixture.simplex import solve_tikmix_d
+from workflows.solvers.base import SOLVERS, MixtureProblem, SolveContext, Solver, SolverResult
 
 
 def _kl(w: np.ndarray, ref: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""TiKMiX-D exactly as the paper states it (operators/tikmix_paper.py): tasks × domains influence,
+"""TiKMiX-D exactly as the paper states it (operators/mixture/tikmix_paper.py): tasks × domains influence,
 per-task max normalisation, α·std − β·ΣP̂ − γ·H(w), Pareto constraint against the prior, SLSQP from
 uniform. influmix's box and reuse caps are applied as bounds (the paper has only w ≥ 0)."""
 
@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.tikmix_paper import solve_tikmix_paper
-from workflows.solvers import SOLVERS
-from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
+from operators.mixture.tikmix_paper import solve_tikmix_paper
+from workflows.solvers.base import SOLVERS, MixtureProblem, SolveContext, Solver, SolverResult
 
 
 @SOLVERS.register

@@ -1,12 +1,11 @@
-"""TiKMiX-M: probe-labelled local search around TiKMiX-D's answer (workflows/tikmix_m_stage.py)."""
+"""TiKMiX-M: probe-labelled local search around TiKMiX-D's answer (workflows/solvers/tikmix_m_search.py)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from operators.probing import ProbeSpec
-from workflows.solvers import SOLVERS
-from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
+from operators.training.probing import ProbeSpec
+from workflows.solvers.base import SOLVERS, MixtureProblem, SolveContext, Solver, SolverResult
 
 
 @SOLVERS.register
@@ -49,7 +48,7 @@ class TikmixM(Solver):
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
         if ctx is None:
             raise ValueError("tikmix_m trains probes: it needs a SolveContext")
-        from workflows.tikmix_m_stage import run_tikmix_m
+        from workflows.solvers.tikmix_m_search import run_tikmix_m
 
         weights, report = run_tikmix_m(ctx.cfg, ctx.plan, ctx.model_uri, problem, ctx.layout, self.options)
         return SolverResult(weights, report)

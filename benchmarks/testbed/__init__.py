@@ -1,0 +1,1 @@
+"""Mixture testbed: train on candidate mixtures from a checkpoint and score the held-out test split."""

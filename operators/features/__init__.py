@@ -1,0 +1,1 @@
+"""Per-example gradient features: seeded projections, the featurizer and the feature datastore."""

@@ -1,0 +1,1 @@
+"""Group influence: preconditioners, per-domain aggregation, normalisation and bootstrap."""

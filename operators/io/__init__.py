@@ -1,0 +1,1 @@
+"""Reading and writing: storage backends, corpus shards, target splits, safe names, leases, secrets."""

@@ -1,0 +1,1 @@
+"""Mixture manifests: the schema trainers consume and its file formats."""

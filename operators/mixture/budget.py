@@ -1,0 +1,144 @@
+"""The next stage's token budget: planned epochs per domain and the diminishing value of repeats.
+
+A domain with ``U`` unique tokens that receives weight ``w`` of a ``B``-token stage is read
+``w·B/U`` times. Muennighoff et al. (2023, "Scaling Data-Constrained Language Models") fit the value
+of repeated tokens as an exponential decay: ``D`` tokens drawn from ``U`` unique ones are worth
+
+    D' = U + U·R*·(1 − exp(−R/R*)),   R = D/U − 1 repetitions beyond the first pass (R ≥ 0),
+
+unique-equivalent tokens, with ``R* ≈ 15.4``. :func:`solve_budgeted` maximises the TiKMiX-D objective
+with each domain's linear gain replaced by this value curve (for domains that help; a harmful domain
+stays linear, repeating it is no less harmful), under the hard reuse cap ``w ≤ max_epochs·U/B``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq
+
+from operators.errors import ConfigError
+from operators.mixture.simplex import _fix_sum, check_feasible
+
+REPETITION_SCALE = 15.4  # R*_D of Muennighoff et al. 2023 (data repetition half-life scale)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Tokens of the next stage and unique tokens available per domain (same domain order)."""
+
+    tokens_next_stage: float
+    tokens_available: np.ndarray  # (K,) unique tokens per domain over the whole corpus
+    max_epochs: float | None = 4.0
+    repetition_scale: float = REPETITION_SCALE
+    source: str = "config"  # where tokens_next_stage came from (config, checkpoint, default)
+
+    def __post_init__(self) -> None:
+        u = np.asarray(self.tokens_available, dtype=np.float64)
+        if not np.isfinite(self.tokens_next_stage) or self.tokens_next_stage <= 0:
+            raise ConfigError(f"token budget of the next stage must be > 0, got {self.tokens_next_stage}")
+        if u.ndim != 1 or not np.all(np.isfinite(u)) or np.any(u < 0):
+            raise ConfigError(f"tokens_available must be finite and >= 0 per domain, got {u.tolist()}")
+        if self.repetition_scale <= 0:
+            raise ConfigError(f"repetition_scale must be > 0, got {self.repetition_scale}")
+        object.__setattr__(self, "tokens_available", u)
+
+    def epochs(self, w: np.ndarray) -> np.ndarray:
+        """Planned passes over each domain's unique tokens (inf where a domain has no tokens)."""
+        drawn = np.asarray(w, dtype=np.float64) * self.tokens_next_stage
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.tokens_available > 0, drawn / np.maximum(self.tokens_available, 1e-300),
+                            np.where(drawn > 0, np.inf, 0.0))
+
+    def reuse_upper(self) -> np.ndarray:
+        """Weight cap per domain from max_epochs (1 where there is no cap)."""
+        if self.max_epochs is None:
+            return np.ones_like(self.tokens_available)
+        return np.minimum(1.0, self.max_epochs * self.tokens_available / self.tokens_next_stage)
+
+    def value(self, w: np.ndarray) -> np.ndarray:
+        """Unique-equivalent share of the stage each weight buys: D'/B per domain."""
+        w = np.asarray(w, dtype=np.float64)
+        u = self.tokens_available / self.tokens_next_stage
+        reps = np.maximum(w / np.maximum(u, 1e-300) - 1.0, 0.0)
+        tail = u * self.repetition_scale * -np.expm1(-reps / self.repetition_scale)
+        return np.where(w <= u, w, u + tail)
+
+    def slope(self, w: np.ndarray) -> np.ndarray:
+        """d value / d w: 1 during the first pass, then exp(−R/R*)."""
+        w = np.asarray(w, dtype=np.float64)
+        u = self.tokens_available / self.tokens_next_stage
+        reps = np.maximum(w / np.maximum(u, 1e-300) - 1.0, 0.0)
+        return np.where(w <= u, 1.0, np.exp(-reps / self.repetition_scale))
+
+
+def budgeted_gain(w: np.ndarray, scores: np.ndarray, budget: Budget) -> float:
+    """Σ_k s_k·value_k(w_k) for helpful domains (s_k > 0), s_k·w_k for the others."""
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    return float(np.sum(np.where(s > 0, s * budget.value(w), s * w)))
+
+
+def _coordinates(s: np.ndarray, r: np.ndarray, beta: float, lo: np.ndarray, hi: np.ndarray, t: float,
+                 budget: Budget) -> np.ndarray:
+    """Per domain, argmax over [lo, hi] of s·v(w) − β·w·log(w/r) − β·t·w: its derivative
+    g(w) = s·v'(w) − β(log(w/r) + 1 + t) is strictly decreasing, so a vectorised bisection in log w
+    finds the root (or the bound where g keeps one sign)."""
+    u = budget.tokens_available / budget.tokens_next_stage
+    pos = s > 0
+
+    def grad(w: np.ndarray) -> np.ndarray:
+        reps = np.maximum(w / np.maximum(u, 1e-300) - 1.0, 0.0)
+        slope = np.where(pos & (w > u), np.exp(-reps / budget.repetition_scale), 1.0)
+        return s * slope - beta * (np.log(w / r) + 1.0 + t)
+
+    a = np.log(np.maximum(lo, 1e-300))
+    b = np.log(np.maximum(hi, 1e-300))
+    at_lo = grad(np.exp(a)) <= 0
+    at_hi = grad(np.exp(b)) >= 0
+    for _ in range(80):  # 80 halvings of a <= 690-wide log interval: below 1e-21 relative
+        mid = 0.5 * (a + b)
+        up = grad(np.exp(mid)) > 0
+        a = np.where(up, mid, a)
+        b = np.where(up, b, mid)
+    w = np.exp(0.5 * (a + b))
+    return np.where(at_lo, lo, np.where(at_hi, hi, w))
+
+
+def solve_budgeted(scores: np.ndarray, w_ref: np.ndarray, beta: float, lower: np.ndarray,
+                   upper: np.ndarray, budget: Budget) -> np.ndarray:
+    """maximize Σ gain_k(w_k) − β KL(w‖w_ref) on {Σw = 1, lower ≤ w ≤ upper}, gains as in budgeted_gain.
+
+    Separable and strictly concave: each coordinate solves a monotone 1-D condition for a given
+    multiplier t, and t is found by bisection on Σ w(t) = 1.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    r = np.asarray(w_ref, dtype=np.float64).reshape(-1)
+    lo = np.asarray(lower, dtype=np.float64).reshape(-1)
+    hi = np.asarray(upper, dtype=np.float64).reshape(-1)
+    if not (s.shape == r.shape == lo.shape == hi.shape == budget.tokens_available.shape):
+        raise ConfigError("solve_budgeted: scores, w_ref, bounds and tokens_available need one length")
+    if not np.all(np.isfinite(s)) or beta <= 0 or np.any(r < 0) or r.sum() <= 0:
+        raise ConfigError(f"solve_budgeted: need finite scores, beta > 0, a valid w_ref; got {s}, {beta}")
+    check_feasible([str(i) for i in range(s.size)], lo, hi)
+    live = r > 0
+    r_safe = np.where(live, r, 1.0)
+
+    def weights(t: float) -> np.ndarray:
+        return np.where(live, _coordinates(s, r_safe, beta, lo, hi, t, budget), lo)
+
+    t_lo, t_hi = -1.0, 1.0
+    while weights(t_lo).sum() < 1.0 and t_lo > -1e6:
+        t_lo *= 2.0
+    while weights(t_hi).sum() > 1.0 and t_hi < 1e6:
+        t_hi *= 2.0
+    f_lo, f_hi = weights(t_lo).sum() - 1.0, weights(t_hi).sum() - 1.0
+    if f_lo < -1e-9:
+        raise ConfigError("mixture infeasible: domains with a positive reference weight cannot reach sum 1")
+    if abs(f_lo) <= 1e-12:
+        return weights(t_lo)
+    if abs(f_hi) <= 1e-12:
+        return weights(t_hi)
+    t = brentq(lambda x: weights(x).sum() - 1.0, t_lo, t_hi, xtol=1e-13, rtol=1e-13, maxiter=200)
+    return _fix_sum(weights(t), lo, hi)

@@ -1,0 +1,1 @@
+"""The causal LM: checkpoint loading, checkpoint layouts, tokenisation, the embedded tiny model."""

@@ -1,0 +1,304 @@
+"""Load causal-LM checkpoints from local paths or s3:// (staged to a local cache), never from the hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from operators.io import storage as st
+from operators.errors import ConfigError, ModelError, StorageError
+from operators.io.storage import StorageSpec
+from operators.model.tiny_lm import META_FILE, OPTIMIZER_FILE
+
+log = logging.getLogger(__name__)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step|iter|ckpt)[-_]?(\d+)$")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: eval-mode model, tokenizer (with a pad token) and provenance."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    meta: dict[str, Any]
+    local_dir: str
+    fingerprint: str
+    step: int
+    uri: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def default_cache_dir() -> str:
+    """``$INFLUMIX_CACHE_DIR`` or ``~/.cache/influmix``."""
+    return os.environ.get("INFLUMIX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "influmix")
+
+
+def _weight_files(local_dir: Path) -> list[Path]:
+    files = sorted(p for p in local_dir.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)
+                   and (p.name.startswith("model") or p.name.startswith("pytorch_model")))
+    return files
+
+
+def checkpoint_fingerprint(local_dir: str | os.PathLike[str]) -> str:
+    """sha256 over ``config.json`` and every weights file (sorted by name), names included."""
+    root = Path(local_dir)
+    h = hashlib.sha256()
+    for path in [root / "config.json", *_weight_files(root)]:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _check_dir(local_dir: Path, uri: str) -> dict[str, Any]:
+    """Validate a checkpoint directory; return its parsed config.json."""
+    if not local_dir.is_dir():
+        raise ModelError(f"model checkpoint directory {uri} does not exist")
+    cfg_path = local_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"model checkpoint {uri} has no config.json (looked for {cfg_path})")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model config {cfg_path} is not valid JSON: {exc}") from exc
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ModelError(f"model config {cfg_path}: model_type={model_type!r} is not a causal LM "
+                         f"(no AutoModelForCausalLM class for it)")
+    if not _weight_files(local_dir):
+        raise ModelError(f"model checkpoint {uri} has no weights file "
+                         f"(model*.safetensors or pytorch_model*.bin)")
+    return config
+
+
+def _ensure_pad(tokenizer: Any, uri: str) -> Any:
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.bos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelError(f"tokenizer in {uri} has no pad, eos, bos or unk token to pad with")
+        tokenizer.pad_token = fallback
+    return tokenizer
+
+
+def _step_of(local_dir: Path, meta: dict[str, Any]) -> int:
+    if isinstance(meta.get("step"), int):
+        return int(meta["step"])
+    state = local_dir / "trainer_state.json"
+    if state.is_file():
+        try:
+            return int(json.loads(state.read_text()).get("global_step", 0))
+        except (OSError, ValueError, TypeError):
+            pass
+    m = _STEP_DIR.match(local_dir.name)
+    return int(m.group(1)) if m else 0
+
+
+def load_causal_lm(
+    uri: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    storage: StorageSpec | None = None,
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM + tokenizer from a local dir or an s3:// prefix (local files only)."""
+    if dtype not in _DTYPES:
+        raise ConfigError(f"model dtype={dtype!r} is not one of {sorted(_DTYPES)}")
+    local = _local_dir(uri, storage, cache_dir)
+    config = _check_dir(local, uri)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = _DTYPES[dtype]
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(local), output_loading_info=True, **kwargs)
+    except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/safetensors errors
+        raise ModelError(f"could not load model weights from {uri}: {type(exc).__name__}: {exc}") from exc
+    missing = [k for k in info.get("missing_keys", []) if k]
+    if missing:
+        raise ModelError(f"model weights in {uri} lack {len(missing)} parameters, e.g. {missing[:3]}")
+    tokenizer = _load_tokenizer_dir(local, uri)
+    meta: dict[str, Any] = {}
+    if (local / META_FILE).is_file():
+        try:
+            meta = json.loads((local / META_FILE).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ModelError(f"{local / META_FILE} is not valid JSON: {exc}") from exc
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta, local_dir=str(local),
+                       fingerprint=checkpoint_fingerprint(local), step=_step_of(local, meta), uri=uri,
+                       config=config)
+
+
+def _local_dir(uri: str, storage: StorageSpec | None, cache_dir: str | None) -> Path:
+    if st.is_remote(uri):
+        return Path(stage_checkpoint(uri, storage, cache_dir))
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
+
+
+def _load_tokenizer_dir(local: Path, uri: str) -> Any:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
+    except Exception as exc:
+        raise ModelError(f"could not load the tokenizer from {uri}: {type(exc).__name__}: {exc}") from exc
+    return _ensure_pad(tokenizer, uri)
+
+
+def load_tokenizer(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> Any:
+    """Only the tokenizer of a checkpoint (local dir or s3://, staged like :func:`load_causal_lm`)."""
+    local = _local_dir(uri, storage, cache_dir)
+    if not local.is_dir():
+        raise ModelError(f"model checkpoint directory {uri} does not exist")
+    return _load_tokenizer_dir(local, uri)
+
+
+def load_adam_moments(local_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """``optimizer.pt`` as {param_name: {exp_avg, exp_avg_sq}, betas, eps, step}; None if absent."""
+    path = Path(local_dir) / OPTIMIZER_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"could not read Adam moments from {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or not {"betas", "eps", "step"} <= set(state):
+        raise ModelError(f"{path} lacks the betas/eps/step entries of an influmix optimizer state")
+    return state
+
+
+# ------------------------------------------------------------------------- remote checkpoints
+
+
+def _remote_fs(uri: str, storage: StorageSpec | None) -> tuple[Any, str]:
+    """(fsspec filesystem, path) for ``uri``; separate so tests can substitute a filesystem."""
+    return st.filesystem_for(uri, storage)
+
+
+def _listing(fs: Any, path: str, uri: str, what: str = "model checkpoint directory") -> list[dict[str, Any]]:
+    try:
+        return list(fs.ls(path, detail=True))
+    except FileNotFoundError as exc:
+        raise ModelError(f"{what} {uri} does not exist") from exc
+    except OSError as exc:
+        raise StorageError(f"listing {uri} failed: {exc}") from exc
+
+
+def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> str:
+    """Download the files directly under ``uri`` into a cache dir keyed by URI + ETags/sizes.
+
+    Concurrent callers are safe: each downloads into a private temp dir that is renamed into place;
+    the first rename wins and later callers reuse the finished directory.
+    """
+    fs, path = _remote_fs(uri, storage)
+    files = {}
+    for info in _listing(fs, path, uri):
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        if info.get("type") == "file" and not name.startswith("."):
+            tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+            files[name] = (info["name"], int(info.get("size") or 0), str(tag))
+    if not files:
+        raise ModelError(f"model checkpoint directory {uri} does not exist or holds no files")
+    if "config.json" not in files:
+        raise ModelError(f"model checkpoint {uri} has no config.json")
+    digest = hashlib.sha256(json.dumps([uri, sorted((k, v[1], v[2]) for k, v in files.items())]).encode())
+    root = Path(cache_dir or default_cache_dir()) / "models"
+    dest = root / f"{uri.rstrip('/').rsplit('/', 1)[-1][:40]}-{digest.hexdigest()[:20]}"
+    if dest.is_dir():
+        return str(dest)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}.tmp-"))
+    try:
+        for name, (remote, size, _) in sorted(files.items()):
+            try:
+                fs.get_file(remote, str(tmp / name))
+            except OSError as exc:
+                raise StorageError(f"downloading {uri}/{name} failed: {exc}") from exc
+            if (tmp / name).stat().st_size != size:
+                raise StorageError(f"downloading {uri}/{name}: got {(tmp / name).stat().st_size} bytes, "
+                                   f"expected {size}")
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(dest)
+
+
+def list_checkpoints(root_uri: str, storage: StorageSpec | None = None) -> list[tuple[int, str]]:
+    """``(step, uri)`` of every complete checkpoint under ``root_uri`` (local or s3://), oldest first:
+    subdirectories named like ``checkpoint-<n>`` / ``step_<n>`` that hold a ``config.json``."""
+    fs, path = _remote_fs(root_uri, storage)
+    found: dict[int, str] = {}
+    for info in _listing(fs, path, root_uri, "checkpoint root"):
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        m = _STEP_DIR.match(name)
+        if info.get("type") != "directory" or m is None:
+            continue
+        try:
+            complete = fs.exists(f"{info['name'].rstrip('/')}/config.json")
+        except OSError as exc:
+            raise StorageError(f"checking {root_uri}/{name}/config.json failed: {exc}") from exc
+        step = int(m.group(1))
+        if complete and (step not in found or name < found[step].rsplit("/", 1)[-1]):
+            found[step] = st.join(root_uri, name)
+    return sorted(found.items())
+
+
+def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) -> str:
+    """The ``checkpoint-<n>`` / ``step_<n>`` (etc.) subdirectory of ``root_uri`` with the highest step."""
+    found = list_checkpoints(root_uri, storage)
+    if not found:
+        raise ModelError(f"no checkpoint under {root_uri}: expected subdirectories like checkpoint-<step> "
+                         f"or step_<n> containing config.json")
+    return found[-1][1]
+
+
+def adam_state_dict(model: torch.nn.Module, moments: dict[str, Any]) -> dict[str, Any]:
+    """A torch Adam/AdamW ``state_dict`` for ``model``'s trainable parameters (in ``parameters()``
+    order) from the name-keyed ``optimizer.pt`` moments, so probes continue the checkpoint's Adam."""
+    state: dict[int, dict[str, Any]] = {}
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for i, (name, param) in enumerate(params):
+        entry = moments.get(name)
+        if entry is None:
+            raise ModelError(f"optimizer.pt has no Adam moments for parameter {name}")
+        if tuple(entry["exp_avg"].shape) != tuple(param.shape):
+            raise ModelError(f"optimizer.pt moments for {name} have shape {tuple(entry['exp_avg'].shape)}, "
+                             f"the parameter has {tuple(param.shape)}")
+        state[i] = {"step": torch.tensor(float(moments["step"])),
+                    "exp_avg": entry["exp_avg"].to(param.device, torch.float32).clone(),
+                    "exp_avg_sq": entry["exp_avg_sq"].to(param.device, torch.float32).clone()}
+    group = {"params": list(range(len(params))), "lr": float(moments.get("lr", 1e-3)),
+             "betas": tuple(moments["betas"]), "eps": float(moments["eps"]),
+             "weight_decay": float(moments.get("weight_decay", 0.0)), "amsgrad": False, "maximize": False,
+             "foreach": None, "capturable": False, "differentiable": False, "fused": None,
+             "decoupled_weight_decay": True}
+    return {"state": state, "param_groups": [group]}
+
+
+def checkpoint_adam_state(loaded: LoadedModel) -> dict[str, Any] | None:
+    """The checkpoint's AdamW state for probes that continue training (as MATES does); None, with a
+    warning, when the checkpoint has no optimizer.pt (probes then start from a fresh optimizer)."""
+    moments = load_adam_moments(loaded.local_dir)
+    if moments is None:
+        log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.local_dir)
+        return None
+    return adam_state_dict(loaded.model, moments)

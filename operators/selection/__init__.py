@@ -1,0 +1,1 @@
+"""MATES example selection: data influence models and Gumbel-top-k within domain quotas."""

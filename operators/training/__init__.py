@@ -1,0 +1,1 @@
+"""Short training from a checkpoint: exact mixture blends and probes."""

@@ -1,0 +1,1 @@
+"""Work that runs inside Ray workers, one shard or one batch of examples at a time."""

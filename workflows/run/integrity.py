@@ -1,0 +1,118 @@
+"""Run-level integrity checks over featurized shards.
+
+Duplicate-id policy: an example id must be unique within a shard (checked when the shard is read) and
+across the corpus shards of a run, and within each target set (checked here, after featurization, on
+the feature shards). Either case is an error naming the id and both shards; nothing is dropped silently.
+Sampling is a function of the id, so both copies of a duplicated id are sampled or neither: a
+duplicate that sampling drops cannot change the result and is not reported.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from operators.features import datastore
+
+from operators.io import storage
+from operators.io.corpus import example_hash
+from operators.errors import CorpusError
+from workflows.config import RunConfig
+from workflows.run.plan import Plan, ShardTask
+
+
+def _ids(root: str, shard_id: str, spec: storage.StorageSpec) -> list[str]:
+    out: list[str] = []
+    for uri in datastore.shard_part_uris(root, shard_id, spec):
+        try:
+            out.extend(pq.read_table(io.BytesIO(storage.read_bytes(uri, spec)), columns=["id"]).column("id").to_pylist())
+        except (OSError, ValueError) as exc:
+            raise CorpusError(f"feature shard {uri}: unreadable id column: {exc}") from exc
+    return out
+
+
+BUCKETS = 16  # reduce tasks per group: each holds ~1/BUCKETS of the group's id hashes
+
+
+def _hash_uri(root: str, group: str, shard_id: str) -> str:
+    return storage.join(root, "_integrity", group, f"{shard_id}.npz")
+
+
+class _HashShard:
+    """Map: a shard's ids → 64-bit hashes, split into sorted buckets (one npz under the run root)."""
+
+    def __init__(self, root: str, spec: storage.StorageSpec) -> None:
+        self.root, self.spec = root, spec
+
+    def __call__(self, item: tuple[str, str]) -> int:
+        group, shard_id = item
+        hashes = example_hash(_ids(self.root, shard_id, self.spec), 0)
+        buckets = {f"b{b}": np.sort(hashes[hashes % BUCKETS == b]) for b in range(BUCKETS)}
+        datastore.write_npz_atomic(_hash_uri(self.root, group, shard_id), buckets, self.spec)
+        return int(hashes.size)
+
+
+class _FindDuplicates:
+    """Reduce: one bucket of one group across all its shards → hash collisions as (hash, shard, shard)."""
+
+    def __init__(self, root: str, spec: storage.StorageSpec) -> None:
+        self.root, self.spec = root, spec
+
+    def __call__(self, item: tuple[str, int, list[str]]) -> list[tuple[int, str, str]]:
+        group, b, shard_ids = item
+        arrays = [datastore.read_npz(_hash_uri(self.root, group, s), self.spec)[f"b{b}"] for s in shard_ids]
+        hashes = np.concatenate(arrays) if arrays else np.zeros(0, np.uint64)
+        owner = np.concatenate([np.full(a.size, i) for i, a in enumerate(arrays)]) if arrays else np.zeros(0, int)
+        order = np.argsort(hashes, kind="stable")
+        hashes, owner = hashes[order], owner[order]
+        same = np.flatnonzero(hashes[1:] == hashes[:-1])
+        return [(int(hashes[i]), shard_ids[owner[i]], shard_ids[owner[i + 1]]) for i in same[:10]]
+
+
+def check_unique_ids(cfg: RunConfig, plan: Plan, layout=None) -> int:
+    """CorpusError on an id featurized twice within the corpus or within one target set. Returns #ids.
+
+    Map-reduce (``cluster.parallel.map_shards``): each shard writes its id hashes in ``BUCKETS``
+    sorted buckets; one task per (group, bucket) looks for equal hashes; a hash match is confirmed on
+    the ids themselves. The driver holds only shard lists and the few matches, whatever the corpus size.
+    """
+    from cluster.parallel import map_shards
+    from cluster.runtime import layout_or_local
+
+    layout = layout or layout_or_local(cfg.cluster)
+    groups: dict[str, list[ShardTask]] = {"corpus": plan.corpus_tasks()}
+    for target in cfg.targets:
+        groups[f"target-{target.name}"] = plan.target_tasks(target.name)
+    items = [(g, t.shard_id) for g, tasks in groups.items() for t in tasks]
+    total = sum(map_shards(_HashShard(plan.root, cfg.storage), items, layout))
+    reduce_items = [(g, b, [t.shard_id for t in tasks]) for g, tasks in groups.items() if tasks
+                    for b in range(BUCKETS)]
+    by_id = {t.shard_id: t for t in plan.tasks}
+    for (group, _, _), matches in zip(reduce_items, map_shards(_FindDuplicates(plan.root, cfg.storage),
+                                                                reduce_items, layout)):
+        for value, first, second in matches:
+            dup = _confirm(plan.root, cfg.storage, value, first, second)
+            if dup is not None:
+                name = "corpus" if group == "corpus" else f"target {group[len('target-'):]}"
+                raise CorpusError(
+                    f"duplicate example id {dup!r} in the {name}: shards {by_id[first].uri} and "
+                    f"{by_id[second].uri} (ids must be unique across shards; deduplicate the inputs)")
+    return total
+
+
+def _confirm(root: str, spec: storage.StorageSpec, value: int, first: str, second: str) -> str | None:
+    """The id behind a hash match, or None when two different ids merely share a 64-bit hash."""
+    def with_hash(shard_id: str) -> set[str]:
+        ids = _ids(root, shard_id, spec)
+        return {i for i, h in zip(ids, example_hash(ids, 0).tolist()) if h == value}
+
+    common = with_hash(first) & with_hash(second) if first != second else with_hash(first)
+    return min(common) if common and (first != second or len(common) == 1) else None
+
+
+def skipped_examples(cfg: RunConfig, plan: Plan) -> dict[str, int]:
+    """Examples skipped by documented policy, summed over the run's completion records (for report.json)."""
+    records = datastore.list_completions(plan.root, cfg.storage)
+    return {"nonfinite_features": sum(r.skipped_nonfinite for r in records.values())}

@@ -1,0 +1,169 @@
+"""Influence aggregation as map-reduce on Ray: feature shards → preconditioned group influence (TiKMiX).
+
+Map tasks (workflows/jobs/aggregate_shard.py, fanned out by cluster.parallel.map_shards) read each feature
+shard once per pass in record batches and return small statistics; the driver folds them in shard
+order (bit-identical for any worker count) and only ever holds k×k and K×k-sized objects:
+
+1. pass 1: Gram ΦᵀΦ and n (gauss_newton) or K-FAC factor sums per corpus shard; token-weighted target
+   sums per target shard → directions d_v = Ĥ⁻¹ t_v (t_v token-weighted, see operators/influence/group.py);
+2. pass 2: per-example scores s_iv = φ_i·d_v written to score shards under
+   ``<root>/influence/<key>/scores/``, per-domain sums/counts/tokens and Poisson-bootstrap sums
+   → GI[k, v] (mean score of domain k on target v), per-target z-scores, weighted scores, CIs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cluster.parallel import map_shards
+from cluster.runtime import layout_or_local
+from operators.features import datastore
+from operators.io import storage
+from operators.errors import ConfigError
+from operators.influence.group import (
+    BootstrapSums,
+    bootstrap_intervals,
+    combine_targets,
+    normalize_per_target,
+    token_weighted_means,
+)
+from operators.influence.precondition import GaussNewtonPreconditioner, IdentityPreconditioner, KFACPreconditioner
+from workflows.jobs.aggregate_shard import PreconditionerJob, ScoreJob
+from workflows.config import RunConfig
+from workflows.run.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InfluenceResult:
+    """Everything the mixture solver, the manifest and MATES need from the feature datastore.
+
+    Per-example scores are not held here: they live in score shards under ``scores_uri``.
+    """
+
+    domains: list[str]
+    targets: list[str]
+    target_weights: np.ndarray
+    gi: np.ndarray  # (K, V) mean preconditioned influence of domain k on target v
+    gi_normalized: np.ndarray  # (K, V) on the solver scale (influence.normalize)
+    scores: np.ndarray  # (K,) weighted combination over targets
+    counts: dict[str, int]
+    tokens: dict[str, int]
+    target_counts: dict[str, int]
+    preconditioner: dict = field(default_factory=dict)
+    bootstrap: dict = field(default_factory=dict)
+    scores_uri: str = ""
+
+
+def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
+    """Fold pass-1 statistics → (preconditioner, target sums, target tokens, target counts)."""
+    kind = cfg.influence.preconditioner
+    names = [t.name for t in cfg.targets]
+    job = PreconditionerJob(plan.root, cfg.storage, kind, tuple(names), cfg.featurize.loss_reduction)
+    items = [(t.shard_id, "target") for t in plan.target_tasks()]
+    if kind == "kfac":
+        if layout is None:
+            raise ConfigError("kfac preconditioning needs the featurizer layer layout (featurizer.json)")
+        slices = {n: slice(v["start"], v["stop"]) for n, v in layout.items()}
+        pre = KFACPreconditioner(slices, {n: (v["r_out"], v["r_in"]) for n, v in layout.items()})
+    elif kind == "gauss_newton":
+        pre = None
+    else:
+        pre = IdentityPreconditioner()
+    if kind != "identity":
+        items += [(t.shard_id, "corpus") for t in plan.corpus_tasks()]
+    t_sums = t_tokens = t_counts = None
+    for (_, role), stats in zip(items, map_shards(job, items, workers, cfg.cluster.max_task_retries)):
+        if role == "target":
+            if "sums" in stats:
+                t_sums = stats["sums"] if t_sums is None else t_sums + stats["sums"]
+                t_tokens = stats["tokens"] if t_tokens is None else t_tokens + stats["tokens"]
+                t_counts = stats["counts"] if t_counts is None else t_counts + stats["counts"]
+        elif kind == "kfac":
+            pre.update(stats["kfac"])
+        elif stats:
+            part = GaussNewtonPreconditioner.from_state(stats)
+            if pre is None:
+                pre = part
+            else:
+                pre.merge(part)
+    if t_counts is None or np.any(t_counts == 0):
+        empty = names if t_counts is None else [n for n, c in zip(names, t_counts) if c == 0]
+        raise ConfigError(f"target sets {empty} have no usable examples (empty or all too short)")
+    if pre is None:
+        pre = GaussNewtonPreconditioner(t_sums.shape[1])  # no corpus rows: solve() names the problem
+    return pre, t_sums, t_tokens, t_counts
+
+
+def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]:
+    """Domains to mix (sorted, or as listed in corpus.domains) and their featurized token counts."""
+    done = datastore.list_completions(plan.root, cfg.storage)
+    tokens: dict[str, int] = {}
+    for task in plan.corpus_tasks():
+        record = done.get(task.shard_id)
+        if record is None:
+            raise ConfigError(f"shard {task.shard_id} has no completion record; featurize it first")
+        for d, n in record.domain_tokens.items():
+            tokens[d] = tokens.get(d, 0) + int(n)
+    order = sorted(tokens)
+    if cfg.corpus.domains:
+        missing = sorted(set(cfg.corpus.domains) - set(order))
+        if missing:
+            raise ConfigError(f"corpus.domains lists {missing} but no examples of them were featurized")
+        order = list(cfg.corpus.domains)
+    if len(order) < 2:
+        raise ConfigError(f"need at least 2 domains to mix, found {order}")
+    return order, {d: tokens.get(d, 0) for d in order}
+
+
+def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layout: dict | None = None,
+                        extra: Callable[[np.ndarray], np.ndarray] | None = None) -> InfluenceResult:
+    """Two map-reduce passes over the feature shards (see the module docstring).
+
+    ``extra`` maps a bootstrap replicate's raw GI (K, V) to a (K,) vector (e.g. the mixture weights it
+    induces); its percentile CI is returned as ``bootstrap["extra_low"/"extra_high"]``.
+    """
+    targets = [t.name for t in cfg.targets]
+    weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
+    spec = cfg.influence
+    workers = layout_or_local(cfg.cluster)
+    pre, t_sums, t_tokens, t_counts = _pass1(cfg, plan, kfac_layout, workers)
+    directions = pre.solve(token_weighted_means(t_sums, t_tokens, targets), relative_damping=spec.relative_damping)
+    job = ScoreJob(plan.root, cfg.storage, tuple(order), np.asarray(directions, dtype=np.float64),
+                   spec.bootstrap, spec.seed)
+    shards = [t.shard_id for t in plan.corpus_tasks()]
+    sums = np.zeros((len(order), len(targets)))
+    counts = np.zeros(len(order), dtype=np.int64)
+    tokens = np.zeros(len(order), dtype=np.int64)
+    boot = BootstrapSums(spec.bootstrap, len(order), len(targets))
+    rows = 0
+    for stats in map_shards(job, shards, workers, cfg.cluster.max_task_retries):
+        sums += stats["sums"]
+        counts += stats["counts"]
+        tokens += stats["tokens"]
+        boot.sums += stats["boot_sums"]
+        boot.counts += stats["boot_counts"]
+        rows += int(stats["rows"])
+    empty = [d for d, c in zip(order, counts) if c == 0]
+    if empty:
+        raise ConfigError(f"domains with no examples: {empty}")
+    gi = sums / counts[:, None]
+    gi_norm = normalize_per_target(gi, spec.normalize)
+    combined = combine_targets(gi_norm, weights)
+    ci: dict = {}
+    if spec.bootstrap > 0:
+        ci = bootstrap_intervals(boot.gi(gi), weights, spec.confidence, spec.normalize, extra)
+    log.info("group influence over %d examples, %d domains, %d targets (%d workers)", rows, len(order),
+             len(targets), workers.num_workers)
+    pre_info = {"kind": spec.preconditioner, "relative_damping": spec.relative_damping, "n": rows}
+    return InfluenceResult(
+        domains=order, targets=targets, target_weights=weights / weights.sum(), gi=gi, gi_normalized=gi_norm,
+        scores=combined, counts=dict(zip(order, counts.tolist())), tokens=dict(zip(order, tokens.tolist())),
+        target_counts=dict(zip(targets, t_counts.astype(int).tolist())), preconditioner=pre_info,
+        bootstrap=ci, scores_uri=storage.join(plan.root, "influence", job.key, "scores"),
+    )

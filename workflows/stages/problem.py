@@ -1,0 +1,119 @@
+"""The mixture problem of a refresh: previous manifest, real token counts, budget, bounds, prior."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from operators.io import storage
+from operators.errors import ConfigError
+from operators.manifest.schema import Manifest, parse_manifest, weights_of
+from operators.mixture.budget import Budget
+from operators.mixture.simplex import bounds_for, check_feasible, project_bounded_simplex, resolve_reference
+from workflows.config import RunConfig
+from workflows.solvers.base import MixtureProblem
+
+log = logging.getLogger(__name__)
+
+
+def manifests_root(cfg: RunConfig) -> str:
+    return storage.join(cfg.output_uri, "manifests", cfg.name)
+
+
+def latest_pointer_uri(cfg: RunConfig) -> str:
+    return storage.join(manifests_root(cfg), "latest.json")
+
+
+_UNPINNED = object()
+
+
+def load_previous(cfg: RunConfig, pinned_uri: object = _UNPINNED) -> tuple[str | None, Manifest | None]:
+    """The previous mixture: `pinned_uri` (pinned at run start, see workflows/run/pins.py; None: no previous),
+    else `mixture.previous_manifest`, else this mixture name's `latest` pointer."""
+    if pinned_uri is not _UNPINNED:
+        if pinned_uri is None:
+            return None, None
+        uri = str(pinned_uri)
+    else:
+        uri = cfg.mixture.previous_manifest
+    if uri is None:
+        pointer = latest_pointer_uri(cfg)
+        if not storage.exists(pointer, cfg.storage):
+            return None, None
+        uri = storage.read_json(pointer, cfg.storage)["manifest_uri"]
+    try:
+        return uri, parse_manifest(storage.read_bytes(uri, cfg.storage))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"previous manifest {uri} does not exist") from exc
+
+
+def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int],
+                   model_uri: str | None = None) -> Budget:
+    """The next stage's budget: config > stage_steps × tokens_per_step > checkpoint trainer_state.json
+    remaining steps × tokens_per_step > one natural pass over the corpus (warned as a guess)."""
+    b = cfg.mixture.budget
+    u = np.array([available.get(d, 0) for d in domains], dtype=np.float64)
+    tokens = b.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage
+    source = "config"
+    if tokens is None and b.stage_steps and b.tokens_per_step:
+        tokens, source = b.stage_steps * b.tokens_per_step, "stage_steps x tokens_per_step"
+    if tokens is None and b.tokens_per_step and model_uri:
+        remaining = _remaining_steps(model_uri, cfg)
+        if remaining:
+            tokens, source = remaining * b.tokens_per_step, "checkpoint trainer_state.json remaining steps"
+    if tokens is None:
+        tokens, source = float(u.sum()), "default: one natural pass over the corpus (no budget given)"
+        log.warning("no token budget for the next stage (mixture.budget.tokens_next_stage): assuming one "
+                    "natural pass over the corpus, %.3g tokens; planned epochs and reuse caps are only as "
+                    "good as that guess", tokens)
+    max_epochs = cfg.mixture.constraints.max_epochs or b.max_epochs
+    return Budget(float(tokens), u, max_epochs, b.repetition_scale, source)
+
+
+def _remaining_steps(model_uri: str, cfg: RunConfig) -> int | None:
+    uri = storage.join(model_uri, "trainer_state.json")
+    try:
+        if not storage.exists(uri, cfg.storage):
+            return None
+        state = storage.read_json(uri, cfg.storage)
+        remaining = int(state.get("max_steps", 0)) - int(state.get("global_step", 0))
+    except (ValueError, TypeError, OSError):
+        log.warning("cannot read %s; ignoring it for the token budget", uri)
+        return None
+    return remaining if remaining > 0 else None
+
+
+def problem_bounds(cfg: RunConfig, domains: list[str], budget: Budget) -> tuple[np.ndarray, np.ndarray]:
+    """Box constraints from the config combined with the budget's reuse cap."""
+    box = cfg.mixture.constraints.model_copy(update={"max_epochs": None, "tokens_next_stage": None})
+    lower, upper = bounds_for(domains, box)
+    upper = np.minimum(upper, budget.reuse_upper())
+    lower = np.minimum(lower, upper)
+    check_feasible(domains, lower, upper)
+    return lower, upper
+
+
+def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int], previous: Manifest | None,
+                  model_uri: str | None = None) -> MixtureProblem:
+    """The mixture problem of this refresh (see workflows/solvers/base.py) with a zero influence
+    matrix: call ``.with_gi(infl.gi)`` once influence is aggregated."""
+    domains = list(domains)
+    prev_weights = weights_of(previous) if previous is not None else None
+    budget = resolve_budget(cfg, domains, available, model_uri)
+    lower, upper = problem_bounds(cfg, domains, budget)
+    tokens = {d: int(budget.tokens_available[i]) for i, d in enumerate(domains)}
+    prior = resolve_reference(cfg.mixture.prior, domains, tokens=tokens)
+    kind = cfg.mixture.reference
+    if kind == "previous" and prev_weights is None:
+        kind = cfg.mixture.prior
+    reference = resolve_reference(kind, domains, prev_weights, tokens)
+    reference = project_bounded_simplex(reference, lower, upper)
+    target_weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
+    target_weights /= target_weights.sum()
+    return MixtureProblem(
+        domains=domains, targets=[t.name for t in cfg.targets], target_weights=target_weights,
+        gi=np.zeros((len(domains), len(cfg.targets))), normalize=cfg.influence.normalize, lower=lower,
+        upper=upper, prior=project_bounded_simplex(prior, lower, upper), prior_kind=cfg.mixture.prior,
+        reference=reference, reference_kind=kind, budget=budget, previous_weights=prev_weights,
+        info={"beta": cfg.mixture.beta, "tokens_available": tokens, "budget_source": budget.source})

@@ -1,0 +1,154 @@
+"""Write a mixture manifest (JSON, YAML, trainer formats) and then move the `latest` pointer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from operators.io import storage
+from operators.errors import ConfigError, StorageError
+from operators.manifest.schema import (
+    DomainEntry,
+    InfluenceBlock,
+    Manifest,
+    Provenance,
+    Selection,
+    TargetEntry,
+    render_all,
+)
+from workflows.stages.aggregate import InfluenceResult
+from workflows.config import RunConfig
+from workflows.run.faults import maybe_inject_fault
+from workflows.stages.problem import latest_pointer_uri, manifests_root
+from workflows.run.plan import read_recorded_plan
+
+VERSION = "0.1.0"
+log = logging.getLogger(__name__)
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _ci(boot: dict, key: str, i: int) -> tuple[float, float] | None:
+    lo, hi = boot.get(f"{key}_low"), boot.get(f"{key}_high")
+    if lo is None or hi is None:
+        return None
+    return float(lo[i]), float(hi[i])
+
+
+def build_manifest(cfg: RunConfig, infl: InfluenceResult, weights: np.ndarray, *, model_uri: str,
+                   model_fingerprint: str, checkpoint_step: int | None, projector: dict, solver: dict,
+                   previous_uri: str | None, previous_weights: dict[str, float] | None,
+                   tokens_available: dict[str, int] | None, selection: Selection | None = None,
+                   budget: dict | None = None, planned_epochs: dict[str, float] | None = None,
+                   validation: dict | None = None) -> Manifest:
+    domains = []
+    for i, name in enumerate(infl.domains):
+        domains.append(DomainEntry(
+            name=name, weight=float(weights[i]),
+            previous_weight=None if previous_weights is None else previous_weights.get(name),
+            influence_score=float(infl.scores[i]), score_ci=_ci(infl.bootstrap, "score", i),
+            weight_ci=_ci(infl.bootstrap, "extra", i), n_examples=infl.counts[name], n_tokens=infl.tokens[name],
+            tokens_available=None if tokens_available is None else tokens_available.get(name),
+            planned_epochs=None if planned_epochs is None else planned_epochs.get(name),
+            data_prefix=cfg.mixture.data_prefixes.get(name),
+        ))
+    targets = [TargetEntry(name=t, weight=float(w), n_examples=infl.target_counts.get(t, 0))
+               for t, w in zip(infl.targets, infl.target_weights)]
+    influence = InfluenceBlock(gi=infl.gi.tolist(), gi_normalized=infl.gi_normalized.tolist(),
+                               domain_order=list(infl.domains), target_order=list(infl.targets),
+                               preconditioner=cfg.influence.preconditioner,
+                               preconditioner_params=infl.preconditioner)
+    provenance = Provenance(
+        model_path=model_uri, model_fingerprint=model_fingerprint, checkpoint_step=checkpoint_step,
+        config_hash=cfg.config_hash(), run_id=cfg.resolved_run_id(),
+        created_at=datetime.now(timezone.utc).isoformat(), influmix_version=VERSION, projector=projector,
+        git_commit=_git_commit(), previous_manifest_uri=previous_uri,
+    )
+    return Manifest(name=cfg.name, domains=domains, targets=targets, influence=influence, solver=solver,
+                    budget=budget or {}, validation=validation or {}, selection=selection,
+                    provenance=provenance)
+
+
+def manifest_dir(cfg: RunConfig) -> str:
+    return storage.join(manifests_root(cfg), cfg.resolved_run_id())
+
+
+def parse_pointer(data: bytes, uri: str) -> dict:
+    """A `latest.json` pointer; ConfigError naming the file when it is unreadable."""
+    try:
+        pointer = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"latest pointer {uri} is not valid JSON: {exc}") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("manifest_uri"), str):
+        raise ConfigError(f"latest pointer {uri}: field 'manifest_uri' is missing")
+    return pointer
+
+
+def pointer_order(pointer: dict) -> tuple[str, str]:
+    """Total order of published runs: (run start time, run id). Pre-1.1 pointers sort first."""
+    return str(pointer.get("started_at", "")), str(pointer.get("run_id", ""))
+
+
+def move_latest(uri: str, pointer: dict, spec: storage.StorageSpec, attempts: int = 20) -> bool:
+    """Move the `latest` pointer to `pointer` only forward: compare-and-swap against the version read, and
+    only if `pointer` orders after the current one. Returns False when a newer run already holds it."""
+    for _ in range(attempts):
+        found = storage.read_versioned(uri, spec)
+        if found is None:
+            doc = {**pointer, "sequence": 1}
+            if storage.put_if_absent(uri, _pointer_bytes(doc), spec):
+                return True
+            continue
+        current = parse_pointer(found[0], uri)
+        if pointer_order(current) >= pointer_order(pointer):
+            log.warning("latest pointer %s stays at run %s (started %s): run %s started earlier (%s)", uri,
+                        current.get("run_id"), current.get("started_at"), pointer["run_id"],
+                        pointer["started_at"])
+            return False
+        doc = {**pointer, "sequence": int(current.get("sequence", 0)) + 1}
+        if storage.put_if_match(uri, _pointer_bytes(doc), found[1], spec):
+            return True
+    raise StorageError(f"latest pointer {uri}: too many concurrent updates; rerun to publish")
+
+
+def _pointer_bytes(doc: dict) -> bytes:
+    return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
+
+
+def publish(cfg: RunConfig, manifest: Manifest, run_root: str, lease=None) -> dict[str, str]:
+    """Write all manifest files, then `_SUCCESS`, then move the `latest` pointer forward (each one atomic
+    write). `lease`, when given, must still be held before anything is written."""
+    if lease is not None:
+        lease.check()
+    out_dir = manifest_dir(cfg)
+    written: dict[str, str] = {}
+    for filename, data in render_all(manifest, cfg.mixture.data_prefixes or None).items():
+        uri = storage.join(out_dir, filename)
+        storage.write_bytes_atomic(uri, data, cfg.storage)
+        written[filename] = uri
+    maybe_inject_fault("publish")
+    storage.write_json_atomic(storage.join(run_root, "_SUCCESS"),
+                              {"manifest_uri": written["manifest.json"], "run_id": cfg.resolved_run_id()},
+                              cfg.storage)
+    plan = read_recorded_plan(run_root, cfg.storage) or {}
+    moved = move_latest(latest_pointer_uri(cfg), {
+        "run_id": cfg.resolved_run_id(), "manifest_uri": written["manifest.json"], "manifest_dir": out_dir,
+        "created_at": manifest.provenance.created_at,
+        "started_at": plan.get("started_at", manifest.provenance.created_at),
+    }, cfg.storage)
+    if moved:
+        written["latest"] = latest_pointer_uri(cfg)
+    return written

@@ -1,0 +1,113 @@
+"""Human-readable run report (report.md) next to report.json."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from operators.influence.group import spearman
+from operators.manifest.schema import Manifest
+
+
+def ranking_stability(scores: dict[str, float], previous: Manifest | None) -> float | None:
+    """Spearman of domain influence scores vs the previous refresh (TiKMiX rank invariance check)."""
+    if previous is None:
+        return None
+    prev = {d.name: d.influence_score for d in previous.domains}
+    common = [d for d in scores if d in prev]
+    if len(common) < 3:
+        return None
+    rho = spearman(np.array([scores[d] for d in common]), np.array([prev[d] for d in common]))
+    return None if np.isnan(rho) else float(rho)
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "" if x is None else format(x, spec)
+
+
+def _validation_lines(v: dict, domains: list[str]) -> list[str]:
+    pub = v["candidates"][v["published"]]
+    verdict = (f"**improvement found**: published `{v['published']}`, {pub['gain']:+.4f} nats "
+               f"[{pub['ci'][0]:+.4f}, {pub['ci'][1]:+.4f}] vs the reference"
+               if v["improvement_found"] else
+               f"**NO IMPROVEMENT FOUND**: no candidate beat the reference by {v['margin']} standard errors; "
+               f"published the reference (best measured: `{v['best']}`)")
+    lines = ["", "## Validation before publishing", "", verdict, "",
+             f"{len(v['seeds'])} seeds × {v['steps']} steps × batch {v['batch_size']} from the checkpoint; "
+             f"target loss on the held-out `{v['split']}` split ({v['reference_examples']} examples), never used "
+             f"for influence. Paired noise σ {v['seed_std']:.4f} nats (candidates × seeds residual; each seed feeds "
+             f"every candidate the same examples per domain); gains are vs the reference, "
+             f"{int(v['confidence'] * 100)}% t-intervals.", "",
+             "| candidate | source | mean ΔL | gain vs reference | CI | z | predicted (score units) | max epochs |",
+             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for name, row in sorted(v["candidates"].items(), key=lambda kv: kv[1]["mean_delta"]):
+        mark = " **(published)**" if name == v["published"] else ""
+        epochs = max(row.get("planned_epochs", {}).values(), default=0.0)
+        lines.append(f"| {name}{mark} | {row.get('source', '')} | {row['mean_delta']:.4f} | {row['gain']:+.4f} | "
+                     f"[{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}] | {row['z']:+.1f} | "
+                     f"{row.get('predicted_score_gain', 0.0):+.3f} | {epochs:.2f} |")
+    pvm = v.get("predicted_vs_measured", {})
+    if pvm.get("pearson") is not None:
+        lines += ["", f"Influence-predicted vs measured gains over {pvm['n']} candidates: Pearson "
+                      f"{pvm['pearson']:.2f}, Spearman {pvm['spearman']:.2f}."]
+    if v.get("aliases"):
+        lines += ["", "Identical candidates measured once: "
+                  + ", ".join(f"`{a}` = `{b}`" for a, b in v["aliases"].items())]
+    return lines
+
+
+def _mixtures_table(title: str, rows: dict, domains: list[str]) -> list[str]:
+    lines = ["", f"## {title}", "", "| mixture | " + " | ".join(domains) + " |",
+             "| --- |" + " ---: |" * len(domains)]
+    for name, row in rows.items():
+        w = row["weights"]
+        lines.append(f"| {name} | " + " | ".join(f"{w.get(d, 0.0):.3f}" for d in domains) + " |")
+    return lines
+
+
+def render_markdown(manifest: Manifest, report: dict) -> str:
+    solver = manifest.solver
+    budget = manifest.budget or {}
+    lines = [f"# Mixture refresh `{manifest.provenance.run_id}`", "",
+             f"- model: `{manifest.provenance.model_path}` (step {manifest.provenance.checkpoint_step})",
+             f"- solver: {solver.get('name')} (prior={solver.get('prior')}, reference={solver.get('reference')}); "
+             f"published: **{report.get('published', solver.get('name'))}**",
+             f"- preconditioner: {manifest.influence.preconditioner}; target normalisation: "
+             f"{report.get('problem', {}).get('normalize', '')}",
+             f"- previous manifest: {manifest.provenance.previous_manifest_uri or 'none'}"]
+    if budget:
+        lines.append(f"- next-stage budget: {budget.get('tokens_next_stage', 0):.4g} tokens ({budget.get('source')}); "
+                     f"reuse cap {budget.get('max_epochs')} epochs")
+    if report.get("ranking_spearman_vs_previous") is not None:
+        lines.append(f"- influence ranking Spearman vs previous refresh: {report['ranking_spearman_vs_previous']:.3f}")
+    lines += ["", "| domain | weight | previous | influence score | score CI | weight CI | examples | "
+                  "unique tokens | planned epochs |",
+              "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    for d in manifest.domains:
+        ci = f"[{d.score_ci[0]:.3f}, {d.score_ci[1]:.3f}]" if d.score_ci else ""
+        wci = f"[{d.weight_ci[0]:.3f}, {d.weight_ci[1]:.3f}]" if d.weight_ci else ""
+        prev = "" if d.previous_weight is None else f"{d.previous_weight:.4f}"
+        lines.append(f"| {d.name} | {d.weight:.4f} | {prev} | {d.influence_score:.3f} | {ci} | {wci} | "
+                     f"{d.n_examples} | {_fmt(d.tokens_available, ',')} | {_fmt(d.planned_epochs, '.2f')} |")
+    domains = [d.name for d in manifest.domains]
+    if report.get("validation"):
+        lines += _validation_lines(report["validation"], domains)
+    if report.get("solvers"):
+        lines += _mixtures_table("Solvers", report["solvers"], domains)
+    if report.get("baselines"):
+        lines += _mixtures_table("Baselines (also measured above when validation is on)", report["baselines"],
+                                 domains)
+    m = report.get("solvers", {}).get("tikmix_m")
+    if m and "fell_back" in m:
+        reg, noise, nan = m.get("regressor", {}), m.get("label_noise", {}), float("nan")
+        lines += ["", "## TiKMiX-M (local search around TiKMiX-D)", "",
+                  f"- {len(m['labels'])} candidates × {len(m['seeds'])} seeds × {m['steps']} steps on the "
+                  f"{m['split']} split; label std {noise.get('label_std', nan):.4f}, label noise "
+                  f"{noise.get('label_noise_std', nan):.4f} (seed std {noise.get('seed_std', nan):.4f})",
+                  f"- regression leave-one-out RMSE {reg.get('cv_rmse', nan):.4f} vs label std "
+                  f"{reg.get('label_std', nan):.4f} (R² {reg.get('cv_r2', nan):.3f})",
+                  f"- {'fell back to TiKMiX-D' if m['fell_back'] else 'published its search result'}: {m['reason']}"]
+    mates = report.get("mates")
+    if mates:
+        lines += ["", "## MATES selection", "", f"Pool {mates['pool_size']} examples; quotas {mates['quotas']}; "
+                  f"selection: {mates.get('selection', 'influence model')}."]
+    return "\n".join(lines) + "\n"
