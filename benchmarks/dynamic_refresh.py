@@ -41,7 +41,7 @@ from operators.training.probing import ProbeSpec, reference_loss, train_on_mixtu
 from operators.model.tiny_lm import small_model_threads
 from operators.model.tokenize import prepare_tokenizer
 from workflows.config import RunConfig, TargetSpec, load_config
-from workflows.jobs.examples import domain_pools, reference_set
+from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
 from workflows.run.plan import build_plan
 
 log = logging.getLogger("dynamic_refresh")
@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> dict:
     tokenizer = prepare_tokenizer(loaded.tokenizer)
     pool_cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"rate": 1.0,
                                                                                   "max_per_domain": None})})
-    pools = domain_pools(pool_cfg, plan, tokenizer, per_domain=args.per_domain, seed=1, domains=domains)
-    test_ids, test_mask = reference_set(cfg, plan, tokenizer, total=args.test_examples, seed=1, split="test")
+    pools = domain_pools(ExampleSource.of(pool_cfg), plan, tokenizer, per_domain=args.per_domain, seed=1, domains=domains)
+    test_ids, test_mask = reference_set(ExampleSource.of(cfg), plan, tokenizer, total=args.test_examples, seed=1, split="test")
     with small_model_threads(loaded.model):
         base_loss = reference_loss(loaded.model, test_ids, test_mask, 64)
     spec = ProbeSpec(lr=args.lr, reference_batch_size=64)

@@ -68,7 +68,7 @@ def _peak_mib(device: str) -> float:
 
 def step_ratio(args: argparse.Namespace) -> None:
     """Interleaved timing of featurize vs a plain training step on one random-token batch."""
-    from operators.features.featurize import FeaturizerSpec, GradientFeaturizer, select_linear_layers
+    from operators.features.featurize import FeaturizeSpec, GradientFeaturizer, select_linear_layers
     from operators.features.projection import ProjectionSpec
 
     device = "cuda" if torch.cuda.is_available() and args.gpus != "never" else "cpu"
@@ -98,7 +98,7 @@ def step_ratio(args: argparse.Namespace) -> None:
         settings.append(ProjectionSpec(kind="dense", dim=dim))
     featurizers = []
     for spec in settings:
-        f = GradientFeaturizer(model, FeaturizerSpec(projection=spec, exclude_layers="lm_head"), device)
+        f = GradientFeaturizer(model, FeaturizeSpec(projection=spec, exclude_layers="lm_head"), device)
         featurizers.append((f"{spec.kind} {'rank=' + str(spec.rank) if spec.kind == 'kronecker' else ''}"
                             f"k={f.output_dim}", f))
     if not args.no_train:
@@ -129,6 +129,8 @@ def shard_path(args: argparse.Namespace, cache: str) -> None:
     """The per-shard path (read, tokenize, featurize, write parts) with background tokenize/write
     threads vs the same work done serially, interleaved, on the embedded default's corpus shards."""
     import workflows.jobs.featurize_shard as fs
+    from workflows.run.plan import run_root
+    from workflows.stages.featurize import featurize_job
     from workflows.jobs.featurize_shard import ShardFeaturizer
     from workflows.mixture_refresh import resolve_model_uri
     from workflows.run.plan import build_plan
@@ -143,7 +145,7 @@ def shard_path(args: argparse.Namespace, cache: str) -> None:
             cfg = load_config("default", [f"output_uri={out}", f"model.cache_dir={cache}",
                                           f"sampling.rate={args.rate}", f"run_id=bench-{mode}-{rep}"])
             tasks = build_plan(cfg).corpus_tasks()[: args.shards]
-            worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "bench")
+            worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), run_root(cfg)), "cpu", "bench")
             fs._background = threaded if mode == "threaded" else serial
             try:
                 t0 = time.perf_counter()

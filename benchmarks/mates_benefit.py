@@ -29,7 +29,7 @@ from operators.training.probing import ProbeSpec, probe_mixture
 from operators.model.tiny_lm import small_model_threads
 from operators.model.tokenize import prepare_tokenizer
 from workflows.config import load_config
-from workflows.jobs.examples import read_task_rows, reference_set, tokenize_table
+from workflows.jobs.examples import ExampleSource, read_task_rows, reference_set, tokenize_table
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
 from workflows.run.plan import build_plan
 
@@ -68,8 +68,8 @@ def main() -> None:
     loaded = load_causal_lm(resolve_model_uri(cfg), device="cpu", dtype="float32", storage=cfg.storage,
                             cache_dir=cfg.model.cache_dir)
     tok = prepare_tokenizer(loaded.tokenizer)
-    table = pa.concat_tables([read_task_rows(cfg, t) for t in plan.corpus_tasks()])
-    ref = reference_set(cfg, plan, tok, args.reference_examples, seed=1, target=params["reference_target"],
+    table = pa.concat_tables([read_task_rows(ExampleSource.of(cfg), t) for t in plan.corpus_tasks()])
+    ref = reference_set(ExampleSource.of(cfg), plan, tok, args.reference_examples, seed=1, target=params["reference_target"],
                         split="test")
     spec, adam = ProbeSpec(lr=1e-3, reference_batch_size=64), checkpoint_adam_state(loaded)
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 from operators.features.featurize import (
-    FeaturizerSpec,
+    FeaturizeSpec,
     GradientFeaturizer,
     per_example_linear_grads,
     select_linear_layers,
@@ -92,7 +92,7 @@ def main() -> None:
         t0 = time.perf_counter()
         size_arg = {"dim": size} if kind == "dense" else {"rank": size}
         proj = ProjectionSpec(kind=kind, seed=args.seed, **size_arg)
-        featurizer = GradientFeaturizer(model, FeaturizerSpec(projection=proj, exclude_layers=EXCLUDE))
+        featurizer = GradientFeaturizer(model, FeaturizeSpec(projection=proj, exclude_layers=EXCLUDE))
         feats = featurizer.featurize(ids, mask).features
         reference = featurizer.projector.project(exact)
         consistency = float((feats - reference).norm() / reference.norm())

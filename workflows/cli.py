@@ -15,6 +15,8 @@ from workflows.config import dump_config, load_config, resolve_config_path
 from workflows.logs import configure_logging
 
 log = logging.getLogger("influmix")
+#: The refresh stages in order (workflows.mixture_refresh.STAGE_NAMES; a test keeps the two equal).
+STAGES_HELP = "featurize, aggregate, solve, validate, select, publish"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -22,13 +24,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     configure_logging(cfg.log_format)
-    _print_result(run_mixture_refresh(cfg))
+    _print_result(run_mixture_refresh(cfg, start=args.start, until=args.until))
     return 0
 
 
 def _print_result(result) -> None:
-    print(json.dumps({"run_id": result.run_id, "manifest": result.manifest_uri, "weights": result.weights},
-                     indent=2, sort_keys=True))
+    out = {"run_id": result.run_id, "manifest": result.manifest_uri, "weights": result.weights}
+    if result.manifest_uri is None:  # a span of stages that stops before publishing
+        out.update({"run_root": result.run_root, "stages": list(result.stages)})
+    print(json.dumps(out, indent=2, sort_keys=True))
 
 
 def _cmd_refresh(args: argparse.Namespace) -> int:
@@ -114,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    with_config("run", "run or resume a mixture refresh", _cmd_run)
+    p = with_config("run", "run or resume a mixture refresh", _cmd_run)
+    p.add_argument("--until", default=None, metavar="STAGE", help=f"stop after this stage ({STAGES_HELP})")
+    p.add_argument("--from", dest="start", default=None, metavar="STAGE",
+                   help="start at this stage; earlier stages must have run for this run id (their outputs are loaded)")
     p = with_config("refresh", "scheduled refresh: latest checkpoint + previous manifest", _cmd_refresh)
     p.add_argument("--stamp", default=None, help="schedule stamp in the run id (default: today, UTC)")
     with_config("config", "print the resolved, validated config", _cmd_config)

@@ -6,13 +6,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,14 +21,14 @@ from pydantic import (
 )
 
 from cluster.spec import ClusterSpec
-from operators.io.corpus import SamplingSpec
+from operators.io.corpus import CorpusSpec, Location, SamplingSpec, TargetSpec
 from operators.errors import ConfigError
 from operators.selection.influence_model import InfluenceModelSpec
 from operators.mixture.simplex import MixtureConstraints
 from operators.io.names import SafeName
 from operators.io.secrets import redact
 from operators.training.probing import ProbeSpec
-from operators.features.projection import ProjectionSpec
+from operators.features.featurize import FeaturizeSpec
 from operators.io.splits import TargetSplitSpec
 from operators.io.storage import StorageSpec
 from operators.model.tiny_lm import TinyLMSpec
@@ -38,40 +37,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 BUILTIN_MODEL = "builtin://tiny"
 
 
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
-
-
-# Local paths become absolute on the driver, so actors (other cwd, other processes) agree.
-Location = Annotated[str, AfterValidator(_absolute)]
-
-
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatasetSpec(_Spec):
-    """Where a corpus lives and how its rows map to (id, domain, text)."""
-
-    paths: list[Location] = Field(min_length=1)
-    format: Literal["auto", "parquet", "jsonl"] = "auto"
-    text_column: str = "text"
-    id_column: str | None = "id"
-    domain_column: str | None = "domain"
-    domain_from_path: dict[str, str] = {}
-    domains: list[str] | None = None
-
-
-class TargetSpec(_Spec):
-    """One target/validation set: its examples' mean gradient is what the mixture should serve."""
-
-    name: SafeName
-    paths: list[Location] = Field(min_length=1)
-    weight: float = Field(default=1.0, gt=0)
-    format: Literal["auto", "parquet", "jsonl"] = "auto"
-    text_column: str = "text"
-    id_column: str | None = "id"
-    max_examples: int | None = Field(default=None, gt=0)
 
 
 class ModelSpec(_Spec):
@@ -86,19 +53,6 @@ class ModelSpec(_Spec):
         "with checkpoint_root: featurize the last N checkpoints and use their AVERAGE group influence "
         "(LESS/TracIn style; each checkpoint under runs/<run_id>/ckpt-<step>/, the chosen ones pinned "
         "in checkpoints.json); 1: only the latest"))
-
-
-class FeaturizeSpec(_Spec):
-    """Per-example gradient features: projection, layer filter, batching."""
-
-    projection: ProjectionSpec = ProjectionSpec()
-    include_layers: str = ".*"
-    exclude_layers: str | None = "lm_head|embed_out"  # output heads (Llama, GPT-NeoX)
-    loss_reduction: Literal["mean", "sum"] = "mean"
-    max_length: int = Field(default=128, ge=2)
-    batch_size: int = Field(default=16, ge=1)
-    adam_aware: bool = False
-    part_rows: int | None = Field(default=None, ge=1)  # rows per feature part (None: 64 MiB of features)
 
 
 class InfluenceSpec(_Spec):
@@ -222,7 +176,7 @@ class RunConfig(_Spec):
     run_id: SafeName | None = None
     output_uri: Location
     storage: StorageSpec = StorageSpec()
-    corpus: DatasetSpec
+    corpus: CorpusSpec
     sampling: SamplingSpec = SamplingSpec()
     targets: list[TargetSpec] = Field(min_length=1)
     targets_split: TargetSplitSpec = TargetSplitSpec()

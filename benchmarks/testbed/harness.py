@@ -29,7 +29,7 @@ from operators.io.splits import SplitName
 from operators.model.tiny_lm import small_model_threads
 from operators.model.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
-from workflows.jobs.examples import domain_pools, reference_set
+from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
 from workflows.run.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def testbed_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: i
     The default ``test`` split is never touched by a refresh (neither the influence scores nor the
     validation probes), so a published mixture is judged on data that did not choose it.
     """
-    return reference_set(cfg, plan, tokenizer, total=total, seed=seed, split=split)
+    return reference_set(ExampleSource.of(cfg), plan, tokenizer, total=total, seed=seed, split=split)
 
 
 def packed_pools(cfg: RunConfig, plan: Plan, tokenizer, per_domain: int, seed: int,
@@ -115,7 +115,7 @@ def packed_pools(cfg: RunConfig, plan: Plan, tokenizer, per_domain: int, seed: i
     from workflows.jobs.examples import sample_rows_per_group
 
     length = cfg.featurize.max_length
-    table = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, seed)
+    table = sample_rows_per_group(ExampleSource.of(cfg), plan.corpus_tasks(), per_domain, seed)
     pad = tokenizer.pad_token_id
     pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     all_domains = np.asarray(table.column("domain").to_pylist(), dtype=object)
@@ -190,8 +190,11 @@ def evaluate_mixtures(
     if full_corpus:
         pool_cfg = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(
             update={"rate": 1.0, "max_per_domain": None})})
-    make_pools = packed_pools if packed else domain_pools
-    pools = make_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
+    if packed:
+        pools = packed_pools(pool_cfg, plan, tokenizer, per_domain=per_domain, seed=data_seed, domains=domains)
+    else:
+        pools = domain_pools(ExampleSource.of(pool_cfg), plan, tokenizer, per_domain=per_domain, seed=data_seed,
+                             domains=domains)
     missing = [d for d in domains if d not in pools]
     if missing:
         raise ConfigError(f"evaluate_mixtures: no corpus examples for domains {missing} named by the "

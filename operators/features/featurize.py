@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from operators.errors import ConfigError, ModelError
@@ -53,16 +53,19 @@ def select_linear_layers(
     return dict(sorted(found.items()))
 
 
-class FeaturizerSpec(BaseModel):
-    """How to featurize: projection, which layers, per-example loss reduction, K-FAC factor collection."""
+class FeaturizeSpec(BaseModel):
+    """Per-example gradient features: projection, which layers, loss reduction, batching, part size."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     projection: ProjectionSpec = ProjectionSpec()
     include_layers: str = ".*"
-    exclude_layers: str | None = "lm_head"
+    exclude_layers: str | None = "lm_head|embed_out"  # output heads (Llama, GPT-NeoX)
     loss_reduction: LossReduction = "mean"
-    collect_kfac: bool = False
+    max_length: int = Field(default=128, ge=2)
+    batch_size: int = Field(default=16, ge=1)
+    adam_aware: bool = False
+    part_rows: int | None = Field(default=None, ge=1)  # rows per feature part (None: 64 MiB of features)
 
 
 @dataclass
@@ -261,12 +264,14 @@ class GradientFeaturizer:
     def __init__(
         self,
         model: nn.Module,
-        spec: FeaturizerSpec,
+        spec: FeaturizeSpec,
         device: str | torch.device = "cpu",
         adam_state: AdamState | None = None,
         projector: Projector | None = None,
+        collect_kfac: bool = False,
     ) -> None:
         self.spec = spec
+        self.collect_kfac = collect_kfac
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.layers = select_linear_layers(model, spec.include_layers, spec.exclude_layers)
@@ -320,7 +325,7 @@ class GradientFeaturizer:
         kron = isinstance(proj, KroneckerProjector)
         tok_mask = mask.to(torch.float32).unsqueeze(-1)
         kfac: dict[str, tuple[torch.Tensor, torch.Tensor, int]] | None = (
-            {} if self.spec.collect_kfac and kron else None
+            {} if self.collect_kfac and kron else None
         )
         parts: list[torch.Tensor] = []
         for name in proj.layer_names:

@@ -12,19 +12,20 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from operators.io import storage as st
 from operators.errors import CorpusError, StorageError
-from operators.io.names import check_shard_table
+from operators.io.names import SafeName, check_shard_table
 from operators.io.storage import StorageSpec
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -37,16 +38,30 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SHARD_SCHEMA = pa.schema([("id", pa.string()), ("domain", pa.string()), ("text", pa.string())])
 
 
-class CorpusSpec(BaseModel):
-    """Where the corpus lives and which columns hold text, ids and domains."""
+def absolute_location(uri: str) -> str:
+    """URIs with a scheme stay as they are; local paths become absolute (actors run elsewhere)."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+#: A local path (made absolute on the driver, so actors with another cwd agree) or a URI.
+Location = Annotated[str, AfterValidator(absolute_location)]
+
+
+class SourceSpec(BaseModel):
+    """Where a set of examples lives and which columns hold text and ids (corpus or target set)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    paths: list[str] = Field(min_length=1)
+    paths: list[Location] = Field(min_length=1)
     format: Literal["auto", "parquet", "jsonl"] = "auto"
-    text_column: str = "text"
-    id_column: str | None = "id"
-    domain_column: str | None = "domain"
+    text_column: str = Field(default="text", min_length=1)
+    id_column: str | None = Field(default="id", min_length=1)
+
+
+class CorpusSpec(SourceSpec):
+    """The pretraining corpus: its shards and how rows map to domains."""
+
+    domain_column: str | None = Field(default="domain", min_length=1)
     domain_from_path: dict[str, str] = Field(default_factory=dict)
     domains: list[str] | None = None
 
@@ -65,6 +80,19 @@ class CorpusSpec(BaseModel):
         if self.domain_column is None and not self.domain_from_path:
             raise ValueError("domain_column is None: give domain_from_path rules (regex -> domain)")
         return self
+
+
+class TargetSpec(SourceSpec):
+    """One target set: what the mixture should serve. Read like a corpus whose rows all belong to the
+    target's name (:meth:`as_corpus`)."""
+
+    name: SafeName
+    weight: float = Field(default=1.0, gt=0)
+    max_examples: int | None = Field(default=None, gt=0)
+
+    def as_corpus(self) -> CorpusSpec:
+        return CorpusSpec(paths=list(self.paths), format=self.format, text_column=self.text_column,
+                          id_column=self.id_column, domain_column=None, domain_from_path={".*": self.name})
 
 
 class ShardRef(BaseModel):

@@ -21,6 +21,7 @@ from operators.io import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.io.storage import StorageSpec
 from operators.model.tiny_lm import META_FILE, OPTIMIZER_FILE
+from operators.model.tokenize import prepare_tokenizer
 
 log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -302,3 +303,21 @@ def checkpoint_adam_state(loaded: LoadedModel) -> dict[str, Any] | None:
         log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.local_dir)
         return None
     return adam_state_dict(loaded.model, moments)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Everything a worker needs to load the checkpoint: no run config travels to Ray tasks."""
+
+    uri: str
+    storage: StorageSpec | None = None
+    cache_dir: str | None = None
+    dtype: str = "float32"
+
+    def load(self, device: str = "cpu", dtype: str | None = None) -> LoadedModel:
+        return load_causal_lm(self.uri, device=device, dtype=dtype or self.dtype, storage=self.storage,
+                              cache_dir=self.cache_dir)
+
+    def tokenizer(self) -> Any:
+        """The checkpoint's tokenizer, prepared for right-padded batches."""
+        return prepare_tokenizer(load_tokenizer(self.uri, storage=self.storage, cache_dir=self.cache_dir))

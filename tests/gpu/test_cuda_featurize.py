@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.features.featurize import FeaturizerSpec, GradientFeaturizer
+from operators.features.featurize import FeaturizeSpec, GradientFeaturizer
 from operators.features.projection import ProjectionSpec
 from operators.model.tiny_lm import TinyLMSpec, build_tiny_lm
 
@@ -21,7 +21,7 @@ def test_cuda_features_match_cpu(kind):
     ids = torch.randint(3, 512, (8, 64), generator=g)
     mask = torch.ones_like(ids)
     mask[4:, 40:] = 0
-    fspec = FeaturizerSpec(projection=ProjectionSpec(kind=kind, rank=8, dim=512, seed=3))
+    fspec = FeaturizeSpec(projection=ProjectionSpec(kind=kind, rank=8, dim=512, seed=3))
     cpu = GradientFeaturizer(model, fspec, device="cpu").featurize(ids, mask).features
     gpu_model = build_tiny_lm(spec, vocab_size=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     gpu = GradientFeaturizer(gpu_model, fspec, device="cuda").featurize(ids.cuda(), mask.cuda()).features

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from workflows.config import RunConfig, load_config
-from workflows.jobs.examples import read_task_rows
+from workflows.jobs.examples import ExampleSource, read_task_rows
 from workflows.run.plan import Plan
 
 
@@ -29,6 +29,6 @@ def expected_ids(cfg: RunConfig, plan: Plan) -> set[str]:
     """Ids featurization must produce exactly once: the sampled corpus rows."""
     ids: set[str] = set()
     for task in plan.corpus_tasks():
-        table: pa.Table = read_task_rows(cfg, task)
+        table: pa.Table = read_task_rows(ExampleSource.of(cfg), task)
         ids.update(table.column("id").to_pylist())
     return ids

@@ -17,7 +17,6 @@ from operators.errors import CorpusError
 from operators.model.tiny_lm import TinyLMSpec
 from workflows import assets
 from workflows.assets import build_corpus as bc
-from workflows.assets import build_scenarios as bs
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -191,48 +190,3 @@ def test_default_checkpoint_concurrent_threads_and_processes(tmp_path) -> None:
     assert sum(count for _, count in got) == 1  # the file lock let exactly one process build
     leftovers = [p.name for p in (tmp_path / "procs").iterdir() if p.is_dir() and p.name.startswith(".")]
     assert leftovers == []
-
-
-# ---------------------------------------------------------------- harder-testbed scenario data
-
-
-def _scenario_rows(sub: str) -> dict[str, list[dict]]:
-    return {p.stem: _rows(p) for p in sorted((bs.DEFAULT_OUT / sub).glob("*.parquet"))}
-
-
-def test_scenario_data_checksums_and_size() -> None:
-    root = bs.DEFAULT_OUT
-    listed = json.loads((root / "CHECKSUMS.json").read_text())["files"]
-    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    assert on_disk - set(listed) == {"CHECKSUMS.json"} and set(listed) <= on_disk
-    for rel, digest in listed.items():
-        assert assets.sha256_file(root / rel) == digest, rel
-    assert sum((root / rel).stat().st_size for rel in listed) < 1_500_000
-    sources = (root / "SOURCES.md").read_text()
-    assert "GPL" in sources and "LGPL" in sources and "/usr/share/locale" in sources
-
-
-def test_scenario_pool_and_targets(corpus) -> None:
-    pool = _scenario_rows("corpus")
-    by_domain: dict[str, list[dict]] = {}
-    for rows in pool.values():
-        for r in rows:
-            by_domain.setdefault(r["domain"], []).append(r)
-    assert {d: len(v) for d, v in by_domain.items()} == bs.POOL
-    assert min(bs.POOL.values()) <= 80 < max(bs.POOL.values())  # one small domain
-    targets = _scenario_rows("targets")
-    assert set(targets) == {*bs.OOP_TARGETS, bs.MIXED_TARGET}
-    for name, (lang, n) in bs.OOP_TARGETS.items():
-        assert len(targets[name]) == n >= 150 and {r["domain"] for r in targets[name]} == {lang}
-        assert lang not in bs.POOL  # outside the pool
-    mixed = [r["domain"] for r in targets[bs.MIXED_TARGET]]
-    assert {d: mixed.count(d) for d in set(mixed)} == bs.MIXED_HALVES
-    default_rows = [r for rows in corpus.values() for r in rows]
-    rows = [r for v in pool.values() for r in v] + [r for v in targets.values() for r in v]
-    ids = [r["id"] for r in rows] + [r["id"] for r in default_rows]
-    assert len(ids) == len(set(ids))
-    assert all(bc.MIN_CHARS <= len(r["text"]) <= bc.HARD_MAX for r in rows)
-    pool_keys = {bc._dedup_key(r["text"]) for r in default_rows} | {
-        bc._dedup_key(r["text"]) for v in pool.values() for r in v}
-    for name, trows in targets.items():
-        assert all(bc._dedup_key(r["text"]) not in pool_keys for r in trows), name

@@ -14,6 +14,8 @@ from operators.io import storage
 from operators.manifest.schema import parse_manifest, weights_of
 from tests.workflows.helpers import expected_ids, fast_config
 from workflows.jobs.featurize_shard import ShardFeaturizer
+from workflows.run.plan import run_root
+from workflows.stages.featurize import featurize_job
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
 from workflows.run.plan import build_plan
 
@@ -98,11 +100,11 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workflows.jobs.examples import read_task_rows
+    from workflows.jobs.examples import ExampleSource, read_task_rows
 
     cfg, _ = default_run
     plan = build_plan(cfg)
-    tables = [read_task_rows(cfg, t) for t in plan.corpus_tasks()]
+    tables = [read_task_rows(ExampleSource.of(cfg), t) for t in plan.corpus_tasks()]
     merged = pa.concat_tables(tables)
     single = tmp_path / "single"
     single.mkdir()
@@ -110,7 +112,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
     cfg1 = cfg.model_copy(update={"output_uri": str(tmp_path / "out"), "run_id": "single",
                                   "corpus": cfg.corpus.model_copy(update={"paths": [str(single)]}),
                                   "sampling": cfg.sampling.model_copy(update={"rate": 1.0})})
-    worker = ShardFeaturizer(cfg1, resolve_model_uri(cfg1), "cpu", "test")
+    worker = ShardFeaturizer(featurize_job(cfg1, resolve_model_uri(cfg1), run_root(cfg1)), "cpu", "test")
     task = build_plan(cfg1).corpus_tasks()[0]
     worker.process(task)
     one = datastore.read_feature_shard(datastore.feature_uri(build_plan(cfg1).root, task.shard_id))

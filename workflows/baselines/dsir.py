@@ -16,24 +16,22 @@ from scipy.special import logsumexp
 
 from operators.mixture.simplex import project_bounded_simplex
 from operators.mixture.ngram import example_importance, log_importance, ngram_buckets, ngram_counts
+from cluster.parallel import parallel_map
 from workflows.baselines.base import BASELINES
+from workflows.jobs.examples import ExampleSource, read_task_rows
 from workflows.solvers.base import MixtureProblem, SolveContext, Solver, SolverResult
 
 
 class _ShardPass:
     """Picklable per-shard job: pass 1 returns n-gram counts, pass 2 per-domain log importance mass."""
 
-    def __init__(self, cfg_data: dict, buckets: int, log_ratio: np.ndarray | None, domains: list[str]):
-        self.cfg_data, self.buckets, self.log_ratio, self.domains = cfg_data, buckets, log_ratio, domains
+    def __init__(self, examples: ExampleSource, buckets: int, log_ratio: np.ndarray | None, domains: list[str]):
+        self.examples, self.buckets, self.log_ratio, self.domains = examples, buckets, log_ratio, domains
 
     def __call__(self, tasks: list, device: str) -> list:
-        from workflows.config import RunConfig
-        from workflows.jobs.examples import read_task_rows
-
-        cfg = RunConfig.model_validate(self.cfg_data)
         out = []
         for task in tasks:
-            table = read_task_rows(cfg, task)
+            table = read_task_rows(self.examples, task)
             texts = table.column("text").to_pylist()
             if self.log_ratio is None:
                 out.append(ngram_counts(texts, self.buckets))
@@ -66,21 +64,22 @@ class Dsir(Solver):
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
         if ctx is None:
             raise ValueError("the dsir baseline reads the corpus: it needs a SolveContext")
-        from cluster.parallel import parallel_map
-        from workflows.jobs.examples import read_task_rows
-
-        cfg, plan, b = ctx.cfg, ctx.plan, self.options.buckets
+        examples, plan, b = ctx.examples, ctx.plan, self.options.buckets
         target, n_target = np.zeros(b), 0.0
         for t, lam in zip(problem.targets, problem.target_weights):
-            counts = sum((ngram_counts(read_task_rows(cfg, task).column("text").to_pylist(), b)
+            counts = sum((ngram_counts(read_task_rows(examples, task).column("text").to_pylist(), b)
                           for task in plan.target_tasks(t)), np.zeros(b))
             target += lam * counts / max(counts.sum(), 1.0)
             n_target += counts.sum()
-        cfg_data = cfg.model_dump(mode="json")
         tasks = plan.corpus_tasks()
-        raw = np.sum(parallel_map(_ShardPass(cfg_data, b, None, problem.domains), tasks, ctx.layout), axis=0)
+        small = sum(t.size_bytes or 0 for t in tasks) < self.options.local_below_bytes
+
+        def run(job: _ShardPass) -> list:
+            return job(tasks, "cpu") if small else parallel_map(job, tasks, ctx.layout)
+
+        raw = np.sum(run(_ShardPass(examples, b, None, problem.domains)), axis=0)
         ratio = log_importance(target * n_target, raw, self.options.smoothing)  # weighted, real count
-        masses = np.array(parallel_map(_ShardPass(cfg_data, b, ratio, problem.domains), tasks, ctx.layout))
+        masses = np.array(run(_ShardPass(examples, b, ratio, problem.domains)))
         log_mass = logsumexp(masses, axis=0)
         w = np.exp(log_mass - logsumexp(log_mass))
         return SolverResult(project_bounded_simplex(w, problem.lower, problem.upper),

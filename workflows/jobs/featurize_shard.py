@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TypeVar
 
@@ -22,12 +23,11 @@ import pyarrow.compute as pc
 import torch
 
 from operators.features import datastore
-from operators.features.featurize import AdamState, FeatureBatch, FeaturizerSpec, GradientFeaturizer
-from operators.model.loading import LoadedModel, load_adam_moments, load_causal_lm
+from operators.features.featurize import AdamState, FeatureBatch, FeaturizeSpec, GradientFeaturizer
+from operators.model.loading import LoadedModel, ModelSource, load_adam_moments
 from operators.model.tokenize import TokenBatch, iter_token_batches, prepare_tokenizer, tokenize_texts
-from workflows.config import RunConfig
-from workflows.jobs.examples import iter_task_rows
-from workflows.run.plan import ShardTask, run_root
+from workflows.jobs.examples import ExampleSource, iter_task_rows
+from workflows.run.plan import ShardTask
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +36,16 @@ FAULT_ENV = "INFLUMIX_FAULT_INJECT"
 _T = TypeVar("_T")
 
 
-def featurizer_spec(cfg: RunConfig) -> FeaturizerSpec:
-    f = cfg.featurize
-    return FeaturizerSpec(
-        projection=f.projection,
-        include_layers=f.include_layers,
-        exclude_layers=f.exclude_layers,
-        loss_reduction=f.loss_reduction,
-        collect_kfac=cfg.influence.preconditioner == "kfac",
-    )
+@dataclass(frozen=True)
+class FeaturizeJob:
+    """What a featurizing worker needs (no run config travels to Ray): the examples, the checkpoint,
+    the featurizer settings, whether to collect K-FAC sums, and the feature root it writes under."""
+
+    examples: ExampleSource
+    model: ModelSource
+    featurize: FeaturizeSpec
+    collect_kfac: bool
+    root: str
 
 
 def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamState:
@@ -68,23 +69,24 @@ def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamS
 class ShardFeaturizer:
     """Holds the model and projector for one worker; featurizes shards on request."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str, device: str, worker: str, root: str | None = None) -> None:
-        self.cfg = cfg
+    def __init__(self, job: FeaturizeJob, device: str, worker: str) -> None:
+        self.job = job
+        self.storage = job.examples.storage
         self.device = device
         self.worker = worker
-        self.root = root or run_root(cfg)  # the plan's root (a checkpoint's sub-root when averaging)
+        self.root = job.root  # the plan's root (a checkpoint's sub-root when averaging)
         self.max_rows: int | None = None  # learned after a CUDA out-of-memory error
-        self.loaded = load_causal_lm(model_uri, device=device, dtype=cfg.model.dtype,
-                                     storage=cfg.storage, cache_dir=cfg.model.cache_dir)
+        self.loaded = job.model.load(device)
         self.tokenizer = prepare_tokenizer(self.loaded.tokenizer)
-        spec = featurizer_spec(cfg)
         # targets keep plain SGD gradients (LESS: the Adam transform is for training examples only)
-        self.target_featurizer = GradientFeaturizer(self.loaded.model, spec, device=device)
+        self.target_featurizer = GradientFeaturizer(self.loaded.model, job.featurize, device=device,
+                                                    collect_kfac=job.collect_kfac)
         self.featurizer = self.target_featurizer
-        if cfg.featurize.adam_aware:
+        if job.featurize.adam_aware:
             adam = adam_state_for(self.loaded, self.target_featurizer)
-            self.featurizer = GradientFeaturizer(self.loaded.model, spec, device=device, adam_state=adam,
-                                                 projector=self.target_featurizer.projector)
+            self.featurizer = GradientFeaturizer(self.loaded.model, job.featurize, device=device, adam_state=adam,
+                                                 projector=self.target_featurizer.projector,
+                                                 collect_kfac=job.collect_kfac)
 
     @property
     def fingerprint(self) -> str:
@@ -93,7 +95,7 @@ class ShardFeaturizer:
         ``adam-corpus``: Adam-transformed corpus features, plain target features (older runs that
         also transformed targets recorded ``adam`` and are refused on resume).
         """
-        kind = "adam-corpus" if self.cfg.featurize.adam_aware else "sgd"
+        kind = "adam-corpus" if self.job.featurize.adam_aware else "sgd"
         return f"{self.loaded.fingerprint}:{self.featurizer.describe()['fingerprint']}:{kind}"
 
     def describe(self) -> dict:
@@ -139,7 +141,7 @@ class ShardFeaturizer:
         Streams: a background thread reads, samples and tokenizes the next chunk of rows while this
         thread runs forward+backward, and full feature parts are written by the part writer's thread.
         """
-        existing = datastore.read_completion(self.root, task.shard_id, self.cfg.storage)
+        existing = datastore.read_completion(self.root, task.shard_id, self.storage)
         if existing is not None:
             return existing
         started = time.time()
@@ -147,8 +149,8 @@ class ShardFeaturizer:
         dim = featurizer.output_dim
         fp = featurizer.describe()["fingerprint"]
         writer = datastore.FeaturePartWriter(
-            self.root, task.shard_id, dim, fp, datastore.part_rows_for(dim, self.cfg.featurize.part_rows),
-            self.cfg.storage)
+            self.root, task.shard_id, dim, fp, datastore.part_rows_for(dim, self.job.featurize.part_rows),
+            self.storage)
         stats: dict[str, dict[str, int]] = {}
         counts: dict[str, int] = {}
         tokens: dict[str, int] = {}
@@ -188,7 +190,7 @@ class ShardFeaturizer:
             raise
         if kfac:
             datastore.write_npz_atomic(datastore.kfac_uri(self.root, task.shard_id),
-                                       _kfac_arrays(kfac), self.cfg.storage)
+                                       _kfac_arrays(kfac), self.storage)
         finished = time.time()
         record = datastore.CompletionRecord(
             shard_id=task.shard_id, source_uri=task.uri, role=task.role, target_name=task.target_name,
@@ -201,14 +203,14 @@ class ShardFeaturizer:
             domain_tokens_untruncated=stats.get("tokens_untruncated", {}),
             domain_bytes_featurized=stats.get("bytes_featurized", {}), skipped_nonfinite=skipped,
         )
-        datastore.write_completion(self.root, record, self.cfg.storage)
+        datastore.write_completion(self.root, record, self.storage)
         return record
 
     def _token_batches(self, task: ShardTask, stats: dict[str, dict[str, int]]) -> Iterator[TokenBatch]:
         """Model batches of the shard, chunk by chunk (length-sorted within a chunk); fills ``stats``
         with whole-shard rows/bytes and the featurized rows' untruncated tokens and bytes."""
-        f = self.cfg.featurize
-        for table in iter_task_rows(self.cfg, task, stats):
+        f = self.job.featurize
+        for table in iter_task_rows(self.job.examples, task, stats):
             texts = table.column("text").to_pylist()
             tok = tokenize_texts(self.tokenizer, texts, f.max_length, count_untruncated=True)
             valid = tok.valid.numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -12,11 +13,9 @@ from pydantic import BaseModel
 
 from operators.io import storage
 from operators.selection.influence_model import load_influence_model
-from operators.model.loading import load_tokenizer
-from operators.model.tokenize import prepare_tokenizer
-from workflows.config import RunConfig
-from workflows.jobs.examples import read_task_rows, tokenize_table
-from workflows.run.plan import ShardTask, run_root
+from operators.model.loading import ModelSource
+from workflows.jobs.examples import ExampleSource, read_task_rows, tokenize_table
+from workflows.run.plan import ShardTask
 
 
 def scores_uri(root: str, shard_id: str) -> str:
@@ -36,17 +35,29 @@ class ScoreRecord(BaseModel):
     duration_s: float
 
 
+@dataclass(frozen=True)
+class ScoreJob:
+    """What a scoring worker needs: the examples, the checkpoint (its tokenizer), the trained data
+    influence model, the scoring context length and the run root it writes under."""
+
+    examples: ExampleSource
+    model: ModelSource
+    dim_uri: str
+    max_length: int
+    root: str
+
+
 class ShardScorer:
     """Holds the tokenizer and the data influence model; writes one score file per shard."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str, dim_uri: str, device: str, worker: str) -> None:
-        self.cfg = cfg
+    def __init__(self, job: ScoreJob, device: str, worker: str) -> None:
+        self.job = job
+        self.storage = job.examples.storage
         self.worker = worker
-        self.root = run_root(cfg)
-        self.tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage,
-                                                          cache_dir=cfg.model.cache_dir))
-        data = storage.read_bytes(dim_uri, cfg.storage)
-        self.model = load_influence_model(data, device, storage=cfg.storage, cache_dir=cfg.model.cache_dir)
+        self.root = job.root
+        self.tokenizer = job.model.tokenizer()
+        data = storage.read_bytes(job.dim_uri, self.storage)
+        self.model = load_influence_model(data, device, storage=self.storage, cache_dir=job.model.cache_dir)
         self.fingerprint = f"dim:{hashlib.sha256(data).hexdigest()[:16]}"
 
     def describe(self) -> dict:
@@ -54,11 +65,11 @@ class ShardScorer:
 
     def process(self, task: ShardTask, attempt: int = 1, on_batch=None) -> ScoreRecord:
         done = score_done_uri(self.root, task.shard_id)
-        if storage.exists(done, self.cfg.storage):
-            return ScoreRecord.model_validate(storage.read_json(done, self.cfg.storage))
+        if storage.exists(done, self.storage):
+            return ScoreRecord.model_validate(storage.read_json(done, self.storage))
         started = time.time()
-        table = read_task_rows(self.cfg, task)
-        input_ids, mask, keep = tokenize_table(self.tokenizer, table, self.cfg.mates.model.max_length)
+        table = read_task_rows(self.job.examples, task)
+        input_ids, mask, keep = tokenize_table(self.tokenizer, table, self.job.max_length)
         scores = self.model.predict(input_ids, mask) if len(input_ids) else np.zeros(0)
         kept = table.filter(pa.array(keep))
         out = pa.table({"id": kept.column("id"), "domain": kept.column("domain"),
@@ -66,20 +77,20 @@ class ShardScorer:
         sink = pa.BufferOutputStream()
         pq.write_table(out, sink)
         uri = scores_uri(self.root, task.shard_id)
-        storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), self.cfg.storage)
+        storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), self.storage)
         if on_batch is not None:
             on_batch("mates", kept.column("domain").to_pylist(), mask.sum(dim=1).numpy())
         record = ScoreRecord(shard_id=task.shard_id, n_examples=kept.num_rows, output_uri=uri,
                              worker=self.worker, attempt=attempt, duration_s=round(time.time() - started, 4))
-        storage.write_json_atomic(done, record.model_dump(), self.cfg.storage)
+        storage.write_json_atomic(done, record.model_dump(), self.storage)
         return record
 
 
 class ScorerFactory:
-    def __init__(self, cfg: RunConfig, model_uri: str, dim_uri: str) -> None:
-        self.cfg_data = cfg.model_dump(mode="json")
-        self.model_uri = model_uri
-        self.dim_uri = dim_uri
+    """Picklable factory each actor calls once to build its :class:`ShardScorer`."""
+
+    def __init__(self, job: ScoreJob) -> None:
+        self.job = job
 
     def __call__(self, worker: str, device: str) -> ShardScorer:
-        return ShardScorer(RunConfig.model_validate(self.cfg_data), self.model_uri, self.dim_uri, device, worker)
+        return ShardScorer(self.job, device, worker)

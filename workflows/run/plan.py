@@ -6,14 +6,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from operators.io import storage
-from operators.io.corpus import CorpusSpec, discover_shards
 from operators.errors import ConfigError
-from workflows.config import DatasetSpec, RunConfig, TargetSpec
+from operators.io import storage
+from operators.io.corpus import CorpusSpec, TargetSpec, discover_shards
+
+if TYPE_CHECKING:
+    from workflows.config import RunConfig
 
 PLAN_FILE = "plan.json"
 
@@ -53,46 +55,42 @@ def run_root(cfg: RunConfig) -> str:
     return storage.join(cfg.output_uri, "runs", cfg.resolved_run_id())
 
 
-def corpus_spec(ds: DatasetSpec) -> CorpusSpec:
-    return CorpusSpec(**ds.model_dump())
-
-
-def target_corpus_spec(target: TargetSpec) -> CorpusSpec:
-    """Target sets are read like corpora, every row labelled with the target's name."""
-    return CorpusSpec(
-        paths=list(target.paths),
-        format=target.format,
-        text_column=target.text_column,
-        id_column=target.id_column,
-        domain_column=None,
-        domain_from_path={".*": target.name},
-    )
+def source_spec(corpus: CorpusSpec, targets: list[TargetSpec] | tuple[TargetSpec, ...],
+                task: ShardTask) -> CorpusSpec:
+    """How to read a task's shard: the corpus spec, or its target set read as a one-domain corpus."""
+    if task.role == "corpus":
+        return corpus
+    target = next((t for t in targets if t.name == task.target_name), None)
+    if target is None:
+        raise ConfigError(f"task {task.shard_id} names unknown target {task.target_name!r}")
+    return target.as_corpus()
 
 
 def spec_for_task(cfg: RunConfig, task: ShardTask) -> CorpusSpec:
-    if task.role == "corpus":
-        return corpus_spec(cfg.corpus)
-    target = next((t for t in cfg.targets if t.name == task.target_name), None)
-    if target is None:
-        raise ConfigError(f"task {task.shard_id} names unknown target {task.target_name!r}")
-    return target_corpus_spec(target)
+    return source_spec(cfg.corpus, cfg.targets, task)
 
 
-def build_plan(cfg: RunConfig) -> Plan:
-    """List every corpus and target shard (sorted, deterministic)."""
+def list_tasks(corpus: CorpusSpec, targets: list[TargetSpec], spec: storage.StorageSpec) -> tuple[ShardTask, ...]:
+    """Every corpus and target shard (sorted, deterministic)."""
     tasks: list[ShardTask] = []
-    for ref in discover_shards(corpus_spec(cfg.corpus), cfg.storage):
+    for ref in discover_shards(corpus, spec):
         tasks.append(ShardTask(shard_id=ref.shard_id, uri=ref.uri, format=ref.format, role="corpus",
                                size_bytes=ref.size_bytes))
-    for target in cfg.targets:
-        for ref in discover_shards(target_corpus_spec(target), cfg.storage):
+    for target in targets:
+        for ref in discover_shards(target.as_corpus(), spec):
             tasks.append(ShardTask(shard_id=f"target-{target.name}-{ref.shard_id}", uri=ref.uri,
                                    format=ref.format, role="target", target_name=target.name,
                                    size_bytes=ref.size_bytes))
     ids = [t.shard_id for t in tasks]
     if len(set(ids)) != len(ids):
         raise ConfigError("two input shards map to the same shard id; list each shard once")
-    return Plan(run_id=cfg.resolved_run_id(), root=run_root(cfg), tasks=tuple(tasks))
+    return tuple(tasks)
+
+
+def build_plan(cfg: RunConfig) -> Plan:
+    """The run's plan: every corpus and target shard, under ``runs/<run_id>``."""
+    return Plan(run_id=cfg.resolved_run_id(), root=run_root(cfg),
+                tasks=list_tasks(cfg.corpus, cfg.targets, cfg.storage))
 
 
 def read_recorded_plan(root: str, spec: storage.StorageSpec) -> dict | None:

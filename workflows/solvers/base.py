@@ -5,7 +5,7 @@ the configured normalisation derives from it, bounds, the fixed prior, the refer
 next stage's token budget) and returns a :class:`SolverResult`: weights plus its own report section.
 Solvers that only do arithmetic (``measures = False``) are also re-run on bootstrap replicates of the
 influence matrix to give weight confidence intervals; solvers that train probes (``measures = True``)
-get a :class:`SolveContext` with the run's config, plan, checkpoint and Ray worker layout.
+get a :class:`SolveContext` with the run's plan, checkpoint, example source and Ray worker layout.
 
 Adding a solver: one file in this folder that defines a :class:`Solver` subclass with a ``name``, an
 ``Options`` pydantic model (its config section ``mixture.options.<name>``) and ``solve``, plus one
@@ -23,7 +23,11 @@ from pydantic import BaseModel, ConfigDict
 
 from operators.mixture.budget import Budget
 from operators.influence.group import combine_targets, normalize_per_target
+from cluster.runtime import WorkerLayout
+from operators.model.loading import ModelSource
+from workflows.jobs.examples import ExampleSource
 from workflows.registry import Registry
+from workflows.run.plan import Plan
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,15 @@ class SolverResult:
 
 @dataclass
 class SolveContext:
-    """Run-time facilities for solvers that measure mixtures by training (cfg: workflows RunConfig)."""
+    """What solvers that read data or train probes may use (never the run config): the shard plan, the
+    checkpoint, where examples come from, the Ray worker layout, and the configured options of every
+    solver (a solver may build another, as TiKMiX-M builds TiKMiX-D)."""
 
-    cfg: Any
-    plan: Any
-    model_uri: str
-    layout: Any  # cluster.runtime.WorkerLayout
-    extras: dict = field(default_factory=dict)
+    plan: Plan
+    model: ModelSource
+    examples: ExampleSource
+    layout: WorkerLayout
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Solver(ABC):
@@ -94,6 +100,18 @@ class Solver(ABC):
     @abstractmethod
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
         """Weights (K,) on the bounded simplex, plus a report section."""
+
+    def stronger_prior(self, problem: MixtureProblem, factor: float) -> tuple[str, Solver] | None:
+        """This solver pulled ``factor`` times harder toward its prior, with a short label for it (e.g.
+        ``beta=2``), or None when it has no such pull. Validation measures these variants as candidates."""
+        return None
+
+    def bootstrap_solver(self, options: dict[str, dict[str, Any]]) -> Solver:
+        """The arithmetic solver re-run on bootstrap replicates of the influence matrix (weight CIs):
+        this one, unless it trains probes (then it names a cheap stand-in)."""
+        if self.measures:
+            raise NotImplementedError(f"{self.name} trains probes: it must name a bootstrap stand-in")
+        return self
 
 
 SOLVERS: Registry[Solver] = Registry("mixture solver")

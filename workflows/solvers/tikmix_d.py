@@ -48,8 +48,15 @@ class TikmixD(Solver):
         mixed = (1.0 - self.options.damping) * prev / prev.sum() + self.options.damping * problem.prior
         return mixed / mixed.sum()
 
+    def beta(self, problem: MixtureProblem) -> float:
+        return self.options.beta or float(problem.info.get("beta", 1.0))
+
+    def stronger_prior(self, problem: MixtureProblem, factor: float) -> tuple[str, Solver]:
+        beta = self.beta(problem) * factor
+        return f"beta={beta:g}", TikmixD(self.options.model_copy(update={"beta": beta}))
+
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
-        beta = self.options.beta or float(problem.info.get("beta", 1.0))
+        beta = self.beta(problem)
         anchor = self.anchor(problem)
         s = problem.scores
         if self.options.diminishing_returns:

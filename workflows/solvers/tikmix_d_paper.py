@@ -23,6 +23,11 @@ class TikmixDPaper(Solver):
         pareto: bool = Field(default=True, description="S·w ≥ S·w_prior (dropped, and reported, if infeasible)")
         use_bounds: bool = Field(default=True, description="apply influmix box and reuse caps")
 
+    def stronger_prior(self, problem: MixtureProblem, factor: float) -> tuple[str, Solver]:
+        """The entropy term γ·H(w) is this solver's pull (toward uniform)."""
+        gamma = self.options.gamma * factor
+        return f"gamma={gamma:g}", TikmixDPaper(self.options.model_copy(update={"gamma": gamma}))
+
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
         o = self.options
         lower, upper = (problem.lower, problem.upper) if o.use_bounds else (None, None)

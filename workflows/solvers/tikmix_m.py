@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from operators.training.probing import ProbeSpec
 from workflows.solvers.base import SOLVERS, MixtureProblem, SolveContext, Solver, SolverResult
+from workflows.solvers.tikmix_m_search import run_tikmix_m
 
 
 @SOLVERS.register
@@ -45,10 +46,12 @@ class TikmixM(Solver):
                 raise ValueError(f"alpha_min ({self.alpha_min}) exceeds alpha_max ({self.alpha_max})")
             return self
 
+    def bootstrap_solver(self, options: dict[str, dict]) -> Solver:
+        """Bootstrap replicates re-solve TiKMiX-D, the centre of this solver's search."""
+        return SOLVERS.configured("tikmix_d", options)
+
     def solve(self, problem: MixtureProblem, ctx: SolveContext | None = None) -> SolverResult:
         if ctx is None:
             raise ValueError("tikmix_m trains probes: it needs a SolveContext")
-        from workflows.solvers.tikmix_m_search import run_tikmix_m
-
-        weights, report = run_tikmix_m(ctx.cfg, ctx.plan, ctx.model_uri, problem, ctx.layout, self.options)
+        weights, report = run_tikmix_m(ctx, problem, self.options)
         return SolverResult(weights, report)

@@ -24,8 +24,6 @@ import time
 
 import numpy as np
 
-from cluster.parallel import parallel_map
-from cluster.runtime import WorkerLayout
 from operators.mixture.regression import MixtureRegressor
 from operators.mixture.search import (
     annealed_search,
@@ -36,59 +34,21 @@ from operators.mixture.search import (
     perturbation_box,
 )
 from operators.mixture.decision import budget_pool_sizes
-from operators.model.loading import checkpoint_adam_state, load_causal_lm, load_tokenizer
-from operators.training.probing import ProbeSpec, probe_mixture
-from operators.model.tokenize import prepare_tokenizer
-from workflows.config import RunConfig
-from workflows.jobs.examples import domain_pools, reference_set
+from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
+from workflows.jobs.probes import MixtureProber, measure
 from workflows.run.plan import Plan
-from workflows.solvers.base import MixtureProblem
+from workflows.solvers.base import SOLVERS, MixtureProblem, SolveContext
 
 log = logging.getLogger(__name__)
 
 
-class MixtureProber:
-    """Picklable probe job: load the checkpoint once per task, return ΔL for (weights, seed) items.
-
-    ``pools`` maps a seed to its per-domain pools: every seed trains on its own draw of examples, so
-    the measured noise includes which examples a short probe happens to see, not only batch order.
-    """
-
-    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict[int, dict], ref,
-                 steps: int, batch_size: int, probe: ProbeSpec, per_example: bool = False) -> None:
-        self.cfg_data = cfg.model_dump(mode="json")
-        self.model_uri, self.domains, self.pools, self.ref = model_uri, domains, pools, ref
-        self.steps, self.batch_size, self.probe, self.per_example = steps, batch_size, probe, per_example
-
-    def __call__(self, items: list[tuple[list[float], int]], device: str) -> list:
-        cfg = RunConfig.model_validate(self.cfg_data)
-        loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
-                                cache_dir=cfg.model.cache_dir)
-        adam = checkpoint_adam_state(loaded)
-        out = []
-        for weights, seed in items:
-            pools = self.pools[seed]
-            w = {d: float(x) for d, x in zip(self.domains, weights) if x > 0 and d in pools}
-            delta = probe_mixture(loaded.model, pools, w, self.steps, self.batch_size, self.ref[0], self.ref[1],
-                                  self.probe, seed, optimizer_state=adam, per_example=self.per_example)
-            out.append(delta if self.per_example else float(delta))
-        return out
-
-
-def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer, opts, seed: int) -> dict:
-    pools = domain_pools(cfg, plan, tokenizer, per_domain=opts.max_pool, seed=seed, domains=problem.domains)
+def _pools(examples: ExampleSource, plan: Plan, problem: MixtureProblem, tokenizer, opts, seed: int) -> dict:
+    pools = domain_pools(examples, plan, tokenizer, per_domain=opts.max_pool, seed=seed, domains=problem.domains)
     if not opts.budget_scaled_pools:
         return pools
     sizes = budget_pool_sizes(problem.budget.tokens_available, problem.budget.tokens_next_stage,
                               opts.steps * opts.batch_size, opts.max_pool)
     return {d: (pools[d][0][:n], pools[d][1][:n]) for d, n in zip(problem.domains, sizes.tolist()) if d in pools}
-
-
-def measure(prober, mixtures: list[np.ndarray], seeds: list[int], layout) -> np.ndarray:
-    """(n_mixtures, n_seeds[, n_examples]) ΔL, one Ray task per worker slot."""
-    items = [(np.asarray(w).tolist(), s) for w in mixtures for s in seeds]
-    out = np.array(parallel_map(prober, items, layout))
-    return out.reshape(len(mixtures), len(seeds), *out.shape[1:])
 
 
 def search_mixture(W: np.ndarray, y: np.ndarray, scores: np.ndarray, domains: list[str], start: np.ndarray,
@@ -109,25 +69,23 @@ def search_mixture(W: np.ndarray, y: np.ndarray, scores: np.ndarray, domains: li
     return w_m, reg, report
 
 
-def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem, layout: WorkerLayout,
-                 opts) -> tuple[np.ndarray, dict]:
+def run_tikmix_m(ctx: SolveContext, problem: MixtureProblem, opts) -> tuple[np.ndarray, dict]:
     """Label, fit, search, confirm (module docstring); returns (weights, report section)."""
-    from workflows.solvers.base import SOLVERS
-
     t0 = time.monotonic()
     domains = problem.domains
-    w_d = SOLVERS.configured("tikmix_d", cfg.mixture.options).solve(problem).weights
+    plan, layout = ctx.plan, ctx.layout
+    w_d = SOLVERS.configured("tikmix_d", ctx.options).solve(problem).weights
     box_lo, box_hi = perturbation_box(w_d, problem.lower, problem.upper, opts.scale_low, opts.scale_high)
     W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed)])
-    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
-    ref = reference_set(cfg, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
+    tokenizer = ctx.model.tokenizer()
+    ref = reference_set(ctx.examples, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
     # cross-fitting: the search sees one half of the validation examples, the confirmation the other half,
     # so a mixture that only fits the particular examples it was chosen on does not pass
     search_ref, confirm_ref = (ref[0][0::2], ref[1][0::2]), (ref[0][1::2], ref[1][1::2])
     seeds = [opts.seed + i for i in range(opts.seeds)]
     fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
-    pools = {s: _pools(cfg, plan, problem, tokenizer, opts, s) for s in seeds + fresh}
-    prober = MixtureProber(cfg, model_uri, domains, pools, search_ref, opts.steps, opts.batch_size, opts.probe)
+    pools = {s: _pools(ctx.examples, plan, problem, tokenizer, opts, s) for s in seeds + fresh}
+    prober = MixtureProber(ctx.model, domains, pools, search_ref, opts.steps, opts.batch_size, opts.probe)
     delta = measure(prober, list(W), seeds, layout)
     y = -delta.mean(axis=1)  # quality: how much the validation loss dropped
     noise = label_noise(delta)
@@ -149,7 +107,7 @@ def run_tikmix_m(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixturePro
             f"{opts.min_cv_r2}; LOO RMSE {reg.cv_rmse:.4f} vs label std {noise['label_std']:.4f}, label noise "
             f"{noise['label_noise_std']:.4f}): the probes cannot rank mixtures this close; returning TiKMiX-D")})
     else:
-        confirm = MixtureProber(cfg, model_uri, domains, pools, confirm_ref, opts.steps, opts.batch_size,
+        confirm = MixtureProber(ctx.model, domains, pools, confirm_ref, opts.steps, opts.batch_size,
                                 opts.probe, per_example=True)
         conf = measure(confirm, [w_d, w_m], fresh, layout)  # (2, seeds, examples) summed-token ΔL
         tokens = confirm_ref[1][:, 1:].sum(dim=1).double().numpy()

@@ -35,6 +35,10 @@ from operators.influence.precondition import GaussNewtonPreconditioner, Identity
 from workflows.jobs.aggregate_shard import PreconditionerJob, ScoreJob
 from workflows.config import RunConfig
 from workflows.run.plan import Plan
+from workflows.solvers import SOLVERS
+from workflows.stages.base import RunContext, Stage
+from workflows.stages.checkpoint_average import CheckpointSet, average_results
+from workflows.stages.problem import build_problem, load_previous
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +171,39 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
         target_counts=dict(zip(targets, t_counts.astype(int).tolist())), preconditioner=pre_info,
         bootstrap=ci, scores_uri=storage.join(plan.root, "influence", job.key, "scores"),
     )
+
+
+def average_influence(cfg: RunConfig, cset: CheckpointSet, order: list[str], layout: dict | None = None,
+                      extra: Callable[[np.ndarray], np.ndarray] | None = None) -> InfluenceResult:
+    """Group influence of the refresh: :func:`aggregate_influence` on the single plan, or per checkpoint
+    (bootstrap off) then :func:`~workflows.stages.checkpoint_average.average_results`. ``layout``: the
+    K-FAC layout (same for every checkpoint of one architecture and projector)."""
+    if not cset.averaged:
+        return aggregate_influence(cfg, cset.plans[0], order, layout, extra=extra)
+    no_boot = cfg.model_copy(update={"influence": cfg.influence.model_copy(update={"bootstrap": 0})})
+    results = [aggregate_influence(no_boot, p, order, layout) for p in cset.plans[:-1]]
+    results.append(aggregate_influence(cfg, cset.plans[-1], order, layout, extra=extra))
+    return average_results(cfg, results, list(cset.checkpoints))
+
+
+class AggregateStage(Stage):
+    """Group influence (two map-reduce passes over the feature shards, averaged over checkpoints) and
+    the mixture problem it defines. Its per-shard statistics are cached under the run root, so loading
+    it for a later stage recomputes only the driver-side fold."""
+
+    name = "aggregate"
+
+    def run(self, ctx: RunContext) -> None:
+        cfg, cset = ctx.cfg, ctx.checkpoints
+        ctx.previous_uri, ctx.previous = load_previous(cfg, ctx.pins["previous_manifest"])
+        order, _ = domain_order(cfg, cset.newest)
+        available = datastore.estimated_tokens_available(datastore.list_completions(cset.newest.root, cfg.storage))
+        template = build_problem(cfg, order, available, ctx.previous, ctx.model_uri)
+        proxy = SOLVERS.configured(cfg.mixture.solver, cfg.mixture.options).bootstrap_solver(cfg.mixture.options)
+        layout = ctx.featurizer.get("featurizer", {}).get("kfac_layout")
+        ctx.influence = average_influence(cfg, cset, order, layout,
+                                          extra=lambda gi: proxy.solve(template.with_gi(gi)).weights)
+        ctx.problem = template.with_gi(ctx.influence.gi)
+
+    def load(self, ctx: RunContext) -> None:
+        self.run(ctx)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,14 +26,16 @@ from operators.io import storage
 from operators.model.checkpoints import list_checkpoints
 from operators.errors import ConfigError, InfluMixError
 from operators.influence.group import combine_targets, normalize_per_target
-from workflows.stages.aggregate import InfluenceResult, aggregate_influence
-from workflows.config import RunConfig
 from workflows.run.plan import Plan, check_or_record_plan
+
+if TYPE_CHECKING:
+    from workflows.config import RunConfig
+    from workflows.stages.aggregate import InfluenceResult
 
 log = logging.getLogger(__name__)
 CHECKPOINTS_FILE = "checkpoints.json"
 
-__all__ = ["CheckpointSet", "plan_checkpoints", "featurize_all", "average_influence", "average_results"]
+__all__ = ["CheckpointSet", "plan_checkpoints", "featurize_all", "average_results"]
 
 
 @dataclass(frozen=True)
@@ -146,17 +149,3 @@ def average_results(cfg: RunConfig, results: list[InfluenceResult], checkpoints:
            "per_checkpoint": [{"uri": u, "gi": r.gi.tolist()} for r, u in zip(results, checkpoints)]}
     return replace(newest, gi=gi, gi_normalized=gi_norm, scores=combine_targets(gi_norm, weights),
                    preconditioner=pre)
-
-
-def average_influence(cfg: RunConfig, cset: CheckpointSet, order: list[str], layout: dict | None = None,
-                      extra: Callable[[np.ndarray], np.ndarray] | None = None,
-                      aggregate: Callable[..., InfluenceResult] = aggregate_influence) -> InfluenceResult:
-    """Group influence of the refresh: :func:`aggregate_influence` on the single plan, or per checkpoint
-    (bootstrap off) then :func:`average_results`. ``layout``: the K-FAC layout (same for every
-    checkpoint of one architecture and projector)."""
-    if not cset.averaged:
-        return aggregate(cfg, cset.plans[0], order, layout, extra=extra)
-    no_boot = cfg.model_copy(update={"influence": cfg.influence.model_copy(update={"bootstrap": 0})})
-    results = [aggregate(no_boot, p, order, layout) for p in cset.plans[:-1]]
-    results.append(aggregate(cfg, cset.plans[-1], order, layout, extra=extra))
-    return average_results(cfg, results, list(cset.checkpoints))

@@ -8,7 +8,13 @@ from operators.features import datastore
 
 from operators.io import storage
 from operators.errors import InfluMixError
+from operators.model.loading import ModelSource
 from workflows.config import RunConfig
+from workflows.jobs.examples import ExampleSource
+from workflows.jobs.featurize_shard import FeaturizeJob, ShardFeaturizer
+from workflows.run.integrity import check_unique_ids
+from workflows.stages.base import RunContext, Stage, StageNotRun
+from workflows.stages.checkpoint_average import featurize_all, plan_checkpoints
 from workflows.run.plan import Plan
 from cluster.progress import Progress
 
@@ -21,19 +27,23 @@ class ShardFailures(InfluMixError):
 
 
 class FeaturizerFactory:
-    """Picklable factory that each actor calls once to build its ShardFeaturizer."""
+    """Picklable factory that each actor calls once to build its ShardFeaturizer (from a job slice)."""
 
-    def __init__(self, cfg: RunConfig, model_uri: str, root: str | None = None) -> None:
-        self.cfg_data = cfg.model_dump(mode="json")
-        self.model_uri = model_uri
-        self.root = root
+    def __init__(self, job: FeaturizeJob) -> None:
+        self.job = job
 
     def __call__(self, worker: str, device: str):
-        from workflows.config import RunConfig as _RunConfig
-        from workflows.jobs.featurize_shard import ShardFeaturizer
+        return ShardFeaturizer(self.job, device, worker)
 
-        return ShardFeaturizer(_RunConfig.model_validate(self.cfg_data), self.model_uri, device, worker,
-                               self.root)
+
+def featurize_job(cfg: RunConfig, model_uri: str, root: str) -> FeaturizeJob:
+    """The slice of the run config a featurizing worker needs."""
+    return FeaturizeJob(examples=ExampleSource.of(cfg), model=model_source(cfg, model_uri), featurize=cfg.featurize,
+                        collect_kfac=cfg.influence.preconditioner == "kfac", root=root)
+
+
+def model_source(cfg: RunConfig, model_uri: str) -> ModelSource:
+    return ModelSource(model_uri, cfg.storage, cfg.model.cache_dir, cfg.model.dtype)
 
 
 def check_workers_agree(workers: list[dict]) -> str:
@@ -61,8 +71,9 @@ def record_featurizer(plan: Plan, worker: dict, spec: storage.StorageSpec) -> di
     return info
 
 
-def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None) -> dict:
-    """Featurize every shard of the plan that has no completion record yet. Returns featurizer.json."""
+def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None, require_done: bool = False) -> dict:
+    """Featurize every shard of the plan that has no completion record yet. Returns featurizer.json.
+    With ``require_done`` a missing shard is an error instead (a run that starts after featurizing)."""
     from cluster.actor_pool import ShardPool
     from cluster.runtime import worker_layout
 
@@ -73,6 +84,9 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None) -> d
     featurizer_uri = storage.join(plan.root, FEATURIZER_FILE)
     if not todo and storage.exists(featurizer_uri, cfg.storage):
         return storage.read_json(featurizer_uri, cfg.storage)
+    if require_done:
+        raise StageNotRun(f"run {plan.run_id}: {len(todo)} of {len(plan.tasks)} shards are not featurized "
+                          f"under {plan.root}; run the featurize stage first")
 
     def sink(snapshot: dict) -> None:
         storage.write_json_atomic(storage.join(plan.root, "progress.json"), snapshot, cfg.storage)
@@ -82,7 +96,7 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None) -> d
 
     progress = Progress("featurize", len(plan.tasks), already_done=len(plan.tasks) - len(todo),
                         interval_s=cfg.cluster.progress_interval_s, sink=sink)
-    pool = ShardPool(FeaturizerFactory(cfg, model_uri, plan.root), worker_layout(cfg.cluster), cfg.cluster,
+    pool = ShardPool(FeaturizerFactory(featurize_job(cfg, model_uri, plan.root)), worker_layout(cfg.cluster), cfg.cluster,
                      plan.run_id)
     try:
         workers = pool.start()
@@ -98,3 +112,20 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None) -> d
                             f"attempts (completed shards are kept; rerun to resume):\n{lines}")
     info["workers"] = workers
     return info
+
+
+class FeaturizeStage(Stage):
+    """Features of every corpus and target shard at each pinned checkpoint (``features/``, ``_done/``,
+    ``featurizer.json``), then the run-level duplicate-id check."""
+
+    name = "featurize"
+
+    def run(self, ctx: RunContext, require_done: bool = False) -> None:
+        cfg = ctx.cfg
+        ctx.checkpoints = plan_checkpoints(cfg, ctx.plan, ctx.model_uri)  # [model_uri] unless averaging
+        ctx.featurizer = featurize_all(
+            ctx.checkpoints, lambda p, uri: run_featurize(cfg, p, uri, ctx.metrics, require_done=require_done))
+        check_unique_ids(cfg, ctx.checkpoints.newest)
+
+    def load(self, ctx: RunContext) -> None:
+        self.run(ctx, require_done=True)

@@ -20,13 +20,15 @@ from operators.io import storage
 from operators.selection.influence_model import train_influence_model
 from operators.selection.influence_ridge import fit_ridge_influence, lm_features
 from operators.manifest.schema import SelectedDomain, Selection
-from operators.model.loading import checkpoint_adam_state, load_causal_lm, load_tokenizer
-from operators.training.probing import OneStepProber
+from operators.model.loading import ModelSource, checkpoint_adam_state
+from operators.training.probing import OneStepProber, ProbeSpec
 from operators.model.tiny_lm import small_model_threads
-from operators.model.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
-from workflows.jobs.examples import reference_set, sample_rows_per_group, tokenize_table
-from workflows.jobs.mates_score_shard import ScorerFactory
+from workflows.jobs.examples import ExampleSource, reference_set, sample_rows_per_group, tokenize_table
+from workflows.jobs.mates_score_shard import ScoreJob, ScorerFactory
+from workflows.stages.base import RunContext, Stage, published_weights
+from workflows.stages.featurize import model_source
+from workflows.stages.publish import manifest_dir
 from workflows.run.plan import Plan
 from cluster.progress import Progress
 
@@ -42,18 +44,15 @@ class OracleProber:
     with a second, independent measurement of the same quantity (split-half label noise).
     """
 
-    def __init__(self, cfg: RunConfig, model_uri: str, ref_ids, ref_mask) -> None:
-        self.cfg_data = cfg.model_dump(mode="json")
-        self.model_uri = model_uri
+    def __init__(self, model: ModelSource, probe: ProbeSpec, ref_ids, ref_mask) -> None:
+        self.model, self.probe = model, probe
         self.ref = (ref_ids, ref_mask)
 
     def __call__(self, rows: list[tuple], device: str) -> list[tuple[float, float]]:
-        cfg = RunConfig.model_validate(self.cfg_data)
-        loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
-                                cache_dir=cfg.model.cache_dir)
+        loaded = self.model.load(device, dtype="float32")
         adam = checkpoint_adam_state(loaded)
         ids, mask = self.ref[0].to(device), self.ref[1].to(device)
-        halves = [OneStepProber(loaded.model, ids[h::2], mask[h::2], cfg.mates.probe, optimizer_state=adam)
+        halves = [OneStepProber(loaded.model, ids[h::2], mask[h::2], self.probe, optimizer_state=adam)
                   for h in (0, 1)]
         return [tuple(float(p.probe(r[None, :].to(device), m[None, :].to(device))) for p in halves)
                 for r, m in rows]
@@ -77,8 +76,7 @@ def label_noise(a: np.ndarray, b: np.ndarray, domains: np.ndarray) -> dict:
 
 def _fit_ridge(cfg: RunConfig, model_uri: str, ids, mask, labels: np.ndarray, domains: np.ndarray):
     spec = cfg.mates.model
-    loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
-                            cache_dir=cfg.model.cache_dir)
+    loaded = model_source(cfg, model_uri).load("cpu", dtype="float32")
     with small_model_threads(loaded.model):
         X = lm_features(loaded.model, ids, mask)
     return fit_ridge_influence(X, labels, model_uri, spec.cv_folds, spec.seed, spec.min_spearman, spec.max_p,
@@ -103,16 +101,18 @@ def _fit_bert(cfg: RunConfig, tokenizer, ids, mask, labels: np.ndarray):
 def train_dim(cfg: RunConfig, plan: Plan, model_uri: str, n_domains: int, layout) -> tuple[bytes, dict]:
     """Oracle labels by one-step probing on a per-domain sample (on Ray tasks), then fit the model."""
     spec = cfg.mates
-    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
+    source = model_source(cfg, model_uri)
+    examples = ExampleSource.of(cfg)
+    tokenizer = source.tokenizer()
     per_domain = math.ceil(spec.oracle_samples / n_domains)
-    cands = sample_rows_per_group(cfg, plan.corpus_tasks(), per_domain, spec.seed + 1)
+    cands = sample_rows_per_group(examples, plan.corpus_tasks(), per_domain, spec.seed + 1)
     ids, mask, keep = tokenize_table(tokenizer, cands, spec.model.max_length)
     domains = np.array(cands.column("domain").to_pylist())[keep]
     reference = spec.reference_target or cfg.targets[0].name
-    ref_ids, ref_mask = reference_set(cfg, plan, tokenizer, spec.reference_examples, spec.seed, reference,
+    ref_ids, ref_mask = reference_set(examples, plan, tokenizer, spec.reference_examples, spec.seed, reference,
                                      split="influence")
     rows = [(ids[i][mask[i].bool()], mask[i][mask[i].bool()]) for i in range(len(ids))]
-    halves = np.array(parallel_map(OracleProber(cfg, model_uri, ref_ids, ref_mask), rows, layout))
+    halves = np.array(parallel_map(OracleProber(source, spec.probe, ref_ids, ref_mask), rows, layout))
     n_tok = np.array([int(ref_mask[h::2][:, 1:].sum()) for h in (0, 1)], dtype=np.float64)
     labels = halves @ (n_tok / n_tok.sum())  # = ΔL on the whole reference set (token-weighted)
     noise = label_noise(halves[:, 0], halves[:, 1], domains)
@@ -144,7 +144,9 @@ def score_pool(cfg: RunConfig, plan: Plan, model_uri: str, dim_uri: str) -> None
                         interval_s=cfg.cluster.progress_interval_s)
     if not tasks:
         return
-    pool = ShardPool(ScorerFactory(cfg, model_uri, dim_uri), worker_layout(cfg.cluster), cfg.cluster,
+    job = ScoreJob(ExampleSource.of(cfg), model_source(cfg, model_uri), dim_uri, cfg.mates.model.max_length,
+                   plan.root)
+    pool = ShardPool(ScorerFactory(job), worker_layout(cfg.cluster), cfg.cluster,
                      plan.run_id, name="mates")
     try:
         pool.start()
@@ -185,3 +187,23 @@ def run_mates(cfg: RunConfig, plan: Plan, model_uri: str, weights: dict[str, flo
     params = {"selection_ratio": spec.selection_ratio, "temperature": temperature, "seed": spec.seed,
               "budget": report["budget"], "influence_model_uri": dim_uri, **info}
     return Selection(method="mates", domains=selected, params=params), report
+
+
+class SelectStage(Stage):
+    """MATES: select examples inside each domain's quota of the published mixture (``mates.enabled``)."""
+
+    name = "select"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.cfg.mates.enabled
+
+    def run(self, ctx: RunContext) -> None:
+        weights = dict(zip(ctx.problem.domains, published_weights(ctx)[0].tolist()))
+        ctx.selection, ctx.report["mates"] = run_mates(ctx.cfg, ctx.plan, ctx.model_uri, weights,
+                                                       manifest_dir(ctx.cfg))
+        ctx.save_record(self.name, {"selection": ctx.selection.model_dump(mode="json"),
+                                    "report": ctx.report["mates"]})
+
+    def load(self, ctx: RunContext) -> None:
+        record = ctx.load_record(self.name)
+        ctx.selection, ctx.report["mates"] = Selection.model_validate(record["selection"]), record["report"]

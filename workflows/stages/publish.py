@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +22,11 @@ from operators.manifest.schema import (
     TargetEntry,
     render_all,
 )
+from workflows.run.integrity import skipped_examples
+from workflows.solvers.base import MixtureProblem
 from workflows.stages.aggregate import InfluenceResult
+from workflows.stages.base import RunContext, Stage, published_weights
+from workflows.stages.report import ranking_stability, render_markdown
 from workflows.config import RunConfig
 from workflows.run.faults import maybe_inject_fault
 from workflows.stages.problem import latest_pointer_uri, manifests_root
@@ -152,3 +157,83 @@ def publish(cfg: RunConfig, manifest: Manifest, run_root: str, lease=None) -> di
     if moved:
         written["latest"] = latest_pointer_uri(cfg)
     return written
+
+
+def _validation_summary(validation: dict | None) -> dict:
+    if not validation:
+        return {"enabled": False}
+    pub = validation["candidates"][validation["published"]]
+    return {"enabled": True, "published": validation["published"], "best": validation["best"],
+            "improvement_found": validation["improvement_found"], "gain_nats": pub["gain"],
+            "gain_ci": pub["ci"], "seed_std": validation["seed_std"], "split": validation["split"]}
+
+
+def problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
+    b = problem.budget
+    return {"domains": problem.domains, "targets": problem.targets, "normalize": problem.normalize,
+            "prior": problem.prior_kind, "reference": problem.reference_kind,
+            "reference_weights": dict(zip(problem.domains, problem.reference.round(6).tolist())),
+            "lower": dict(zip(problem.domains, problem.lower.tolist())),
+            "upper": dict(zip(problem.domains, problem.upper.tolist())),
+            "budget": {"tokens_next_stage": b.tokens_next_stage, "source": b.source, "max_epochs": b.max_epochs,
+                       "repetition_scale": b.repetition_scale,
+                       "tokens_available": dict(zip(problem.domains, b.tokens_available.tolist()))},
+            "planned_epochs": problem.epochs(weights)}
+
+
+def _weights_table(results: dict, order: list[str]) -> dict:
+    return {n: {**r.report, "weights": dict(zip(order, r.weights.tolist()))} for n, r in results.items()}
+
+
+class PublishStage(Stage):
+    """report.json and report.md, the manifest in every trainer format, ``_SUCCESS``, then the ``latest``
+    pointer (only forward)."""
+
+    name = "publish"
+
+    def run(self, ctx: RunContext) -> None:
+        cfg, problem, infl = ctx.cfg, ctx.problem, ctx.influence
+        order = problem.domains
+        weights, source = published_weights(ctx)
+        primary = cfg.mixture.solver
+        report = ctx.report
+        report.update({"solvers": _weights_table(ctx.solved, order), "baselines": _weights_table(ctx.baselines, order),
+                       "skipped_examples": skipped_examples(cfg, ctx.checkpoints.newest)})
+        if ctx.validation is not None:
+            report["validation"] = {k: v for k, v in ctx.validation.items() if k != "published_weights"}
+        report["problem"] = problem_report(problem, weights)
+        report["checkpoints"] = ctx.checkpoints.describe()
+        solver_info = {"name": primary, "published": source, "prior": problem.prior_kind,
+                       "reference": problem.reference_kind, **ctx.solved[primary].report}
+        featurizer = ctx.featurizer
+        manifest = build_manifest(
+            cfg, infl, weights, model_uri=ctx.model_uri, model_fingerprint=featurizer.get("model", ""),
+            checkpoint_step=_step_of(ctx.model_uri), projector=featurizer.get("featurizer", {}),
+            solver=solver_info, previous_uri=ctx.previous_uri, previous_weights=problem.previous_weights,
+            tokens_available=problem.info["tokens_available"], selection=ctx.selection,
+            budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
+            validation=_validation_summary(report.get("validation")))
+        final = dict(zip(order, weights.tolist()))
+        scores = dict(zip(order, problem.scores.tolist()))
+        t = ctx.timings
+        report.update({"timings_s": {"featurize": round(t.get("featurize", 0.0), 2),
+                                     "aggregate_and_solve": round(t.get("aggregate", 0.0) + t.get("solve", 0.0), 2),
+                                     "validate": round(t.get("validate", 0.0), 2),
+                                     "total": round(time.monotonic() - ctx.started, 2)},
+                       "published": source, "weights": final, "domain_scores": scores,
+                       "ranking_spearman_vs_previous": ranking_stability(scores, ctx.previous)})
+        storage.write_json_atomic(storage.join(ctx.plan.root, "report.json"), report, cfg.storage)
+        storage.write_text_atomic(storage.join(ctx.plan.root, "report.md"), render_markdown(manifest, report),
+                                  cfg.storage)
+        ctx.outputs = publish(cfg, manifest, ctx.plan.root, ctx.lease)  # manifest files, _SUCCESS, then latest
+        if ctx.metrics is not None:
+            ctx.metrics.weights(final)
+        log.info("published %s (%s): %s", ctx.outputs["manifest.json"], source,
+                 {d: round(w, 4) for d, w in final.items()})
+
+
+def _step_of(model_uri: str) -> int | None:
+    import re
+
+    match = re.search(r"(?:checkpoint|step)[-_](\d+)/?$", model_uri.rstrip("/"))
+    return int(match.group(1)) if match else None

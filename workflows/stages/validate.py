@@ -16,38 +16,16 @@ import time
 
 import numpy as np
 
-from cluster.parallel import parallel_map
 from operators.mixture.decision import budget_pool_sizes, decide, predicted_vs_measured
-from operators.model.loading import checkpoint_adam_state, load_causal_lm, load_tokenizer
-from operators.training.probing import probe_mixture
-from operators.model.tokenize import prepare_tokenizer
 from workflows.config import RunConfig
-from workflows.jobs.examples import domain_pools, reference_set
+from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
+from workflows.jobs.probes import MixtureProber, measure
+from workflows.stages.base import RunContext, Stage
+from workflows.stages.featurize import model_source
 from workflows.run.plan import Plan
 from workflows.solvers.base import MixtureProblem
 
 log = logging.getLogger(__name__)
-
-
-class CandidateProber:
-    """Picklable probe job: load the checkpoint once per task, return ΔL for (weights, seed) items."""
-
-    def __init__(self, cfg: RunConfig, model_uri: str, domains: list[str], pools: dict, ref) -> None:
-        self.cfg_data = cfg.model_dump(mode="json")
-        self.model_uri, self.domains, self.pools, self.ref = model_uri, domains, pools, ref
-
-    def __call__(self, items: list[tuple[list[float], int]], device: str) -> list[float]:
-        cfg = RunConfig.model_validate(self.cfg_data)
-        spec = cfg.mixture.validation
-        loaded = load_causal_lm(self.model_uri, device=device, dtype="float32", storage=cfg.storage,
-                                cache_dir=cfg.model.cache_dir)
-        adam = checkpoint_adam_state(loaded)
-        out = []
-        for weights, seed in items:
-            w = {d: float(x) for d, x in zip(self.domains, weights) if x > 0 and d in self.pools}
-            out.append(float(probe_mixture(loaded.model, self.pools, w, spec.steps, spec.batch_size,
-                                           self.ref[0], self.ref[1], spec.probe, seed, optimizer_state=adam)))
-        return out
 
 
 def dedupe(candidates: dict[str, tuple[np.ndarray, str]], tol: float = 1e-3) -> tuple[dict, dict[str, str]]:
@@ -65,7 +43,7 @@ def dedupe(candidates: dict[str, tuple[np.ndarray, str]], tol: float = 1e-3) -> 
 
 def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer) -> tuple[dict, dict[str, int]]:
     spec = cfg.mixture.validation
-    pools = domain_pools(cfg, plan, tokenizer, per_domain=spec.max_pool, seed=spec.seed, domains=problem.domains)
+    pools = domain_pools(ExampleSource.of(cfg), plan, tokenizer, per_domain=spec.max_pool, seed=spec.seed, domains=problem.domains)
     if not spec.budget_scaled_pools:
         return pools, {d: int(p[0].shape[0]) for d, p in pools.items()}
     sizes = budget_pool_sizes(problem.budget.tokens_available, problem.budget.tokens_next_stage,
@@ -89,13 +67,15 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     for name, w in baselines.items():
         candidates[f"baseline:{name}"] = (w, "baseline")
     kept, alias = dedupe(candidates)
-    tokenizer = prepare_tokenizer(load_tokenizer(model_uri, storage=cfg.storage, cache_dir=cfg.model.cache_dir))
+    source = model_source(cfg, model_uri)
+    tokenizer = source.tokenizer()
     pools, pool_sizes = _pools(cfg, plan, problem, tokenizer)
-    ref = reference_set(cfg, plan, tokenizer, total=spec.reference_examples, seed=spec.seed, split="validation")
-    prober = CandidateProber(cfg, model_uri, problem.domains, pools, ref)
+    ref = reference_set(ExampleSource.of(cfg), plan, tokenizer, total=spec.reference_examples, seed=spec.seed,
+                        split="validation")
     seeds = [spec.seed + i for i in range(spec.seeds)]
-    items = [(w.tolist(), s) for w, _ in kept.values() for s in seeds]
-    values = np.array(parallel_map(prober, items, layout)).reshape(len(kept), len(seeds))
+    prober = MixtureProber(source, problem.domains, {s: pools for s in seeds}, ref, spec.steps, spec.batch_size,
+                           spec.probe)
+    values = measure(prober, [w for w, _ in kept.values()], seeds, layout)
     delta = dict(zip(kept, values))
     eligible = [n for n, (_, src) in kept.items() if src != "baseline" or spec.baselines_eligible]
     decision = decide(delta, "reference", eligible, spec.margin)
@@ -119,3 +99,25 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
              "improvement found" if decision["improvement_found"] else "no improvement found",
              decision["best"])
     return decision
+
+
+class ValidateStage(Stage):
+    """Short probe trainings of every candidate on the validation split, and the publish decision;
+    ``stages/validate.json``."""
+
+    name = "validate"
+
+    def enabled(self, ctx: RunContext) -> bool:
+        return ctx.cfg.mixture.validation.enabled
+
+    def run(self, ctx: RunContext) -> None:
+        decision = run_validation(ctx.cfg, ctx.plan, ctx.model_uri, ctx.problem,
+                                  {n: r.weights for n, r in ctx.solved.items()},
+                                  {n: r.weights for n, r in ctx.baselines.items()}, ctx.cfg.mixture.solver,
+                                  ctx.layout)
+        ctx.validation = decision
+        ctx.save_record(self.name, {**decision, "published_weights": decision["published_weights"].tolist()})
+
+    def load(self, ctx: RunContext) -> None:
+        record = ctx.load_record(self.name)
+        ctx.validation = {**record, "published_weights": np.asarray(record["published_weights"])}

@@ -13,7 +13,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaFo
 from operators.errors import ConfigError, ModelError
 from operators.features.featurize import (
     AdamState,
-    FeaturizerSpec,
+    FeaturizeSpec,
     GradientFeaturizer,
     causal_lm_losses,
     per_example_linear_grads,
@@ -96,7 +96,7 @@ def test_per_example_grads_match_torch_func(arch: str, red: str) -> None:
 def test_losses_match_hf_loss() -> None:
     model = _llama()
     ids, mask = _batch()
-    fz = GradientFeaturizer(model, FeaturizerSpec(projection=ProjectionSpec(rank=2)))
+    fz = GradientFeaturizer(model, FeaturizeSpec(projection=ProjectionSpec(rank=2)))
     batch = fz.featurize(ids, mask)
     assert torch.equal(batch.n_tokens, mask.sum(1) - 1)
     for i in range(ids.shape[0]):
@@ -125,11 +125,10 @@ def test_features_equal_projection_of_exact_grads(kind: str, arch: str) -> None:
     make, head = MODELS[arch]
     model = make()
     ids, mask = _batch(seed=3)
-    spec = FeaturizerSpec(
+    spec = FeaturizeSpec(
         projection=ProjectionSpec(kind=kind, rank=4, dim=64, seed=1), exclude_layers=head, loss_reduction="sum",
-        collect_kfac=True,
     )
-    fz = GradientFeaturizer(model, spec)
+    fz = GradientFeaturizer(model, spec, collect_kfac=True)
     batch = fz.featurize(ids, mask)
     assert batch.features.shape == (4, fz.output_dim) and batch.features.dtype == torch.float32
     exact = per_example_linear_grads(model, ids, mask, fz.layer_names, loss_reduction="sum")
@@ -163,7 +162,7 @@ def test_one_forward_one_backward_and_no_side_effects() -> None:
     sentinel = torch.full_like(model.model.layers[0].mlp.up_proj.weight, 7.0)
     model.model.layers[0].mlp.up_proj.weight.grad = sentinel.clone()
     model.model.layers[1].self_attn.q_proj.weight.requires_grad_(False)  # partly frozen model
-    fz = GradientFeaturizer(model, FeaturizerSpec(projection=ProjectionSpec(rank=4)))
+    fz = GradientFeaturizer(model, FeaturizeSpec(projection=ProjectionSpec(rank=4)))
 
     counts = {"forward": 0, "backward": 0, "grad_calls": 0}
     model.register_forward_hook(lambda *_: counts.__setitem__("forward", counts["forward"] + 1))
@@ -204,16 +203,16 @@ def test_one_forward_one_backward_and_no_side_effects() -> None:
 def test_fully_frozen_model_still_featurizes() -> None:
     model = _llama()
     ids, mask = _batch()
-    ref = GradientFeaturizer(model, FeaturizerSpec()).featurize(ids, mask).features
+    ref = GradientFeaturizer(model, FeaturizeSpec()).featurize(ids, mask).features
     model.requires_grad_(False)
-    got = GradientFeaturizer(model, FeaturizerSpec()).featurize(ids, mask).features
+    got = GradientFeaturizer(model, FeaturizeSpec()).featurize(ids, mask).features
     torch.testing.assert_close(got, ref)
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_bf16_model_features_close_to_fp32() -> None:
     ids, mask = _batch(seed=5)
-    spec = FeaturizerSpec(projection=ProjectionSpec(kind="kronecker", rank=8))
+    spec = FeaturizeSpec(projection=ProjectionSpec(kind="kronecker", rank=8))
     f32 = GradientFeaturizer(_llama(), spec).featurize(ids, mask).features
     bf = GradientFeaturizer(_llama().to(torch.bfloat16), spec).featurize(ids, mask)
     assert bf.features.dtype == torch.float32 and bf.losses.dtype == torch.float32
@@ -233,7 +232,7 @@ def _adam_state(model: torch.nn.Module, names: list[str]) -> AdamState:
 @pytest.mark.parametrize("kind", ["kronecker", "dense"])
 def test_adam_aware_features(kind: str) -> None:
     model = _llama()
-    spec = FeaturizerSpec(projection=ProjectionSpec(kind=kind, rank=4, dim=64), include_layers=r"mlp")
+    spec = FeaturizeSpec(projection=ProjectionSpec(kind=kind, rank=4, dim=64), include_layers=r"mlp")
     names = list(select_linear_layers(model, include=r"mlp"))
     state = _adam_state(model, names)
     assert (state.beta1, state.beta2, state.eps) == (0.8, 0.95, 1e-6)
@@ -263,7 +262,7 @@ def test_adam_state_errors() -> None:
         AdamState.from_optimizer(opt, model, ["model.layers.0.mlp.up_proj"])
     state = _adam_state(model, ["model.layers.0.mlp.up_proj"])
     with pytest.raises(ConfigError, match="adam_state"):
-        GradientFeaturizer(model, FeaturizerSpec(include_layers="mlp"), adam_state=state)
+        GradientFeaturizer(model, FeaturizeSpec(include_layers="mlp"), adam_state=state)
 
 
 def _pair_cosines(f: torch.Tensor) -> torch.Tensor:
@@ -280,7 +279,7 @@ def test_jl_quality_on_per_example_gradients() -> None:
     c = _pair_cosines(flat)
 
     def rmse_and_bound(kind: str, size: int) -> tuple[float, float]:
-        fz = GradientFeaturizer(model, FeaturizerSpec(projection=ProjectionSpec(kind=kind, rank=size, dim=size, seed=2)))
+        fz = GradientFeaturizer(model, FeaturizeSpec(projection=ProjectionSpec(kind=kind, rank=size, dim=size, seed=2)))
         pc = _pair_cosines(fz.featurize(ids, mask).features)
         bound = float(((1 - c**2) ** 2).mean().sqrt()) / math.sqrt(fz.output_dim)
         return float(((pc - c) ** 2).mean().sqrt()), bound
@@ -297,7 +296,7 @@ def test_jl_quality_on_per_example_gradients() -> None:
 
 def test_describe_and_input_validation() -> None:
     model = _llama()
-    fz = GradientFeaturizer(model, FeaturizerSpec(projection=ProjectionSpec(rank=3, seed=4), include_layers="attn"))
+    fz = GradientFeaturizer(model, FeaturizeSpec(projection=ProjectionSpec(rank=3, seed=4), include_layers="attn"))
     d = fz.describe()
     assert d["kind"] == "kronecker" and d["rank"] == 3 and d["seed"] == 4
     assert d["include_layers"] == "attn" and d["loss_reduction"] == "mean" and d["adam_aware"] is False

@@ -9,6 +9,8 @@ import ray
 from operators.features import datastore
 from tests.workflows.helpers import fast_config
 from workflows.jobs.featurize_shard import ShardFeaturizer
+from workflows.run.plan import run_root
+from workflows.stages.featurize import featurize_job
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.run.plan import build_plan
 
@@ -18,7 +20,7 @@ def _featurize_on_worker(cfg_data: dict, model_uri: str, shard_index: int) -> di
     from workflows.config import RunConfig
 
     cfg = RunConfig.model_validate(cfg_data)
-    worker = ShardFeaturizer(cfg, model_uri, "cpu", f"gpu-{ray.get_gpu_ids()}")
+    worker = ShardFeaturizer(featurize_job(cfg, model_uri, run_root(cfg)), "cpu", f"gpu-{ray.get_gpu_ids()}")
     task = build_plan(cfg).corpus_tasks()[shard_index]
     record = worker.process(task)
     table = datastore.read_feature_shard(record.output_uri)
@@ -45,8 +47,8 @@ def test_adam_aware_features_use_checkpoint_moments(model_cache, tmp_path):
     adam_cfg = fast_config(str(tmp_path / "adam"), model_cache, "run_id=adam", "featurize.adam_aware=true")
     model_uri = resolve_model_uri(plain_cfg)
     task = build_plan(plain_cfg).corpus_tasks()[0]
-    plain = ShardFeaturizer(plain_cfg, model_uri, "cpu", "w")
-    adam = ShardFeaturizer(adam_cfg, model_uri, "cpu", "w")
+    plain = ShardFeaturizer(featurize_job(plain_cfg, model_uri, run_root(plain_cfg)), "cpu", "w")
+    adam = ShardFeaturizer(featurize_job(adam_cfg, model_uri, run_root(adam_cfg)), "cpu", "w")
     assert adam.describe()["featurizer"]["adam_aware"] is True
     assert plain.fingerprint != adam.fingerprint
     fa = datastore.features_to_numpy(datastore.read_feature_shard(adam.process(task).output_uri))
@@ -82,7 +84,7 @@ def test_records_count_the_whole_shard_untruncated(model_cache, tmp_path, cap):
         extra.append(f"sampling.max_per_domain={cap}")
     cfg = fast_config(str(tmp_path / "out"), model_cache, *extra)
     task = build_plan(cfg).corpus_tasks()[0]
-    worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "w")
+    worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), run_root(cfg)), "cpu", "w")
     record = worker.process(task)
     ref = ShardRef(uri=task.uri, format=task.format, shard_id=task.shard_id)
     from workflows.run.plan import spec_for_task
@@ -116,7 +118,7 @@ def test_out_of_memory_batches_are_split_without_changing_features(model_cache, 
     ref_cfg = fast_config(str(tmp_path / "b"), model_cache, "run_id=oom")
     model_uri = resolve_model_uri(cfg)
     task = build_plan(cfg).corpus_tasks()[0]
-    worker = ShardFeaturizer(cfg, model_uri, "cpu", "w")
+    worker = ShardFeaturizer(featurize_job(cfg, model_uri, run_root(cfg)), "cpu", "w")
     real = worker.featurizer.featurize
     calls: list[int] = []
 
@@ -130,7 +132,7 @@ def test_out_of_memory_batches_are_split_without_changing_features(model_cache, 
     record = worker.process(task)
     assert worker.max_rows is not None and worker.max_rows <= 5
     assert max(c for c in calls[-3:]) <= 5  # later batches start at the size that fits
-    reference = ShardFeaturizer(ref_cfg, model_uri, "cpu", "w").process(task)
+    reference = ShardFeaturizer(featurize_job(ref_cfg, model_uri, run_root(ref_cfg)), "cpu", "w").process(task)
     got = datastore.read_feature_shard(record.output_uri)
     want = datastore.read_feature_shard(reference.output_uri)
     assert got.column("id").to_pylist() == want.column("id").to_pylist()
@@ -146,7 +148,7 @@ def test_nonfinite_features_are_skipped_and_counted(model_cache, tmp_path, monke
     cfg = fast_config(str(tmp_path / "out"), model_cache, "run_id=nan")
     plan = build_plan(cfg)
     task = plan.corpus_tasks()[0]
-    worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "w")
+    worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), run_root(cfg)), "cpu", "w")
     real = worker.featurizer.featurize
     calls = []
 
@@ -174,7 +176,7 @@ def test_nonfinite_kfac_sums_are_left_out_of_the_factors(model_cache, tmp_path, 
 
     cfg = fast_config(str(tmp_path / "out"), model_cache, "run_id=kfacnan", "influence.preconditioner=kfac")
     task = build_plan(cfg).corpus_tasks()[0]
-    worker = ShardFeaturizer(cfg, resolve_model_uri(cfg), "cpu", "w")
+    worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), run_root(cfg)), "cpu", "w")
     real = worker.featurizer.featurize
     poisoned_tokens, all_tokens = [], []
 

@@ -7,11 +7,12 @@ import pytest
 
 from operators.mixture.search import in_box
 from tests.workflows.helpers import fast_config
-from workflows.jobs.examples import read_task_rows
+from workflows.jobs.examples import ExampleSource, read_task_rows
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.stages.problem import build_problem
 from workflows.run.plan import build_plan
-from workflows.solvers import SOLVERS, SolveContext
+from workflows.solvers import SOLVERS
+from workflows.stages.solve import solve_context
 
 TINY = {"candidates": 6, "seeds": 2, "steps": 2, "batch_size": 4, "reference_examples": 16, "max_pool": 16,
         "confirm_seeds": 2, "samples": 256, "iterations": 3, "bootstrap": 8}
@@ -24,11 +25,11 @@ def setup(ray_cluster, model_cache, tmp_path_factory):
     cfg = fast_config(str(tmp_path_factory.mktemp("tikmix_m")), model_cache)
     plan = build_plan(cfg)
     domains = sorted({d for t in plan.corpus_tasks()
-                      for d in read_task_rows(cfg, t).column("domain").to_pylist()})
+                      for d in read_task_rows(ExampleSource.of(cfg), t).column("domain").to_pylist()})
     problem = build_problem(cfg, domains, {d: 20_000 for d in domains}, previous=None)
     gi = np.linspace(1.0, -1.0, len(domains))[:, None] * np.ones((1, len(cfg.targets)))
     problem = problem.with_gi(gi)
-    ctx = SolveContext(cfg=cfg, plan=plan, model_uri=resolve_model_uri(cfg), layout=worker_layout(cfg.cluster))
+    ctx = solve_context(cfg, plan, resolve_model_uri(cfg), worker_layout(cfg.cluster))
     w_d = SOLVERS.build("tikmix_d").solve(problem).weights
     return problem, ctx, w_d
 

@@ -17,7 +17,8 @@ from operators.model.tokenize import prepare_tokenizer, tokenize_texts
 from tests.workflows.helpers import fast_config
 from workflows.stages.aggregate import aggregate_influence, domain_order
 from workflows.assets import default_corpus_dir, ensure_default_checkpoint
-from workflows.stages.checkpoint_average import CHECKPOINTS_FILE, average_influence, featurize_all, plan_checkpoints
+from workflows.stages.aggregate import average_influence
+from workflows.stages.checkpoint_average import CHECKPOINTS_FILE, featurize_all, plan_checkpoints
 from workflows.stages.featurize import run_featurize
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.run.plan import build_plan
