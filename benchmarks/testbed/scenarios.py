@@ -75,12 +75,13 @@ def scenario_config(name: str, output_uri: str, cache_dir: str | None = None,
     if name not in SCENARIOS:
         raise ConfigError(f"unknown testbed scenario {name!r}; known: {sorted(SCENARIOS)}")
     extra = [f"output_uri={output_uri}"] + ([f"model.cache_dir={cache_dir}"] if cache_dir else [])
-    return load_config(str(CONFIG_DIR / f"{SCENARIOS[name].config}.yaml"), [*(FAST_REFRESH if fast else ()), *extra, *overrides])
+    path = str(CONFIG_DIR / f"{SCENARIOS[name].config}.yaml")
+    return load_config(path, [*(FAST_REFRESH if fast else ()), *extra, *overrides])
 
 
 def budget_steps(cfg: RunConfig, batch_size: int) -> int:
     """Training steps whose token budget (batch_size × max_length per step) is tokens_next_stage."""
-    budget = cfg.mixture.budget.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage
+    budget = cfg.mixture.budget.tokens_next_stage
     if budget is None:
         raise ConfigError(f"{cfg.name}: mixture.budget.tokens_next_stage is not set; pass `steps`")
     return max(1, round(budget / (batch_size * cfg.featurize.max_length)))
@@ -204,7 +205,7 @@ def run_scenario(
         "scenario": name,
         "description": SCENARIOS[name].description,
         "config": cfg.name,
-        "tokens_next_stage": cfg.mixture.budget.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage,
+        "tokens_next_stage": cfg.mixture.budget.tokens_next_stage,
         "refresh": {"run_id": result.run_id, "weights": dict(result.weights), "wall_s": round(refresh_s, 2),
                     "published_source": (result.report.get("validation") or {}).get("published"),
                     "validation": result.report.get("validation")},

@@ -24,7 +24,7 @@ _RTOL = 4 * np.finfo(np.float64).eps
 
 
 class MixtureConstraints(BaseModel):
-    """Box constraints on mixture weights, plus a data-reuse cap (RegMix MAXIMUM_USAGE idea)."""
+    """Box constraints on mixture weights (the reuse cap lives in ``mixture.budget``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,8 +32,6 @@ class MixtureConstraints(BaseModel):
     max_weight: float = Field(default=1.0, ge=0.0, le=1.0)
     domain_min: dict[str, float] = {}
     domain_max: dict[str, float] = {}
-    max_epochs: float | None = Field(default=None, gt=0)  # reuse cap: at most this many passes per domain
-    tokens_next_stage: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> MixtureConstraints:
@@ -54,14 +52,14 @@ class MixtureConstraints(BaseModel):
 
 
 def bounds_for(
-    domains: list[str], constraints: MixtureConstraints, tokens_available: dict[str, int] | None = None
+    domains: list[str], constraints: MixtureConstraints, cap: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-domain (lower, upper) bounds; ConfigError when they admit no mixture.
 
-    upper_k = min(max_weight, domain_max_k, U_k) with reuse cap
-    U_k = max_epochs × tokens_available_k / tokens_next_stage when max_epochs is set.
-    lower_k = domain_min_k if given, else min(min_weight, upper_k): the global floor yields to a hard cap,
-    an explicit per-domain floor above its cap is an error.
+    upper_k = min(max_weight, domain_max_k, cap_k), where ``cap`` is an optional hard cap per domain (e.g.
+    the budget's reuse cap, operators/mixture/budget.py). lower_k = domain_min_k if given, else
+    min(min_weight, upper_k): the global floor yields to a hard cap, an explicit per-domain floor above its
+    cap is an error.
     """
     known = set(domains)
     for field in ("domain_min", "domain_max"):
@@ -71,18 +69,8 @@ def bounds_for(
                 f"mixture.constraints.{field} names unknown domains {unknown}; domains are {domains}"
             )
     upper = np.array([min(constraints.max_weight, constraints.domain_max.get(d, 1.0)) for d in domains])
-    if constraints.max_epochs is not None:
-        if constraints.tokens_next_stage is None:
-            raise ConfigError("mixture.constraints.max_epochs needs mixture.constraints.tokens_next_stage")
-        if tokens_available is None:
-            raise ConfigError("mixture.constraints.max_epochs needs tokens_available per domain, got none")
-        missing = [d for d in domains if d not in tokens_available]
-        if missing:
-            raise ConfigError(
-                f"tokens_available lacks domains {missing} needed by mixture.constraints.max_epochs"
-            )
-        available = np.array([tokens_available[d] for d in domains], dtype=np.float64)
-        upper = np.minimum(upper, constraints.max_epochs * available / constraints.tokens_next_stage)
+    if cap is not None:
+        upper = np.minimum(upper, np.asarray(cap, dtype=np.float64))
     lower = np.array([constraints.domain_min.get(d, constraints.min_weight) for d in domains])
     implicit = np.array([d not in constraints.domain_min for d in domains])
     lower = np.where(implicit, np.minimum(lower, upper), lower)

@@ -54,7 +54,7 @@ def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int]
     remaining steps × tokens_per_step > one natural pass over the corpus (warned as a guess)."""
     b = cfg.mixture.budget
     u = np.array([available.get(d, 0) for d in domains], dtype=np.float64)
-    tokens = b.tokens_next_stage or cfg.mixture.constraints.tokens_next_stage
+    tokens = b.tokens_next_stage
     source = "config"
     if tokens is None and b.stage_steps and b.tokens_per_step:
         tokens, source = b.stage_steps * b.tokens_per_step, "stage_steps x tokens_per_step"
@@ -67,8 +67,7 @@ def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int]
         log.warning("no token budget for the next stage (mixture.budget.tokens_next_stage): assuming one "
                     "natural pass over the corpus, %.3g tokens; planned epochs and reuse caps are only as "
                     "good as that guess", tokens)
-    max_epochs = cfg.mixture.constraints.max_epochs or b.max_epochs
-    return Budget(float(tokens), u, max_epochs, b.repetition_scale, source)
+    return Budget(float(tokens), u, b.max_epochs, b.repetition_scale, source)
 
 
 def _remaining_steps(model_uri: str, cfg: RunConfig) -> int | None:
@@ -86,8 +85,7 @@ def _remaining_steps(model_uri: str, cfg: RunConfig) -> int | None:
 
 def problem_bounds(cfg: RunConfig, domains: list[str], budget: Budget) -> tuple[np.ndarray, np.ndarray]:
     """Box constraints from the config combined with the budget's reuse cap."""
-    box = cfg.mixture.constraints.model_copy(update={"max_epochs": None, "tokens_next_stage": None})
-    lower, upper = bounds_for(domains, box)
+    lower, upper = bounds_for(domains, cfg.mixture.constraints)
     upper = np.minimum(upper, budget.reuse_upper())
     lower = np.minimum(lower, upper)
     check_feasible(domains, lower, upper)

@@ -42,7 +42,7 @@ def test_constraints_validation() -> None:
         {"domain_min": {"web": 0.5}, "domain_max": {"web": 0.4}},
         {"domain_max": {"web": 1.5}},
         {"max_epochs": 0},
-        {"tokens_next_stage": -1},
+        {"tokens_next_stage": 1000},  # the budget is configured in mixture.budget
         {"unknown": 1},
     ):
         with pytest.raises(ValidationError):
@@ -55,21 +55,16 @@ def test_bounds_with_reuse_caps_and_overrides() -> None:
         max_weight=0.6,
         domain_min={"code": 0.1},
         domain_max={"web": 0.5},
-        max_epochs=2,
-        tokens_next_stage=1000,
     )
     tokens = {"web": 10_000, "code": 150, "books": 20, "math": 400}
-    lo, hi = bounds_for(DOMAINS, cons, tokens)
+    caps = 2 * np.array([tokens[d] for d in DOMAINS]) / 1000  # 2 epochs of a 1000-token stage
+    lo, hi = bounds_for(DOMAINS, cons, caps)
     # upper = min(max_weight, domain_max, 2 × tokens / 1000)
     np.testing.assert_allclose(hi, [0.5, 0.3, 0.04, 0.6])
     # the global floor yields to a reuse cap (books), an explicit domain_min does not
     np.testing.assert_allclose(lo, [0.05, 0.1, 0.04, 0.05])
     with pytest.raises(ConfigError, match="domain_min exceeds"):
-        bounds_for(DOMAINS, cons.model_copy(update={"domain_min": {"books": 0.1}}), tokens)
-    with pytest.raises(ConfigError, match="tokens_available"):
-        bounds_for(DOMAINS, cons, None)
-    with pytest.raises(ConfigError, match="tokens_next_stage"):
-        bounds_for(DOMAINS, MixtureConstraints(max_epochs=2), tokens)
+        bounds_for(DOMAINS, cons.model_copy(update={"domain_min": {"books": 0.1}}), caps)
     with pytest.raises(ConfigError, match="unknown domains"):
         bounds_for(DOMAINS, MixtureConstraints(domain_max={"wbe": 0.3}), None)
 
@@ -79,9 +74,8 @@ def test_infeasible_bounds_raise() -> None:
         bounds_for(DOMAINS, MixtureConstraints(min_weight=0.3), None)
     with pytest.raises(ConfigError, match="upper bounds sum"):
         bounds_for(DOMAINS, MixtureConstraints(max_weight=0.2), None)
-    tight = MixtureConstraints(max_epochs=1, tokens_next_stage=10_000)
     with pytest.raises(ConfigError, match="max_epochs"):
-        bounds_for(DOMAINS, tight, {d: 1000 for d in DOMAINS})
+        bounds_for(DOMAINS, MixtureConstraints(), np.full(len(DOMAINS), 0.1))  # 1 epoch of 1000 tokens each
     with pytest.raises(ConfigError):
         solve_tikmix_d(np.zeros(3), np.ones(3) / 3, 1.0, np.full(3, 0.5), np.ones(3))
 
@@ -137,9 +131,8 @@ def test_small_beta_fills_best_domains_up_to_caps() -> None:
 
 
 def test_reuse_caps_respected_by_solution() -> None:
-    cons = MixtureConstraints(max_epochs=1.0, tokens_next_stage=10_000)
     tokens = {"web": 50_000, "code": 1_000, "books": 500, "math": 2_000}
-    lo, hi = bounds_for(DOMAINS, cons, tokens)
+    lo, hi = bounds_for(DOMAINS, MixtureConstraints(), np.array([tokens[d] for d in DOMAINS]) / 10_000)
     w = solve_tikmix_d(np.array([-1.0, 3.0, 3.0, 2.0]), np.full(4, 0.25), 0.1, lo, hi)
     _check_feasible(w, lo, hi)
     caps = np.array([tokens[d] for d in DOMAINS]) / 10_000
