@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from operators.mixture.decision import budget_pool_sizes, decide, predicted_vs_measured
-from workflows.config import RunConfig
+from workflows.config import RunConfig, ValidationSpec
 from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
 from workflows.jobs.probes import MixtureProber, measure
 from workflows.stages.base import RunContext, Stage
@@ -41,6 +41,21 @@ def dedupe(candidates: dict[str, tuple[np.ndarray, str]], tol: float = 1e-3) -> 
     return kept, alias
 
 
+def build_candidates(spec: ValidationSpec, problem: MixtureProblem, solved: dict[str, np.ndarray],
+                     baselines: dict[str, np.ndarray], primary: str) -> dict[str, tuple[np.ndarray, str]]:
+    """Every mixture validation measures, name → (weights, where it came from): the reference first, then
+    every solver's answer, points on the line from the reference to the primary answer, the baselines."""
+    candidates: dict[str, tuple[np.ndarray, str]] = {"reference": (problem.reference, problem.reference_kind)}
+    for name, w in solved.items():
+        candidates[name] = (w, "solver")
+    for t in spec.line_points:
+        w = (1 - t) * problem.reference + t * solved[primary]
+        candidates[f"line:{t:g}"] = (w / w.sum(), f"{t:g} of the way from reference to {primary}")
+    for name, w in baselines.items():
+        candidates[f"baseline:{name}"] = (w, "baseline")
+    return candidates
+
+
 def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer) -> tuple[dict, dict[str, int]]:
     spec = cfg.mixture.validation
     pools = domain_pools(ExampleSource.of(cfg), plan, tokenizer, per_domain=spec.max_pool, seed=spec.seed, domains=problem.domains)
@@ -58,22 +73,14 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     """Measure every candidate; return the report section with the decision (see module docstring)."""
     spec = cfg.mixture.validation
     t0 = time.monotonic()
-    candidates: dict[str, tuple[np.ndarray, str]] = {"reference": (problem.reference, problem.reference_kind)}
-    for name, w in solved.items():
-        candidates[name] = (w, "solver")
-    for t in spec.line_points:
-        w = (1 - t) * problem.reference + t * solved[primary]
-        candidates[f"line:{t:g}"] = (w / w.sum(), f"{t:g} of the way from reference to {primary}")
-    for name, w in baselines.items():
-        candidates[f"baseline:{name}"] = (w, "baseline")
-    kept, alias = dedupe(candidates)
-    source = model_source(cfg, model_uri)
-    tokenizer = source.tokenizer()
+    kept, alias = dedupe(build_candidates(spec, problem, solved, baselines, primary))
+    model = model_source(cfg, model_uri)
+    tokenizer = model.tokenizer()
     pools, pool_sizes = _pools(cfg, plan, problem, tokenizer)
     ref = reference_set(ExampleSource.of(cfg), plan, tokenizer, total=spec.reference_examples, seed=spec.seed,
                         split="validation")
     seeds = [spec.seed + i for i in range(spec.seeds)]
-    prober = MixtureProber(source, problem.domains, {s: pools for s in seeds}, ref, spec.steps, spec.batch_size,
+    prober = MixtureProber(model, problem.domains, {s: pools for s in seeds}, ref, spec.steps, spec.batch_size,
                            spec.probe)
     values = measure(prober, [w for w, _ in kept.values()], seeds, layout)
     delta = dict(zip(kept, values))
