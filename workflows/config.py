@@ -29,7 +29,7 @@ from operators.mixture.simplex import MixtureConstraints
 from operators.io.names import SafeName
 from operators.io.secrets import redact
 from operators.training.probing import ProbeSpec
-from operators.features.projection import ProjectionSpec
+from operators.features.projectors import ProjectionSpec
 from operators.io.splits import TargetSplitSpec
 from operators.io.storage import StorageSpec
 from operators.model.tiny_lm import TinyLMSpec

@@ -19,7 +19,7 @@ from operators.features.featurize import (
     per_example_linear_grads,
     select_linear_layers,
 )
-from operators.features.projection import ProjectionSpec
+from operators.features.projectors import ProjectionSpec
 
 VOCAB = 128
 
