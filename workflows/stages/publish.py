@@ -12,6 +12,7 @@ import numpy as np
 
 from operators.io import storage
 from operators.errors import ConfigError, StorageError
+from operators.manifest.formats import render_all
 from operators.manifest.schema import (
     DomainEntry,
     InfluenceBlock,
@@ -19,7 +20,6 @@ from operators.manifest.schema import (
     Provenance,
     Selection,
     TargetEntry,
-    render_all,
 )
 from workflows.stages.aggregate import InfluenceResult
 from workflows.config import RunConfig
