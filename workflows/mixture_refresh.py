@@ -12,6 +12,7 @@ import numpy as np
 from operators.features import datastore
 
 from operators.io import storage
+from operators.model.checkpoints import parse_step
 from workflows.stages.aggregate import InfluenceResult, domain_order
 from workflows.baselines import BASELINES
 from workflows.stages.checkpoint_average import average_influence, featurize_all, plan_checkpoints
@@ -44,7 +45,7 @@ class RefreshResult:
 def resolve_model_uri(cfg: RunConfig) -> str:
     """checkpoint_root (latest step) > builtin tiny model (built once, cached) > model.path."""
     if cfg.model.checkpoint_root:
-        from operators.model.loading import find_latest_checkpoint
+        from operators.model.checkpoints import find_latest_checkpoint
 
         return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
     if cfg.model.path == BUILTIN_MODEL:
@@ -182,7 +183,7 @@ def _run_leased(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, t
                        "reference": problem.reference_kind, **solved[primary].report}
         manifest = build_manifest(
             cfg, infl, weights, model_uri=model_uri, model_fingerprint=featurizer.get("model", ""),
-            checkpoint_step=_step_of(model_uri), projector=featurizer.get("featurizer", {}), solver=solver_info,
+            checkpoint_step=parse_step(model_uri), projector=featurizer.get("featurizer", {}), solver=solver_info,
             previous_uri=previous_uri, previous_weights=problem.previous_weights,
             tokens_available=problem.info["tokens_available"], selection=selection,
             budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
@@ -234,9 +235,3 @@ def _finished(cfg: RunConfig, plan: Plan) -> RefreshResult | None:
     return RefreshResult(run_id=plan.run_id, run_root=plan.root, manifest_uri=uri, weights=weights_of(manifest),
                          outputs={"manifest.json": uri}, influence=None, report=report)  # type: ignore[arg-type]
 
-
-def _step_of(model_uri: str) -> int | None:
-    import re
-
-    match = re.search(r"(?:checkpoint|step)[-_](\d+)/?$", model_uri.rstrip("/"))
-    return int(match.group(1)) if match else None
