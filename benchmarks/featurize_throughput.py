@@ -69,7 +69,7 @@ def _peak_mib(device: str) -> float:
 def step_ratio(args: argparse.Namespace) -> None:
     """Interleaved timing of featurize vs a plain training step on one random-token batch."""
     from operators.features.featurize import FeaturizeSpec, GradientFeaturizer, select_linear_layers
-    from operators.features.projection import ProjectionSpec
+    from operators.features.projectors import ProjectionSpec
 
     device = "cuda" if torch.cuda.is_available() and args.gpus != "never" else "cpu"
     model = _model(args.hidden, args.layers, args.intermediate, device)

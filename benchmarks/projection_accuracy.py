@@ -28,7 +28,7 @@ from operators.features.featurize import (
     select_linear_layers,
 )
 from operators.model.loading import load_causal_lm
-from operators.features.projection import ProjectionSpec
+from operators.features.projectors import ProjectionSpec
 from operators.model.tokenize import prepare_tokenizer, tokenize_texts
 from workflows.assets import default_corpus_dir, ensure_default_checkpoint
 

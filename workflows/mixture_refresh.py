@@ -48,7 +48,7 @@ class RefreshResult:
 def resolve_model_uri(cfg: RunConfig) -> str:
     """checkpoint_root (latest step) > builtin tiny model (built once, cached) > model.path."""
     if cfg.model.checkpoint_root:
-        from operators.model.loading import find_latest_checkpoint
+        from operators.model.checkpoints import find_latest_checkpoint
 
         return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
     if cfg.model.path == BUILTIN_MODEL:

@@ -10,11 +10,11 @@ import logging
 from datetime import datetime, timezone
 
 from operators.io import storage
+from operators.model.checkpoints import parse_step
 from operators.errors import ConfigError
 from operators.io.names import SAFE_NAME_HELP, is_safe_name
 from workflows.config import RunConfig
 from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
-from workflows.stages.publish import _step_of
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def default_stamp() -> str:
 def refresh_config(cfg: RunConfig, stamp: str) -> RunConfig:
     """Pin the checkpoint picked now and derive the stamped run id."""
     model_uri = resolve_model_uri(cfg)
-    step = _step_of(model_uri)
+    step = parse_step(model_uri)
     pinned = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_uri,
                                                                           "checkpoint_root": None})})
     if cfg.run_id:

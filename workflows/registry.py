@@ -7,32 +7,18 @@ from typing import Any, Generic, TypeVar
 from pydantic import ValidationError
 
 from operators.errors import ConfigError
+from operators.registry import Registry as NameRegistry
 
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
+class Registry(NameRegistry[type[T]], Generic[T]):
     """Classes with a ``name`` and an ``Options`` pydantic model, registered by a decorator."""
 
     def __init__(self, kind: str, section: str = "mixture.options") -> None:
+        super().__init__(kind, key=lambda cls: getattr(cls, "name"))
         self.kind = kind
         self.section = section  # config section holding each class's options by name
-        self._classes: dict[str, type[T]] = {}
-
-    def register(self, cls: type[T]) -> type[T]:
-        name = getattr(cls, "name")
-        if name in self._classes and self._classes[name] is not cls:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._classes[name] = cls
-        return cls
-
-    def names(self) -> list[str]:
-        return sorted(self._classes)
-
-    def get(self, name: str) -> type[T]:
-        if name not in self._classes:
-            raise ConfigError(f"unknown {self.kind} {name!r}; known: {self.names()}")
-        return self._classes[name]
 
     def options(self, name: str, data: dict[str, Any] | None, where: str) -> Any:
         """Validate ``data`` with the class's Options model; errors name ``where.<field>``."""

@@ -19,13 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from operators.errors import ConfigError, ModelError
-from operators.features.projection import (
-    BLOCK_ELEMS,
-    KroneckerProjector,
-    Projector,
-    ProjectionSpec,
-    build_projector,
-)
+from operators.features.projectors import ProjectionSpec, Projector, build_projector
+from operators.features.projectors.base import KfacSums, ordered_sum
 
 LossReduction = Literal["mean", "sum"]
 
@@ -78,7 +73,7 @@ class FeatureBatch:
     features: torch.Tensor
     losses: torch.Tensor
     n_tokens: torch.Tensor
-    kfac: dict[str, tuple[torch.Tensor, torch.Tensor, int]] | None = None
+    kfac: dict[str, KfacSums] | None = None
 
 
 class AdamState:
@@ -248,16 +243,17 @@ def per_example_linear_grads(
     out = {}
     for name, pairs in captures.items():
         dtype = torch.promote_types(pairs[0][0].dtype, torch.float32)
-        out[name] = _sum(torch.einsum("bto,bti->boi", d.to(dtype), x.to(dtype)) for x, d in pairs)
+        out[name] = ordered_sum(torch.einsum("bto,bti->boi", d.to(dtype), x.to(dtype)) for x, d in pairs)
     return out
 
 
 class GradientFeaturizer:
     """Projected per-example gradients of a causal LM (see module docstring).
 
-    With ``adam_state`` the LESS Adam-aware transform is applied elementwise to each layer's full
-    per-example gradient before projection; this path (and the dense one) forms ``Σ_t δ_t x_tᵀ`` for
-    a few examples at a time. ``projector`` shares one projector between featurizers (e.g. the
+    Each layer's (input, output-grad) pairs go to :meth:`Projector.project_pairs`. With ``adam_state``
+    the LESS Adam-aware transform is applied elementwise to each layer's full per-example gradient
+    before projection. K-FAC factor sums are collected when the spec asks for them and the projector
+    has a K-FAC block layout. ``projector`` shares one projector between featurizers (e.g. the
     Adam-aware corpus featurizer and the plain target featurizer), so feature spaces match.
     """
 
@@ -271,7 +267,6 @@ class GradientFeaturizer:
         collect_kfac: bool = False,
     ) -> None:
         self.spec = spec
-        self.collect_kfac = collect_kfac
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.layers = select_linear_layers(model, spec.include_layers, spec.exclude_layers)
@@ -281,6 +276,7 @@ class GradientFeaturizer:
         elif projector.spec != spec.projection or projector.layers != dict(sorted(shapes.items())):
             raise ConfigError("featurize: the shared projector was built for another spec or layers")
         self.projector = projector
+        self.collect_kfac = collect_kfac and projector.kfac_layout() is not None
         self.adam_state = adam_state
         if adam_state is not None:
             for name, mod in self.layers.items():
@@ -322,56 +318,19 @@ class GradientFeaturizer:
             self.model, self.layers, ids, mask, self.spec.loss_reduction
         )
         proj = self.projector
-        kron = isinstance(proj, KroneckerProjector)
         tok_mask = mask.to(torch.float32).unsqueeze(-1)
-        kfac: dict[str, tuple[torch.Tensor, torch.Tensor, int]] | None = (
-            {} if self.collect_kfac and kron else None
-        )
+        transform = None if self.adam_state is None else self.adam_state.transform
+        kfac: dict[str, KfacSums] | None = {} if self.collect_kfac else None
         parts: list[torch.Tensor] = []
         for name in proj.layer_names:
-            if kron and self.adam_state is None:  # never forms the full (B, out, in) gradient
-                assert isinstance(proj, KroneckerProjector)
-                # δ is masked after projection (B,T,r), x not at all: δ_t = 0 zeroes x_t's term
-                pairs = [(x.float() @ proj.p_in[name].T, (d.float() @ proj.p_out[name].T) * tok_mask)
-                         for x, d in captures[name]]
-                block = _sum(torch.einsum("bto,bti->boi", dt, xt) for xt, dt in pairs)
-                parts.append(block.reshape(block.shape[0], -1))
-                if kfac is not None:
-                    xt = torch.cat([(x * tok_mask).flatten(0, 1) for x, _ in pairs])
-                    dt = torch.cat([d.flatten(0, 1) for _, d in pairs])
-                    kfac[name] = (xt.T @ xt).cpu(), (dt.T @ dt).cpu(), int(mask.sum().item()) * len(pairs)
-            else:
-                parts.append(self._project_full(name, captures[name], tok_mask))
-        feats = torch.cat(parts, dim=1) if kron else _sum(parts)
+            part, sums = proj.project_pairs(name, captures[name], tok_mask, transform, kfac is not None)
+            parts.append(part)
+            if kfac is not None and sums is not None:
+                kfac[name] = sums
+        feats = proj.combine(parts)
         return FeatureBatch(
             features=feats.detach().to("cpu", torch.float32),
             losses=losses.to("cpu", torch.float32),
             n_tokens=n_tokens.to("cpu", torch.int64),
             kfac=kfac,
         )
-
-    def _project_full(
-        self, name: str, pairs: list[tuple[torch.Tensor, torch.Tensor]], tok_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Project full per-example gradients ``Σ_t δ_t x_tᵀ`` (Adam-transformed if set), formed for
-        a few examples at a time so at most ``BLOCK_ELEMS`` gradient entries exist at once."""
-        mod = self.layers[name]
-        rows = pairs[0][0].shape[0]
-        step = max(1, BLOCK_ELEMS // (mod.in_features * mod.out_features))
-        out = []
-        for s in range(0, rows, step):
-            m = tok_mask[s:s + step]
-            grad = _sum(torch.einsum("bto,bti->boi", d[s:s + step].float() * m, x[s:s + step].float())
-                        for x, d in pairs)
-            if self.adam_state is not None:
-                grad = self.adam_state.transform(name, grad)
-            out.append(self.projector.project_layer(name, grad))
-        return torch.cat(out) if len(out) > 1 else out[0]
-
-def _sum(items: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Left-to-right sum (fixed order, so results are reproducible)."""
-    it = iter(items)
-    total = next(it)
-    for item in it:
-        total = total + item
-    return total

@@ -1,7 +1,7 @@
 """Mixture manifests: the schema-versioned record a refresh writes and trainers consume.
 
-A manifest is a superset of RegMix's YAML (`train: {domain: weight}`) and DoReMi's JSON domain weights
-(ALGORITHMS.md §5, §8). Renderers are pure and return str/bytes; the workflow writes them.
+A manifest is a superset of RegMix's YAML (`train: {domain: weight}`) and DoReMi's JSON domain weights.
+Its file formats (JSON, YAML, trainer blends) live in ``operators.manifest.formats``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from fractions import Fraction
 from typing import Annotated, Any
 
 import numpy as np
@@ -190,95 +189,6 @@ class Manifest(_Model):
 def weights_of(manifest: Manifest) -> dict[str, float]:
     """{domain: weight} in manifest order."""
     return {d.name: d.weight for d in manifest.domains}
-
-
-def _as_dict(manifest: Manifest) -> dict[str, Any]:
-    return manifest.model_dump(mode="json")
-
-
-def render_json(manifest: Manifest) -> str:
-    """Canonical JSON (sorted keys, 2-space indent, trailing newline)."""
-    return json.dumps(_as_dict(manifest), indent=2, sort_keys=True, allow_nan=False) + "\n"
-
-
-def _yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True, width=120)
-
-
-def render_yaml(manifest: Manifest) -> str:
-    """The same content as render_json, as YAML (PyYAML safe_dump, sorted keys)."""
-    return _yaml(_as_dict(manifest))
-
-
-def _positive(manifest: Manifest) -> list[DomainEntry]:
-    """Domains with weight > 0 (zero-weight datasets break Megatron blends and HF all_exhausted)."""
-    return [d for d in manifest.domains if d.weight > 0]
-
-
-def megatron_blend(manifest: Manifest, prefixes: dict[str, str] | None = None) -> str:
-    """Megatron-LM `--data-path` blend "w1 prefix1 w2 prefix2 ..." (zero-weight domains omitted).
-
-    A domain's prefix is prefixes[name], else its data_prefix, else its name; weights are written with repr
-    (shortest round-trip form).
-    """
-    prefixes = prefixes or {}
-    unknown = sorted(set(prefixes) - {d.name for d in manifest.domains})
-    if unknown:
-        raise ConfigError(f"mixture.data_prefixes names unknown domains {unknown}")
-    parts = []
-    for d in _positive(manifest):
-        prefix = prefixes.get(d.name) or d.data_prefix or d.name
-        if not prefix or any(c.isspace() for c in prefix):
-            raise ConfigError(
-                f"Megatron data prefix for domain {d.name!r} must be non-empty without whitespace: {prefix!r}"
-            )
-        parts.append(f"{d.weight!r} {prefix}")
-    return " ".join(parts)
-
-
-def _exact_probabilities(weights: list[float]) -> list[float]:
-    """Normalise to multiples of 2**-52 (largest-remainder rounding, exact rationals), so that every summation
-    order of the result gives exactly 1.0 (all partial sums are representable)."""
-    scale = 1 << 52
-    total = sum(Fraction(w) for w in weights)
-    raw = [Fraction(w) * scale / total for w in weights]
-    units = [math.floor(r) for r in raw]
-    for i in sorted(range(len(raw)), key=lambda i: units[i] - raw[i])[: scale - sum(units)]:
-        units[i] += 1
-    return [u / scale for u in units]
-
-
-def hf_interleave(manifest: Manifest, seed: int | None = None) -> dict[str, Any]:
-    """Arguments for `datasets.interleave_datasets` (zero-weight domains omitted; probabilities sum to 1.0).
-
-    seed defaults to manifest.solver["seed"] when present, else 0.
-    """
-    entries = _positive(manifest)
-    if seed is None:
-        solver_seed = manifest.solver.get("seed", 0)
-        seed = solver_seed if isinstance(solver_seed, int) else 0
-    return {
-        "datasets": [d.name for d in entries],
-        "probabilities": _exact_probabilities([d.weight for d in entries]),
-        "stopping_strategy": "all_exhausted",
-        "seed": seed,
-    }
-
-
-def domain_weights_yaml(manifest: Manifest) -> str:
-    """RegMix-style YAML: `train: {domain: weight}`."""
-    return _yaml({"train": weights_of(manifest)})
-
-
-def render_all(manifest: Manifest, prefixes: dict[str, str] | None = None) -> dict[str, bytes]:
-    """Every rendering, keyed by the file name the workflow writes it under."""
-    return {
-        "manifest.json": render_json(manifest).encode(),
-        "manifest.yaml": render_yaml(manifest).encode(),
-        "megatron_blend.txt": (megatron_blend(manifest, prefixes) + "\n").encode(),
-        "hf_interleave.json": (json.dumps(hf_interleave(manifest), indent=2, sort_keys=True) + "\n").encode(),
-        "domain_weights.yaml": domain_weights_yaml(manifest).encode(),
-    }
 
 
 def parse_manifest(data: bytes | str, source: str = "<manifest>") -> Manifest:

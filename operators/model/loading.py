@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.io.storage import StorageSpec
+from operators.model.checkpoints import list_dir, parse_step
 from operators.model.tiny_lm import META_FILE, OPTIMIZER_FILE
 from operators.model.tokenize import prepare_tokenizer
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-_STEP_DIR = re.compile(r"^(?:checkpoint|step|global_step|iter|ckpt)[-_]?(\d+)$")
 
 
 @dataclass
@@ -108,8 +107,8 @@ def _step_of(local_dir: Path, meta: dict[str, Any]) -> int:
             return int(json.loads(state.read_text()).get("global_step", 0))
         except (OSError, ValueError, TypeError):
             pass
-    m = _STEP_DIR.match(local_dir.name)
-    return int(m.group(1)) if m else 0
+    step = parse_step(local_dir.name)
+    return 0 if step is None else step
 
 
 def load_causal_lm(
@@ -185,29 +184,15 @@ def load_adam_moments(local_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
 # ------------------------------------------------------------------------- remote checkpoints
 
 
-def _remote_fs(uri: str, storage: StorageSpec | None) -> tuple[Any, str]:
-    """(fsspec filesystem, path) for ``uri``; separate so tests can substitute a filesystem."""
-    return st.filesystem_for(uri, storage)
-
-
-def _listing(fs: Any, path: str, uri: str, what: str = "model checkpoint directory") -> list[dict[str, Any]]:
-    try:
-        return list(fs.ls(path, detail=True))
-    except FileNotFoundError as exc:
-        raise ModelError(f"{what} {uri} does not exist") from exc
-    except OSError as exc:
-        raise StorageError(f"listing {uri} failed: {exc}") from exc
-
-
 def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> str:
     """Download the files directly under ``uri`` into a cache dir keyed by URI + ETags/sizes.
 
     Concurrent callers are safe: each downloads into a private temp dir that is renamed into place;
     the first rename wins and later callers reuse the finished directory.
     """
-    fs, path = _remote_fs(uri, storage)
+    fs, entries = list_dir(uri, storage, "model checkpoint directory")
     files = {}
-    for info in _listing(fs, path, uri):
+    for info in entries:
         name = info["name"].rstrip("/").rsplit("/", 1)[-1]
         if info.get("type") == "file" and not name.startswith("."):
             tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
@@ -241,35 +226,6 @@ def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: st
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(dest)
-
-
-def list_checkpoints(root_uri: str, storage: StorageSpec | None = None) -> list[tuple[int, str]]:
-    """``(step, uri)`` of every complete checkpoint under ``root_uri`` (local or s3://), oldest first:
-    subdirectories named like ``checkpoint-<n>`` / ``step_<n>`` that hold a ``config.json``."""
-    fs, path = _remote_fs(root_uri, storage)
-    found: dict[int, str] = {}
-    for info in _listing(fs, path, root_uri, "checkpoint root"):
-        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
-        m = _STEP_DIR.match(name)
-        if info.get("type") != "directory" or m is None:
-            continue
-        try:
-            complete = fs.exists(f"{info['name'].rstrip('/')}/config.json")
-        except OSError as exc:
-            raise StorageError(f"checking {root_uri}/{name}/config.json failed: {exc}") from exc
-        step = int(m.group(1))
-        if complete and (step not in found or name < found[step].rsplit("/", 1)[-1]):
-            found[step] = st.join(root_uri, name)
-    return sorted(found.items())
-
-
-def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) -> str:
-    """The ``checkpoint-<n>`` / ``step_<n>`` (etc.) subdirectory of ``root_uri`` with the highest step."""
-    found = list_checkpoints(root_uri, storage)
-    if not found:
-        raise ModelError(f"no checkpoint under {root_uri}: expected subdirectories like checkpoint-<step> "
-                         f"or step_<n> containing config.json")
-    return found[-1][1]
 
 
 def adam_state_dict(model: torch.nn.Module, moments: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from operators.features.featurize import FeaturizeSpec, GradientFeaturizer
-from operators.features.projection import ProjectionSpec
+from operators.features.projectors import ProjectionSpec
 from operators.model.tiny_lm import TinyLMSpec, build_tiny_lm
 
 pytestmark = [pytest.mark.gpu,

@@ -100,11 +100,9 @@ class ShardFeaturizer:
 
     def describe(self) -> dict:
         featurizer = dict(self.featurizer.describe())
-        proj = self.featurizer.projector
-        if hasattr(proj, "layer_slices"):  # kronecker: block layout for the K-FAC preconditioner
-            featurizer["kfac_layout"] = {
-                name: {"start": sl.start, "stop": sl.stop, "r_out": proj.layer_shapes[name][0],
-                       "r_in": proj.layer_shapes[name][1]} for name, sl in proj.layer_slices.items()}
+        layout = self.featurizer.projector.kfac_layout()  # feature blocks for the K-FAC preconditioner
+        if layout is not None:
+            featurizer["kfac_layout"] = layout
         return {"worker": self.worker, "device": self.device, "fingerprint": self.fingerprint,
                 "model": self.loaded.fingerprint, "featurizer": featurizer}
 

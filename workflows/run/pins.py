@@ -19,7 +19,7 @@ from workflows.run.plan import read_recorded_plan, run_root
 def resolve_checkpoint(cfg: RunConfig) -> str | None:
     if not cfg.model.checkpoint_root:
         return None
-    from operators.model.loading import find_latest_checkpoint
+    from operators.model.checkpoints import find_latest_checkpoint
 
     return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from operators.io import storage
 from operators.errors import ConfigError, StorageError
+from operators.manifest.formats import render_all
 from operators.manifest.schema import (
     DomainEntry,
     InfluenceBlock,
@@ -20,8 +21,8 @@ from operators.manifest.schema import (
     Provenance,
     Selection,
     TargetEntry,
-    render_all,
 )
+from operators.model.checkpoints import parse_step
 from workflows.run.integrity import skipped_examples
 from workflows.solvers.base import MixtureProblem
 from workflows.stages.aggregate import InfluenceResult
@@ -208,7 +209,7 @@ class PublishStage(Stage):
         featurizer = ctx.featurizer
         manifest = build_manifest(
             cfg, infl, weights, model_uri=ctx.model_uri, model_fingerprint=featurizer.get("model", ""),
-            checkpoint_step=_step_of(ctx.model_uri), projector=featurizer.get("featurizer", {}),
+            checkpoint_step=parse_step(ctx.model_uri), projector=featurizer.get("featurizer", {}),
             solver=solver_info, previous_uri=ctx.previous_uri, previous_weights=problem.previous_weights,
             tokens_available=problem.info["tokens_available"], selection=ctx.selection,
             budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
@@ -231,9 +232,3 @@ class PublishStage(Stage):
         log.info("published %s (%s): %s", ctx.outputs["manifest.json"], source,
                  {d: round(w, 4) for d, w in final.items()})
 
-
-def _step_of(model_uri: str) -> int | None:
-    import re
-
-    match = re.search(r"(?:checkpoint|step)[-_](\d+)/?$", model_uri.rstrip("/"))
-    return int(match.group(1)) if match else None

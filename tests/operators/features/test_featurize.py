@@ -19,7 +19,7 @@ from operators.features.featurize import (
     per_example_linear_grads,
     select_linear_layers,
 )
-from operators.features.projection import ProjectionSpec
+from operators.features.projectors import PROJECTORS, ProjectionSpec, Projector
 
 VOCAB = 128
 
@@ -304,3 +304,44 @@ def test_describe_and_input_validation() -> None:
     assert d["output_dim"] == fz.output_dim == 8 * 9
     with pytest.raises(ConfigError, match="attention_mask"):
         fz.featurize(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 4, dtype=torch.long))
+
+
+class _ToyProjector(Projector):
+    """An unregistered kind: a plain Gaussian JL matrix per layer (base class's pair path, no K-FAC)."""
+
+    kind = "toy"
+    generator = "toy-v1"
+
+    def __init__(self, spec: ProjectionSpec, layers: dict[str, tuple[int, int]], device: str = "cpu") -> None:
+        super().__init__(spec, layers, device)
+        g = torch.Generator().manual_seed(spec.seed)
+        self.mats = {n: torch.randn(spec.dim, i * o, generator=g) for n, (i, o) in self.layers.items()}
+
+    @property
+    def output_dim(self) -> int:
+        return self.spec.dim
+
+    def size(self) -> dict[str, int]:
+        return {"dim": self.spec.dim}
+
+    def project_layer(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        return grad.reshape(grad.shape[0], -1).float() @ self.mats[name].T
+
+    def combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(parts).sum(0)
+
+
+def test_a_registered_projection_needs_no_featurizer_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown projection kind 'toy'"):
+        ProjectionSpec(kind="toy")
+    monkeypatch.setitem(PROJECTORS._items, "toy", _ToyProjector)
+    model = _llama()
+    spec = FeaturizeSpec(projection=ProjectionSpec(kind="toy", dim=16))
+    fz = GradientFeaturizer(model, spec, collect_kfac=True)
+    ids, mask = _batch()
+    batch = fz.featurize(ids, mask)
+    exact = per_example_linear_grads(model, ids, mask, fz.layer_names)
+    expect = torch.stack([exact[n].flatten(1) @ fz.projector.mats[n].T for n in fz.layer_names]).sum(0)
+    torch.testing.assert_close(batch.features, expect, rtol=1e-4, atol=1e-5 * float(expect.abs().max()))
+    assert batch.kfac is None  # no K-FAC layout: nothing collected although the spec asks for it
+    assert fz.describe()["kind"] == "toy" and fz.describe()["dim"] == 16 and "rank" not in fz.describe()

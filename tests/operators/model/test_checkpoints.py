@@ -1,4 +1,4 @@
-"""Checkpoint writer round trip: what save_step_checkpoint writes, the refresh's readers read back."""
+"""Checkpoint layouts: step parsing, listing (local and s3://), the writer's round trip via the readers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from operators.model.checkpoints import last_checkpoints, list_checkpoints, optimizer_from_state, save_step_checkpoint
+from operators.io import storage as st
+from operators.model.checkpoints import (
+    find_latest_checkpoint,
+    last_checkpoints,
+    list_checkpoints,
+    optimizer_from_state,
+    parse_step,
+    save_step_checkpoint,
+)
 from operators.errors import ConfigError, ModelError
-from operators.model.loading import checkpoint_adam_state, find_latest_checkpoint, load_causal_lm
+from operators.model.loading import checkpoint_adam_state, load_causal_lm
 from operators.training.probing import ProbeSpec, train_on_mixture
 from operators.model.tiny_lm import TinyLMSpec, build_tiny_lm, warmup
 from operators.model.tokenize import prepare_tokenizer, tokenize_texts
@@ -80,3 +88,48 @@ def test_writer_refuses_overwrite_and_remote(tmp_path, trained) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="no checkpoint"):
         last_checkpoints(str(tmp_path / "empty"), 1)
+
+
+LAYOUTS = {"checkpoint-40": 40, "global_step7": 7, "step_12": 12, "step-3": 3, "iter_0000500": 500}
+NOT_STEPS = ["checkpoint-best", "step_1_backup", "checkpoint-999.tmp", ".checkpoint-5.tmp-ab12",
+             "mycheckpoint-5", "checkpoint--5", "checkpoint-", "iter_", "step_1.5", "runs", "checkpoint-٣"]
+
+
+@pytest.mark.parametrize(("name", "step"), sorted(LAYOUTS.items()))
+def test_parse_step_reads_every_layout(name: str, step: int) -> None:
+    forms = (name, f"{name}/", f"{name}//", f"/ckpts/{name}", f"s3://bucket/run/{name}/", f"file:///r/{name}")
+    for form in forms:
+        assert parse_step(form) == step, form
+
+
+@pytest.mark.parametrize("name", NOT_STEPS)
+def test_parse_step_refuses_other_names(name: str) -> None:
+    assert parse_step(name) is None and parse_step(f"s3://bucket/{name}/") is None
+
+
+def test_parse_step_reads_only_the_last_component() -> None:
+    assert parse_step("s3://bucket/checkpoint-5/model") is None
+    assert parse_step("/runs/step_9/checkpoint-10") == 10
+    assert parse_step("") is None and parse_step("/") is None and parse_step("s3://bucket") is None
+
+
+def test_listing_finds_all_layouts_locally(tmp_path: Path) -> None:
+    for name in [*LAYOUTS, "checkpoint-best", "step_1_backup", "checkpoint-999.tmp"]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    (tmp_path / "checkpoint-900").mkdir()  # no config.json: an unfinished save
+    (tmp_path / "step_800").write_text("a file, not a directory")
+    expected = sorted((step, str(tmp_path / name)) for name, step in LAYOUTS.items())
+    assert list_checkpoints(str(tmp_path)) == expected
+    assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / "iter_0000500")
+
+
+def test_listing_finds_all_layouts_on_s3(s3_storage) -> None:
+    spec, bucket = s3_storage
+    root = st.join(bucket, "run")
+    for name in [*LAYOUTS, "checkpoint-best"]:
+        st.write_bytes_atomic(st.join(root, name, "config.json"), b"{}", spec)
+    st.write_bytes_atomic(st.join(root, "checkpoint-900", "README"), b"incomplete", spec)
+    expected = sorted((step, st.join(root, name)) for name, step in LAYOUTS.items())
+    assert list_checkpoints(root, spec) == expected
+    assert last_checkpoints(root, 2, spec) == [st.join(root, "checkpoint-40"), st.join(root, "iter_0000500")]

@@ -14,9 +14,9 @@ from transformers import PreTrainedTokenizerFast
 
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError
+from operators.model.checkpoints import find_latest_checkpoint
 from operators.model.loading import (
     checkpoint_fingerprint,
-    find_latest_checkpoint,
     load_adam_moments,
     load_causal_lm,
     load_tokenizer,
