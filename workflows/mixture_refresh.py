@@ -60,8 +60,7 @@ def resolve_model_uri(cfg: RunConfig) -> str:
 
 def _check_storage(cfg: RunConfig) -> None:
     for uri in [cfg.output_uri, *cfg.corpus.paths]:
-        if storage.is_remote(uri):
-            storage.check_reachable(uri, cfg.storage)
+        storage.check_reachable(uri, cfg.storage)
 
 
 def prepare_run(cfg: RunConfig, pins: dict | None = None) -> tuple[Plan, str]:

@@ -132,8 +132,8 @@ def target_half_losses(cfg: RunConfig, model_uri: str, max_examples: int = 64) -
     import pyarrow.parquet as pq
 
     from operators.io.corpus import cap_per_domain
+    from operators.io.storage import local_path
     from operators.model.loading import load_causal_lm
-    from operators.io.storage import is_remote
     from operators.model.tiny_lm import lm_loss, small_model_threads
 
     loaded = load_causal_lm(model_uri, device="cpu", dtype="float32", storage=cfg.storage,
@@ -141,7 +141,7 @@ def target_half_losses(cfg: RunConfig, model_uri: str, max_examples: int = 64) -
     out: dict[str, dict[str, float]] = {}
     with small_model_threads(loaded.model):
         for target in cfg.targets:
-            paths = [p for p in target.paths if not is_remote(p) and str(p).endswith(".parquet")]
+            paths = [p for p in target.paths if local_path(p) is not None and str(p).endswith(".parquet")]
             if not paths:
                 continue
             table = pa.concat_tables([pq.read_table(p) for p in paths])

@@ -153,7 +153,8 @@ def discover_shards(spec: CorpusSpec, storage: StorageSpec | None = None) -> lis
     found: dict[str, int | None] = {}
     for path in spec.paths:
         infos = st.list_file_infos(path, None, storage)
-        direct = len(infos) == 1 and infos[0][0].rstrip("/") == _normalise(path)
+        canonical = st.storage_for(path, storage).canonical(path)
+        direct = len(infos) == 1 and infos[0][0].rstrip("/") == canonical
         matched = [(u, s) for u, s in infos if direct or _listed_ok(u, spec.format)]
         if not matched:
             what = "no files" if not infos else f"no shard files among {len(infos)} files"
@@ -171,17 +172,10 @@ def discover_shards(spec: CorpusSpec, storage: StorageSpec | None = None) -> lis
     return shards
 
 
-def _normalise(path: str) -> str:
-    if st.is_remote(path):
-        return "s3://" + path.split("://", 1)[1].rstrip("/")
-    return st.filesystem_for(path)[1].rstrip("/")
-
-
 def _open_input(uri: str, storage: StorageSpec | None) -> Any:
-    """A seekable binary stream (local file, or s3fs file reading ranges on demand)."""
-    fs, path = st.filesystem_for(uri, storage)
+    """A seekable binary stream (local file, or an object read in ranges on demand)."""
     try:
-        return fs.open(path, "rb")
+        return st.storage_for(uri, storage).open(uri)
     except FileNotFoundError as exc:
         raise CorpusError(f"shard {uri}: file not found ({exc})") from exc
     except StorageError:

@@ -66,9 +66,10 @@ def save_step_checkpoint(
     same step is refused (checkpoints are immutable). Returns the checkpoint directory.
     """
     root_s = str(root)
-    if st.is_remote(root_s):
+    local = st.local_path(root_s)
+    if local is None:
         raise ConfigError(f"save_step_checkpoint writes local checkpoint roots only, got {root_s}")
-    base = Path(root_s[len("file://"):] if root_s.startswith("file://") else root_s).expanduser().resolve()
+    base = Path(local).resolve()
     final = base / checkpoint_dir_name(step)
     if final.exists():
         raise ModelError(f"checkpoint {final} already exists; checkpoints are immutable")

@@ -146,9 +146,10 @@ def load_causal_lm(
 
 
 def _local_dir(uri: str, storage: StorageSpec | None, cache_dir: str | None) -> Path:
-    if st.is_remote(uri):
+    local = st.local_path(uri, storage)
+    if local is None:
         return Path(stage_checkpoint(uri, storage, cache_dir))
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser().resolve()
+    return Path(local).resolve()
 
 
 def _load_tokenizer_dir(local: Path, uri: str) -> Any:

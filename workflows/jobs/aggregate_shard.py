@@ -46,9 +46,9 @@ def iter_shard_feature_batches(root: str, shard_id: str, spec: storage.StorageSp
 def iter_feature_batches(uri: str, spec: storage.StorageSpec | None, columns: list[str],
                          batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Record batches of one feature Parquet file; CorpusError naming the URI if missing or corrupt."""
-    fs, path = storage.filesystem_for(uri, spec)
+    store = storage.storage_for(uri, spec)
     try:
-        with fs.open(path, "rb") as fh:
+        with store.open(uri) as fh:
             parquet = pq.ParquetFile(fh)
             names = parquet.schema_arrow.names
             missing = [c for c in columns if c not in names]

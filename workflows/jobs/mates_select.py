@@ -105,18 +105,13 @@ class KeyJob:
 
 def _stream_concat(parts: list[str], extra: list[str], dest: str, spec: storage.StorageSpec) -> None:
     """Write ``dest`` = the per-shard files in order + ``extra`` ids, without holding them in memory."""
-    fs, path = storage.filesystem_for(dest, spec)
-    tmp = path if storage.is_remote(dest) else f"{path}.tmp-concat"
-    fs.makedirs(fs._parent(path), exist_ok=True)
-    with fs.open(tmp, "wb") as out:  # S3: a multipart upload, visible only when complete
+    with storage.storage_for(dest, spec).atomic_writer(dest) as out:  # visible only when complete
         for part in parts:
-            pfs, ppath = storage.filesystem_for(part, spec)
-            if pfs.exists(ppath):
-                with pfs.open(ppath, "rb") as src:
+            store = storage.storage_for(part, spec)
+            if store.exists(part):
+                with store.open(part) as src:
                     shutil.copyfileobj(src, out, 1 << 20)
         out.write("".join(f"{i}\n" for i in extra).encode())
-    if not storage.is_remote(dest):
-        fs.mv(tmp, path)
 
 
 def select_distributed(root: str, shard_ids: list[str], weights: dict[str, float], ratio: float,
