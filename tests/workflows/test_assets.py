@@ -17,7 +17,7 @@ from operators.errors import CorpusError
 from operators.model.tiny_lm import TinyLMSpec
 from workflows import assets
 from workflows.assets import build_corpus as bc
-from workflows.assets import build_scenarios as bs
+from benchmarks.testbed import build_scenarios as bs
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,7 @@ from workflows.stages.problem import build_problem
 from workflows.run.plan import build_plan
 from workflows.stages.validate import dedupe, run_validation
 
-from .helpers import fast_config
+from tests.workflows.helpers import fast_config
 
 DOMAINS = ["changelog", "code", "config", "docs", "legal"]
 
