@@ -189,13 +189,6 @@ class KroneckerProjector(_ProjectorBase):
         self._check_grads(grads)
         return torch.cat([self.project_layer(name, grads[name]) for name in self.layers], dim=1)
 
-    def project_factors(self, name: str, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Flattened ``Σ_t (P_out δ_t)(P_in x_t)ᵀ`` from inputs x (B,T,in) and output grads δ (B,T,out)."""
-        xt = x.to(self.device, torch.float32) @ self.p_in[name].T
-        dt = delta.to(self.device, torch.float32) @ self.p_out[name].T
-        blk = torch.einsum("bto,bti->boi", dt, xt)
-        return blk.reshape(blk.shape[0], -1)
-
 
 class DenseProjector(_ProjectorBase):
     """Dense JL without a k x D matrix: ``Σ_layers sqrt(n/k) · S_l H_n D_l pad(vec(G_l))`` (SRHT).

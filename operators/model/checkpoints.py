@@ -21,11 +21,9 @@ from transformers import PreTrainedModel
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError
 from operators.model.loading import list_checkpoints
-from operators.io.storage import StorageSpec
 from operators.model.tiny_lm import save_checkpoint
 
-__all__ = ["checkpoint_dir_name", "save_step_checkpoint", "list_checkpoints", "last_checkpoints",
-           "optimizer_from_state"]
+__all__ = ["checkpoint_dir_name", "save_step_checkpoint", "list_checkpoints", "optimizer_from_state"]
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -65,17 +63,6 @@ def save_step_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(final)
-
-
-def last_checkpoints(root_uri: str, n: int, storage: StorageSpec | None = None) -> list[str]:
-    """The newest ``n`` checkpoints under ``root_uri``, oldest first (fewer if fewer exist, >= 1)."""
-    if n < 1:
-        raise ConfigError(f"need n >= 1 checkpoints, got {n}")
-    found = list_checkpoints(root_uri, storage)
-    if not found:
-        raise ModelError(f"no checkpoint under {root_uri}: expected subdirectories like checkpoint-<step> "
-                         f"or step_<n> containing config.json")
-    return [uri for _, uri in found[-n:]]
 
 
 def optimizer_from_state(model: torch.nn.Module, state: dict | None, lr: float = 1e-3) -> torch.optim.AdamW:

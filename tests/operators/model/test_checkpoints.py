@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from operators.model.checkpoints import last_checkpoints, list_checkpoints, optimizer_from_state, save_step_checkpoint
+from operators.model.checkpoints import list_checkpoints, optimizer_from_state, save_step_checkpoint
 from operators.errors import ConfigError, ModelError
 from operators.model.loading import checkpoint_adam_state, find_latest_checkpoint, load_causal_lm
 from operators.training.probing import ProbeSpec, train_on_mixture
@@ -51,8 +51,6 @@ def test_round_trip_latest_and_adam_state(tmp_path, trained) -> None:
 
     assert find_latest_checkpoint(str(root)) == second
     assert list_checkpoints(str(root)) == [(2, first), (5, second)]
-    assert last_checkpoints(str(root), 2) == [first, second] and last_checkpoints(str(root), 9) == [first, second]
-    assert last_checkpoints(str(root), 1) == [second]
     back = load_causal_lm(second)
     assert back.step == 5 and back.meta["note"] == "stage 1"
     assert _states_equal(back.model.state_dict(), loaded.model.state_dict())
@@ -78,5 +76,4 @@ def test_writer_refuses_overwrite_and_remote(tmp_path, trained) -> None:
         save_step_checkpoint("s3://bucket/ckpts", 1, model, tok, None)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-1"]  # no temp dirs left behind
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match="no checkpoint"):
-        last_checkpoints(str(tmp_path / "empty"), 1)
+    assert list_checkpoints(str(tmp_path / "empty")) == []
