@@ -16,6 +16,7 @@ from tests.workflows.helpers import expected_ids, fast_config
 from workflows.jobs.featurize_shard import ShardFeaturizer
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
 from workflows.run.plan import build_plan
+from tests.fixtures.readers import read_features
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_every_sampled_example_featurized_exactly_once(default_run):
     assert set(done) == {t.shard_id for t in plan.tasks}
     ids: list[str] = []
     for task in plan.corpus_tasks():
-        table = datastore.read_feature_shard(datastore.feature_uri(plan.root, task.shard_id))
+        table = read_features(datastore.feature_uri(plan.root, task.shard_id))
         ids.extend(table.column("id").to_pylist())
         assert done[task.shard_id].n_examples == table.num_rows
     assert len(ids) == len(set(ids))
@@ -113,7 +114,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
     worker = ShardFeaturizer(cfg1, resolve_model_uri(cfg1), "cpu", "test")
     task = build_plan(cfg1).corpus_tasks()[0]
     worker.process(task)
-    one = datastore.read_feature_shard(datastore.feature_uri(build_plan(cfg1).root, task.shard_id))
+    one = read_features(datastore.feature_uri(build_plan(cfg1).root, task.shard_id))
 
     def domain_sums(tabs):
         sums: dict[str, np.ndarray] = {}
@@ -124,7 +125,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
                 sums[d] = sums.get(d, 0) + f[m].sum(0)
         return sums
 
-    sharded = [datastore.read_feature_shard(datastore.feature_uri(plan.root, t.shard_id))
+    sharded = [read_features(datastore.feature_uri(plan.root, t.shard_id))
                for t in plan.corpus_tasks()]
     a, b = domain_sums(sharded), domain_sums([one])
     assert a.keys() == b.keys()
