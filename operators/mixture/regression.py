@@ -118,7 +118,8 @@ def mixture_design(
     basis = _linear_basis(k, s)
     iu, ju = np.triu_indices(k, 1)
     cols += [W @ basis, W[:, iu] * W[:, ju]]
-    feat_names += [f"lin{i}" for i in range(basis.shape[1])] + [f"{names[i]}*{names[j]}" for i, j in zip(iu, ju)]
+    feat_names += [f"lin{i}" for i in range(basis.shape[1])]
+    feat_names += [f"{names[i]}*{names[j]}" for i, j in zip(iu, ju)]
     return np.concatenate(cols, axis=1), feat_names
 
 

@@ -152,7 +152,8 @@ def test_part_writer_splits_by_rows_and_record_lists_parts(run_root) -> None:
     assert not list(iter_feature_batches(ds.feature_part_uri(root, "e", 0), spec, ["features"]))
     # legacy single-file shards of older runs
     ds.write_feature_shard(ds.legacy_feature_uri(root, "old"), table, spec)
-    assert pa.Table.from_batches(list(iter_shard_feature_batches(root, "old", spec, table.column_names))).equals(table)
+    old = iter_shard_feature_batches(root, "old", spec, table.column_names)
+    assert pa.Table.from_batches(list(old)).equals(table)
     assert ds.part_rows_for(1024) == ds.PART_BYTES // 4096 and ds.part_rows_for(1024, 10) == 10
 
 

@@ -228,7 +228,8 @@ def _adam_state(model: torch.nn.Module, names: list[str]) -> AdamState:
     opt.zero_grad(set_to_none=True)
     weights = {n: model.get_submodule(n).weight for n in names}
     return AdamState({n: opt.state[w]["exp_avg"] for n, w in weights.items()},
-                     {n: opt.state[w]["exp_avg_sq"] for n, w in weights.items()}, beta1=0.8, beta2=0.95, eps=1e-6)
+                     {n: opt.state[w]["exp_avg_sq"] for n, w in weights.items()},
+                     beta1=0.8, beta2=0.95, eps=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["kronecker", "dense"])

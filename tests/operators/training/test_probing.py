@@ -148,7 +148,7 @@ def test_matching_candidates_lower_reference_loss_more_than_noise() -> None:
     ref_ids, ref_mask = counting(8, seed=20)
     spec = ProbeSpec(lr=1e-2, reference_batch_size=8)
     prober = OneStepProber(model, ref_ids, ref_mask, spec)
-    matching = np.array([prober.probe(ref_ids[i], ref_mask[i]) for i in range(4)])  # one example each, as MATES
+    matching = np.array([prober.probe(ref_ids[i], ref_mask[i]) for i in range(4)])  # one example each
     rand_ids, rand_mask = noise(4, seed=21)
     rand = np.array([prober.probe(rand_ids[i], rand_mask[i]) for i in range(4)])
     assert np.all(matching < 0)
