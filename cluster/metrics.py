@@ -31,7 +31,6 @@ def _never_fail(method: Callable) -> Callable:
 class _Noop:
     def inc(self, *_: Any, **__: Any) -> None: ...
     def set(self, *_: Any, **__: Any) -> None: ...
-    def observe(self, *_: Any, **__: Any) -> None: ...
 
 
 def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...], **kw: Any) -> Any:
@@ -39,12 +38,12 @@ def _metric(kind: str, name: str, description: str, tag_keys: tuple[str, ...], *
         return _Noop()
     from ray.util import metrics
 
-    cls = {"counter": metrics.Counter, "gauge": metrics.Gauge, "histogram": metrics.Histogram}[kind]
+    cls = {"counter": metrics.Counter, "gauge": metrics.Gauge}[kind]
     return cls(PREFIX + name, description=description, tag_keys=tag_keys, **kw)
 
 
 class WorkerMetrics:
-    """Per-actor counters: examples, tokens, shards, failures, batch latency."""
+    """Per-actor counters: examples, tokens, shards, failures; throughput of the last shard."""
 
     def __init__(self, run_id: str, worker: str) -> None:
         tags = ("run_id", "worker", "role", "domain")

@@ -20,10 +20,6 @@ class WorkerLayout:
     gpus_per_worker: float
     cpus_per_worker: float
 
-    @property
-    def uses_gpus(self) -> bool:
-        return self.gpus_per_worker > 0
-
 
 def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
     """Connect to Ray. Returns True when this call started a local cluster (caller shuts it down).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from operators.io import storage
 from operators.model.checkpoints import parse_step
 from operators.errors import ConfigError
 from operators.io.names import SAFE_NAME_HELP, is_safe_name
@@ -43,12 +42,3 @@ def run_scheduled_refresh(cfg: RunConfig, stamp: str | None = None) -> RefreshRe
     pinned = refresh_config(cfg, stamp or default_stamp())
     log.info("scheduled refresh %s with checkpoint %s", pinned.run_id, pinned.model.path)
     return run_mixture_refresh(pinned)
-
-
-def latest_manifest_uri(cfg: RunConfig) -> str | None:
-    from workflows.stages.problem import latest_pointer_uri
-
-    pointer = latest_pointer_uri(cfg)
-    if not storage.exists(pointer, cfg.storage):
-        return None
-    return storage.read_json(pointer, cfg.storage)["manifest_uri"]

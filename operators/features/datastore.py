@@ -7,8 +7,9 @@ Layout under a run root URI::
     <root>/_done/<shard_id>.json                    CompletionRecord (lists the parts), written last
 
 A shard's features are split into parts of at most ``part_rows`` rows, so input shard size never
-sets memory; :func:`iter_feature_batches` streams them. Runs of older versions wrote one file
-``<root>/features/<shard_id>.parquet``; the readers accept both.
+sets memory; :func:`shard_part_uris` lists them (the aggregation streams them in record batches,
+workflows/jobs/aggregate_shard.py). Runs of older versions wrote one file
+``<root>/features/<shard_id>.parquet``; :func:`shard_part_uris` accepts both.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import io
 import logging
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -163,22 +163,6 @@ def write_feature_shard(uri: str, table: pa.Table, storage: StorageSpec | None =
     st.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), storage)
 
 
-def _read_part(uri: str, storage: StorageSpec | None) -> pa.Table:
-    data = st.read_bytes(uri, storage)
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowException, OSError) as exc:
-        raise CorpusError(f"feature shard {uri}: corrupt or unreadable Parquet: {exc}") from exc
-    missing = [c for c in _REQUIRED if c not in table.column_names]
-    if missing:
-        raise CorpusError(f"feature shard {uri}: missing columns {missing}")
-    try:
-        feature_dim(table)
-    except CorpusError as exc:
-        raise CorpusError(f"feature shard {uri}: {exc}") from exc
-    return table
-
-
 def list_feature_parts(uri: str, storage: StorageSpec | None = None) -> list[str]:
     """Part files of a feature folder in part order (a ``.parquet`` URI is its own single part)."""
     if uri.endswith(".parquet"):
@@ -188,16 +172,6 @@ def list_feature_parts(uri: str, storage: StorageSpec | None = None) -> list[str
     if not parts:
         raise CorpusError(f"feature shard {uri}: no {PART_PREFIX}*.parquet files")
     return sorted(parts)
-
-
-def read_feature_shard(uri: str, storage: StorageSpec | None = None) -> pa.Table:
-    """Read a feature shard (a part folder or one ``.parquet`` file) as one table.
-
-    CorpusError naming the URI if a part is corrupt or lacks columns. Prefer
-    :func:`iter_feature_batches` for large shards: it holds one part at a time.
-    """
-    tables = [_read_part(u, storage) for u in list_feature_parts(uri, storage)]
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
 def shard_part_uris(root: str, shard_id: str, storage: StorageSpec | None = None) -> list[str]:
@@ -210,14 +184,6 @@ def shard_part_uris(root: str, shard_id: str, storage: StorageSpec | None = None
     if st.exists(legacy, storage):
         return [legacy]
     return list_feature_parts(feature_uri(root, shard_id), storage)
-
-
-def iter_feature_batches(
-    root: str, shard_id: str, storage: StorageSpec | None = None
-) -> Iterator[pa.Table]:
-    """Stream a shard's feature table part by part (rows in shard order; one part in memory)."""
-    for uri in shard_part_uris(root, shard_id, storage):
-        yield _read_part(uri, storage)
 
 
 class FeaturePartWriter:

@@ -96,47 +96,6 @@ class AdamState:
         self.exp_avg_sq = {k: v.detach().float().cpu() for k, v in sorted(exp_avg_sq.items())}
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
 
-    @classmethod
-    def from_optimizer(
-        cls, optimizer: torch.optim.Optimizer, model: nn.Module, layer_names: Iterable[str]
-    ) -> AdamState:
-        """Read torch Adam/AdamW moments for ``<layer>.weight`` of each named layer."""
-        exp_avg, exp_avg_sq, betas, eps = {}, {}, None, None
-        for name in layer_names:
-            try:
-                weight = model.get_submodule(name).weight
-            except AttributeError as err:
-                raise ModelError(f"AdamState: model has no layer {name!r} with a weight") from err
-            state = optimizer.state.get(weight, {})
-            if "exp_avg" not in state or "exp_avg_sq" not in state:
-                raise ModelError(
-                    f"AdamState: optimizer has no Adam moments for {name}.weight (not stepped, or not Adam)"
-                )
-            group = next(g for g in optimizer.param_groups if any(p is weight for p in g["params"]))
-            if betas is not None and (tuple(group["betas"]) != betas or group["eps"] != eps):
-                raise ModelError(f"AdamState: layer {name!r} is in a param group with different betas/eps")
-            betas, eps = tuple(group["betas"]), group["eps"]
-            exp_avg[name], exp_avg_sq[name] = state["exp_avg"], state["exp_avg_sq"]
-        if betas is None:
-            raise ConfigError("AdamState: `layer_names` is empty")
-        return cls(exp_avg, exp_avg_sq, beta1=betas[0], beta2=betas[1], eps=eps)
-
-    def to_state_dict(self) -> dict[str, object]:
-        """Plain dict (tensors + floats), e.g. for ``torch.save``."""
-        return {
-            "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
-            "exp_avg": dict(self.exp_avg), "exp_avg_sq": dict(self.exp_avg_sq),
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, object]) -> AdamState:
-        """Inverse of :meth:`to_state_dict`."""
-        try:
-            args = [state[k] for k in ("exp_avg", "exp_avg_sq", "beta1", "beta2", "eps")]
-        except KeyError as err:
-            raise ConfigError(f"AdamState: state dict lacks key {err}") from err
-        return cls(*args)  # type: ignore[arg-type]
-
     def transform(self, name: str, grads: torch.Tensor) -> torch.Tensor:
         """Γ = m'/sqrt(v'+eps), m' = β1 m + (1−β1) G, v' = β2 v + (1−β2) G² (no bias correction)."""
         m = self.exp_avg[name].to(grads.device)

@@ -1,7 +1,7 @@
-"""Group influence per domain (TiKMiX): per-example scores → per-domain means → normalised domain scores.
+"""Group influence pieces (TiKMiX): target directions, per-example scores, normalisation, bootstrap CIs.
 
-Conventions (see ALGORITHMS.md §1.2-1.4, §6.1):
-* per-example score s_iv = φ_i · d_v with d_v = Ĥ⁻¹ t_v (the caller preconditions the target means);
+Conventions (docs/ALGORITHMS.md §3–4); the map-reduce that applies them is workflows/stages/aggregate.py:
+* per-example score s_iv = φ_i · d_v with d_v = Ĥ⁻¹ t_v (the caller preconditions the target directions);
 * GI[k, v] = mean of s_iv over domain k ("benefit": positive means training on domain k lowers target
   loss, since an SGD step along ḡ_k changes L_v by −η⟨∇L_v, ḡ_k⟩);
 * a normalisation (``normalize_per_target``: default ``loss`` keeps every target's nats scale,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -30,7 +29,6 @@ from scipy.stats import rankdata
 from operators.errors import ConfigError
 
 _BLOCK_ROWS = 65_536
-_BOOT_CHUNK_CELLS = 4_000_000  # bootstrap draws held in memory at once (≈ 32 MB of int64)
 
 
 def _poisson_table(bits: int = 16) -> np.ndarray:
@@ -78,18 +76,6 @@ def _require_nonempty(counts: np.ndarray, order: Sequence[str], what: str) -> No
         raise ConfigError(f"{what} with no examples: {empty}")
 
 
-def target_means(features: np.ndarray, target_names: np.ndarray, order: list[str]) -> np.ndarray:
-    """Mean feature t_v of each target set, rows in `order` → (V, k) float64."""
-    features = np.asarray(features)
-    if features.ndim != 2 or len(target_names) != features.shape[0]:
-        raise ConfigError(
-            f"target features must be (n, k) with n names, got {features.shape} and {len(target_names)} names"
-        )
-    sums, counts = _group_sums(features, _codes(target_names, order, "target"), len(order))
-    _require_nonempty(counts, order, "target sets")
-    return sums / counts[:, None]
-
-
 def target_token_sums(
     features: np.ndarray, n_tokens: np.ndarray, target_names: np.ndarray | Sequence[str], order: list[str],
     loss_reduction: Literal["mean", "sum"] = "mean",
@@ -135,57 +121,6 @@ def per_example_scores(features: np.ndarray, directions: np.ndarray) -> np.ndarr
     return out
 
 
-class DomainSums:
-    """Additive per-domain accumulator of Σ scores (K, V) and example counts (K,); shard-mergeable."""
-
-    def __init__(self, domain_order: list[str], n_targets: int) -> None:
-        self.domain_order = list(domain_order)
-        self.sums = np.zeros((len(domain_order), n_targets), dtype=np.float64)
-        self.counts = np.zeros(len(domain_order), dtype=np.int64)
-
-    def update(self, scores: np.ndarray, domains: np.ndarray) -> DomainSums:
-        scores = np.asarray(scores)
-        if scores.ndim != 2 or scores.shape[1] != self.sums.shape[1] or len(domains) != scores.shape[0]:
-            raise ConfigError(
-                f"scores {scores.shape} do not match {self.sums.shape[1]} targets and {len(domains)} labels"
-            )
-        codes = _codes(domains, self.domain_order, "domain")
-        sums, counts = _group_sums(scores, codes, len(self.domain_order))
-        self.sums += sums
-        self.counts += counts
-        return self
-
-    def merge(self, other: DomainSums) -> DomainSums:
-        if other.domain_order != self.domain_order or other.sums.shape != self.sums.shape:
-            raise ConfigError("cannot merge DomainSums with different domain orders or target counts")
-        self.sums += other.sums
-        self.counts += other.counts
-        return self
-
-    def gi(self) -> np.ndarray:
-        """Group influence (K, V): mean score per domain."""
-        _require_nonempty(self.counts, self.domain_order, "domains")
-        return self.sums / self.counts[:, None]
-
-    def to_state(self) -> dict[str, Any]:
-        return {"domain_order": self.domain_order, "sums": self.sums.tolist(), "counts": self.counts.tolist()}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> DomainSums:
-        sums = np.asarray(state["sums"], dtype=np.float64)
-        if sums.ndim != 2 or sums.shape[0] != len(state["domain_order"]):
-            raise ConfigError(f"DomainSums state: sums shape {sums.shape} does not match domain_order")
-        out = cls(list(state["domain_order"]), sums.shape[1])
-        out.sums = sums
-        out.counts = np.asarray(state["counts"], dtype=np.int64).reshape(len(out.domain_order))
-        return out
-
-
-def group_influence(scores: np.ndarray, domains: np.ndarray, domain_order: list[str]) -> np.ndarray:
-    """GI (K, V): mean per-example score of each domain (benefit convention, see module docstring)."""
-    return DomainSums(domain_order, np.asarray(scores).shape[1]).update(scores, domains).gi()
-
-
 def _zscore(gi: np.ndarray) -> np.ndarray:
     """Z-score along axis -2 (domains) for each target; (near-)constant columns → 0."""
     mean = gi.mean(axis=-2, keepdims=True)
@@ -214,7 +149,7 @@ def normalize_per_target(gi: np.ndarray, method: Normalization = "loss") -> np.n
       keeps its weight in nats: a hard target (high per-token loss, large gradients) moves the
       mixture more than an easy one, exactly as it moves a trainer's token-weighted target loss.
     * ``zscore``: BIDS-style per-target z-scores across domains; every target counts the same
-      whatever its loss scale (the pre-issue-9 default).
+      whatever its loss scale (the default before ``loss``).
     * ``max``: TiKMiX Eq. 9, each target divided by its best domain's value (sign kept).
     * ``none``: raw values (nats of target loss per unit step; tiny, needs a small solver beta).
     """
@@ -244,85 +179,6 @@ def combine_targets(gi_norm: np.ndarray, weights: np.ndarray | Sequence[float]) 
     """Domain scores (K,): Σ_v λ_v GĨ[k, v] with λ normalised to sum 1."""
     gi_norm = np.asarray(gi_norm, dtype=np.float64)
     return gi_norm @ _normalised_weights(weights, gi_norm.shape[-1])
-
-
-@dataclass
-class InfluenceSummary:
-    """Point estimates and bootstrap percentile intervals for one influence aggregation."""
-
-    domain_order: list[str]
-    target_order: list[str]
-    gi: np.ndarray  # (K, V)
-    gi_normalized: np.ndarray  # (K, V)
-    domain_scores: np.ndarray  # (K,)
-    gi_low: np.ndarray | None = None
-    gi_high: np.ndarray | None = None
-    score_low: np.ndarray | None = None
-    score_high: np.ndarray | None = None
-    extra_low: np.ndarray | None = None
-    extra_high: np.ndarray | None = None
-
-
-def summarize_influence(
-    scores: np.ndarray,
-    domains: np.ndarray,
-    domain_order: list[str],
-    target_order: list[str],
-    target_weights: np.ndarray | Sequence[float],
-    normalize: Normalization = "loss",
-    n_boot: int = 200,
-    confidence: float = 0.9,
-    seed: int = 0,
-    extra: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> InfluenceSummary:
-    """Point estimates plus (when n_boot > 0) bootstrap CIs, bundled as an InfluenceSummary."""
-    gi = group_influence(scores, domains, domain_order)
-    gi_norm = normalize_per_target(gi, normalize)
-    scores_k = combine_targets(gi_norm, target_weights)
-    cis: dict[str, Any] = {}
-    if n_boot > 0:
-        cis = bootstrap_influence(
-            scores, domains, domain_order, target_weights, n_boot, confidence, seed, normalize, extra
-        )
-    names = {f.name for f in fields(InfluenceSummary)}
-    ci_arrays = {key: value for key, value in cis.items() if key in names}
-    return InfluenceSummary(list(domain_order), list(target_order), gi, gi_norm, scores_k, **ci_arrays)
-
-
-def bootstrap_influence(
-    scores: np.ndarray,
-    domains: np.ndarray,
-    domain_order: list[str],
-    target_weights: np.ndarray | Sequence[float],
-    n_boot: int = 200,
-    confidence: float = 0.9,
-    seed: int = 0,
-    normalize: Normalization = "loss",
-    extra: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> dict[str, Any]:
-    """Percentile CIs from a bootstrap that resamples examples with replacement within each domain.
-
-    In-memory reference for small inputs; the pipeline uses the mergeable :class:`BootstrapSums`.
-    Returns what :func:`bootstrap_intervals` returns.
-    """
-    _check_boot(n_boot, confidence)
-    scores = np.asarray(scores, dtype=np.float64)
-    codes = _codes(domains, domain_order, "domain")
-    n_targets = scores.shape[1]
-    rng = np.random.default_rng(seed)
-    boot_gi = np.empty((n_boot, len(domain_order), n_targets), dtype=np.float64)
-    for k in range(len(domain_order)):
-        member = scores[codes == k]
-        n_k = member.shape[0]
-        if n_k == 0:
-            raise ConfigError(f"domains with no examples: [{domain_order[k]!r}]")
-        chunk = max(1, _BOOT_CHUNK_CELLS // n_k)
-        for b0 in range(0, n_boot, chunk):
-            nb = min(chunk, n_boot - b0)
-            draws = rng.integers(0, n_k, size=(nb, n_k)) + (np.arange(nb) * n_k)[:, None]
-            counts = np.bincount(draws.reshape(-1), minlength=nb * n_k).reshape(nb, n_k)
-            boot_gi[b0 : b0 + nb, k] = (counts @ member) / n_k
-    return bootstrap_intervals(boot_gi, target_weights, confidence, normalize, extra)
 
 
 def _check_boot(n_boot: int, confidence: float) -> None:

@@ -387,14 +387,6 @@ def _first_duplicate(ids: list[str], seen: set[str]) -> str:
     raise AssertionError("no duplicate")
 
 
-def read_shard(
-    shard: ShardRef, spec: CorpusSpec, storage: StorageSpec | None = None
-) -> pa.Table:
-    """Read one whole shard as a table with exactly string columns ``id``, ``domain``, ``text``."""
-    tables = list(iter_shard_batches(shard, spec, storage))
-    return pa.concat_tables(tables) if tables else SHARD_SCHEMA.empty_table()
-
-
 def example_hash(ids: pa.Array | pa.ChunkedArray | list[str], seed: int) -> np.ndarray:
     """Stable uint64 hash of ``(seed, id)`` for each id (blake2b; platform independent)."""
     values = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)

@@ -1,8 +1,9 @@
-"""TiKMiX-M: RegMix-style regression from candidate mixtures to a quality label (ALGORITHMS.md §1.5, §5.1).
+"""TiKMiX-M surrogate: ridge regression from candidate mixtures to a measured quality label.
 
-Pipeline: Dirichlet candidates (RegMix strength schedule, rejection bounds) → labels measured by the caller
-(e.g. short training probes) → ridge regression on quadratic mixture features → simulate many candidates,
-average the top-k predictions, project back into the bounded simplex.
+:class:`MixtureRegressor` fits labels measured by the caller (short training probes) on a full-rank
+quadratic mixture design with the influence direction w·s as one feature; see docs/ALGORITHMS.md §7.
+:func:`sample_dirichlet_mixtures` draws RegMix-style Dirichlet candidates within bounds (the testbed's
+candidate grid).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 
 from operators.errors import ConfigError
 from operators.influence.group import spearman
-from operators.mixture.simplex import project_bounded_simplex
 
 DEFAULT_STRENGTHS = np.geomspace(0.1, 5.0, 15)
 DEFAULT_ALPHAS = np.logspace(-6, 3, 28)
@@ -79,29 +79,52 @@ def sample_dirichlet_mixtures(
     )
 
 
+def _linear_basis(k: int, s: np.ndarray | None) -> np.ndarray:
+    """(k, m) orthonormal directions orthogonal to the all-ones vector and, when given and not constant,
+    to the scores s: the linear effects on the simplex that ``w·s`` and the intercept do not carry."""
+    fixed = [np.ones(k)]
+    if s is not None:
+        centred = s - s.mean()
+        if np.linalg.norm(centred) > 1e-12 * max(float(np.abs(s).max()), 1e-300):
+            fixed.append(centred)
+    q, _ = np.linalg.qr(np.column_stack([*fixed, np.eye(k)]))
+    return q[:, len(fixed):k]
+
+
 def mixture_design(
     W: np.ndarray, influence: np.ndarray | None = None, domain_names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """Features [w, w², w_i·w_j (i<j), and w·s when influence s is given] → ((n, p) array, p names)."""
+    """Full-rank quadratic mixture features (with an intercept) → ((n, p) array, p names).
+
+    On the simplex Σw = 1, so the w columns sum to the intercept, any w·s is a combination of them, and
+    w_k² = w_k − Σ_{j≠k} w_k·w_j. The design keeps one column per direction: ``w.s`` (when influence
+    scores s are given), the coordinates of w along the remaining linear directions (``lin<i>``,
+    orthogonal to 1 and s) and the Scheffé cross terms w_i·w_j (i < j).
+    """
     W = np.atleast_2d(np.asarray(W, dtype=np.float64))
     k = W.shape[1]
     names = [str(d) for d in domain_names] if domain_names is not None else [f"w{i}" for i in range(k)]
     if len(names) != k:
         raise ConfigError(f"domain_names has {len(names)} entries for {k} mixture columns")
-    iu, ju = np.triu_indices(k, 1)
-    cols = [W, W**2, W[:, iu] * W[:, ju]]
-    feat_names = names + [f"{d}^2" for d in names] + [f"{names[i]}*{names[j]}" for i, j in zip(iu, ju)]
+    cols: list[np.ndarray] = []
+    feat_names: list[str] = []
+    s = None
     if influence is not None:
         s = np.asarray(influence, dtype=np.float64).reshape(-1)
         if s.size != k:
             raise ConfigError(f"influence scores have {s.size} entries for {k} mixture columns")
         cols.append((W @ s)[:, None])
         feat_names.append("w.s")
+    basis = _linear_basis(k, s)
+    iu, ju = np.triu_indices(k, 1)
+    cols += [W @ basis, W[:, iu] * W[:, ju]]
+    feat_names += [f"lin{i}" for i in range(basis.shape[1])]
+    feat_names += [f"{names[i]}*{names[j]}" for i, j in zip(iu, ju)]
     return np.concatenate(cols, axis=1), feat_names
 
 
 class MixtureRegressor:
-    """Ridge regression on standardised quadratic mixture features; alpha chosen by CV over a grid.
+    """Ridge regression on standardised quadratic mixture features (:func:`mixture_design`); alpha by CV.
 
     cv="loo" uses the closed-form leave-one-out residuals e_i / (1 − h_ii) from one SVD; an int uses k-fold.
     After fit: `alpha`, `cv_spearman` (Spearman of out-of-fold predictions vs labels), `cv_rmse` (compare
@@ -256,47 +279,3 @@ class MixtureRegressor:
             "n_features": int(self.coef_.size),
             "top_coefficients": {self.feature_names[i]: float(self.coef_[i]) for i in order},
         }
-
-
-def choose_mixture(
-    regressor: MixtureRegressor,
-    prior: np.ndarray,
-    lower: np.ndarray | None = None,
-    upper: np.ndarray | None = None,
-    n_samples: int = 100_000,
-    top_k: int = 128,
-    seed: int = 0,
-    maximize: bool = True,
-    strengths: np.ndarray | Sequence[float] | None = None,
-) -> np.ndarray:
-    """RegMix simulation: sample candidates, predict, average the top-k, project into the bounded simplex."""
-    W = sample_dirichlet_mixtures(prior, n_samples, seed, lower, upper, strengths)
-    pred = regressor.predict(W)
-    k = min(top_k, W.shape[0])
-    best = np.argsort(-pred if maximize else pred, kind="stable")[:k]
-    lo, hi = _bounds(W.shape[1], lower, upper)
-    return project_bounded_simplex(W[best].mean(axis=0), lo, hi)
-
-
-def compare_mixtures(
-    named: dict[str, np.ndarray], regressor: MixtureRegressor | None, scores: np.ndarray
-) -> list[dict[str, Any]]:
-    """One row per named mixture: predicted quality (None without a regressor) and linear objective w·s."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    rows = []
-    for name, w in named.items():
-        w = np.asarray(w, dtype=np.float64).reshape(-1)
-        if w.size != s.size:
-            raise ConfigError(f"mixture {name!r} has {w.size} weights for {s.size} domain scores")
-        pos = w[w > 0]
-        rows.append(
-            {
-                "name": name,
-                "predicted": None if regressor is None else float(regressor.predict(w[None, :])[0]),
-                "linear_objective": float(w @ s),
-                "entropy": float(-(pos * np.log(pos)).sum()),
-                "max_weight": float(w.max()),
-                "weights": w.tolist(),
-            }
-        )
-    return rows

@@ -1,4 +1,4 @@
-"""TiKMiX-M local search around TiKMiX-D's answer (ALGORITHMS_SOURCES.md §1.4, Algorithm 1).
+"""TiKMiX-M local search around TiKMiX-D's answer (docs/ALGORITHMS.md §7; the paper's Algorithm 1).
 
 * :func:`perturbation_box`: per-domain interval [low·w_D, high·w_D] (paper: 0.5–2×) ∩ the problem bounds.
 * :func:`latin_hypercube_mixtures`: Latin Hypercube samples of that box, normalised to Σ = 1, rejected
@@ -128,16 +128,6 @@ def label_noise(delta: np.ndarray) -> dict:
     noise = inter / np.sqrt(s)
     return {"seed_std": seed_std, "interaction_std": inter, "label_noise_std": float(noise),
             "label_std": label_std, "snr": float(label_std / noise) if noise > 0 else None}
-
-
-def paired_gain(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Loss saved by ``candidate`` over ``reference`` (ΔL per shared seed): mean, paired standard error, z."""
-    diff = np.asarray(reference, dtype=np.float64) - np.asarray(candidate, dtype=np.float64)
-    if diff.size < 2:
-        raise ConfigError("paired_gain needs >= 2 shared seeds")
-    gain, se = float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
-    z = gain / se if se > 0 else (0.0 if gain == 0 else float(np.sign(gain) * np.inf))
-    return {"gain": gain, "se": se, "z": z, "n_seeds": int(diff.size)}
 
 
 def paired_gain_examples(reference: np.ndarray, candidate: np.ndarray, tokens: np.ndarray, n_boot: int = 2000,

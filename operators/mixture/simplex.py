@@ -190,11 +190,6 @@ def objective(w: np.ndarray, scores: np.ndarray, w_ref: np.ndarray, beta: float)
     return float(np.dot(w, np.asarray(scores, dtype=np.float64)) - beta * kl)
 
 
-def kl_projection(w_ref: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """argmin KL(w‖w_ref) over the bounded simplex (TiKMiX-D with zero scores)."""
-    return solve_tikmix_d(np.zeros(np.asarray(w_ref).size), w_ref, 1.0, lower, upper)
-
-
 def project_bounded_simplex(v: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Euclidean projection of v onto {Σw = 1, lower ≤ w ≤ upper}: w = clip(v − τ, lower, upper)."""
     v = np.asarray(v, dtype=np.float64).reshape(-1)

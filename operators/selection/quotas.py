@@ -18,8 +18,8 @@ import numpy as np
 
 from operators.errors import ConfigError
 
-__all__ = ["domain_quotas", "gumbel_top_k", "select_per_domain", "domain_seed", "standardize",
-           "selection_keys", "key_range", "key_histogram", "threshold_bin"]
+__all__ = ["domain_quotas", "domain_seed", "standardize", "selection_keys", "key_range", "key_bins",
+           "threshold_bin"]
 
 KEY_BINS = 1 << 16
 _GUMBEL_LO, _GUMBEL_HI = -4.0, 40.0  # numpy's Gumbel draws lie in about [-3.6, 36.7]
@@ -84,72 +84,10 @@ def domain_quotas(weights: dict[str, float], budget: int, available: dict[str, i
     return quotas
 
 
-def gumbel_top_k(
-    scores: np.ndarray, k: int, temperature: float, seed: int, higher_is_better: bool = True
-) -> np.ndarray:
-    """Indices of the top-k of ``±scores/τ + G``, G ~ Gumbel(0, 1), sorted by perturbed key.
-
-    ``temperature == 0`` gives deterministic top-k of ``±scores`` (ties → lower index). Scores are
-    used as given: standardise them first (:func:`standardize`) so that τ has a scale.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 1 or not np.all(np.isfinite(s)):
-        raise ConfigError("gumbel_top_k: scores must be a finite 1-D array")
-    if not 0 <= k <= s.shape[0]:
-        raise ConfigError(f"gumbel_top_k: k must lie in [0, {s.shape[0]}], got {k}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ConfigError(f"gumbel_top_k: temperature must be finite and >= 0, got {temperature}")
-    key = selection_keys(s, 0.0, 1.0, temperature, np.random.default_rng(seed), higher_is_better)
-    order = np.lexsort((np.arange(s.shape[0]), -key))  # descending key, ties by index
-    return order[:k].astype(np.int64)
-
-
 def domain_seed(seed: int, domain: str) -> int:
     """Stable 63-bit seed derived from (seed, domain name) — independent of Python's hash()."""
     digest = hashlib.sha256(f"{int(seed)}\x00{domain}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def select_per_domain(
-    ids: list[str],
-    domains: list[str],
-    scores: np.ndarray,
-    quotas: dict[str, int],
-    temperature: float,
-    seed: int,
-    higher_is_better: bool,
-) -> dict[str, list[str]]:
-    """Gumbel-top-k within each domain's quota on standardised scores; {domain: ids in key order}.
-
-    In-memory reference of the distributed selection. Candidates of a domain are taken in input
-    order, so results depend on that order and the seed only. A domain whose quota exceeds its
-    candidate count is an error.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    if not len(ids) == len(domains) == s.shape[0] or s.ndim != 1:
-        raise ConfigError(
-            f"select_per_domain: ids ({len(ids)}), domains ({len(domains)}) and scores "
-            f"({s.shape}) must have the same length"
-        )
-    if len(set(ids)) != len(ids):
-        raise ConfigError("select_per_domain: ids must be unique")
-    members: dict[str, list[int]] = {}
-    for i, d in enumerate(domains):
-        members.setdefault(d, []).append(i)
-    out: dict[str, list[str]] = {}
-    for d in sorted(quotas):
-        q = int(quotas[d])
-        idx = np.asarray(members.get(d, []), dtype=np.int64)
-        if q < 0 or q > idx.shape[0]:
-            raise ConfigError(
-                f"select_per_domain: quota of {d!r} ({q}) is negative or exceeds "
-                f"its {idx.shape[0]} candidates"
-            )
-        mean, std = standardize(s[idx].size, s[idx].sum(), (s[idx] ** 2).sum())
-        z = (s[idx] - mean) / std
-        chosen = gumbel_top_k(z, q, temperature, domain_seed(seed, d), higher_is_better)
-        out[d] = [ids[i] for i in idx[chosen]]
-    return out
 
 
 def standardize(count: int, total: float, total_sq: float) -> tuple[float, float]:
@@ -178,11 +116,6 @@ def key_range(z_min: float, z_max: float, temperature: float, higher_is_better: 
     if temperature > 0:
         lo, hi = lo / temperature + _GUMBEL_LO, hi / temperature + _GUMBEL_HI
     return float(lo), float(max(hi, lo + 1e-9))
-
-
-def key_histogram(keys: np.ndarray, lo: float, hi: float, bins: int = KEY_BINS) -> np.ndarray:
-    """Counts of keys per bin (keys outside [lo, hi] are clipped into the edge bins)."""
-    return np.bincount(key_bins(keys, lo, hi, bins), minlength=bins).astype(np.int64)
 
 
 def key_bins(keys: np.ndarray, lo: float, hi: float, bins: int = KEY_BINS) -> np.ndarray:

@@ -265,19 +265,6 @@ class OneStepProber:
             self.model.train(was_training)
         return after - base
 
-    def probe_many(
-        self, input_ids: Tensor, attention_mask: Tensor, batch_size: int = 1
-    ) -> np.ndarray:
-        """Probe consecutive chunks of ``batch_size`` rows; returns one ΔL per chunk (float64)."""
-        _check_batch(input_ids, attention_mask, "probe candidates")
-        if batch_size < 1:
-            raise ConfigError(f"probe_many: batch_size must be >= 1, got {batch_size}")
-        out = [
-            self.probe(input_ids[s : s + batch_size], attention_mask[s : s + batch_size])
-            for s in range(0, input_ids.shape[0], batch_size)
-        ]
-        return np.asarray(out, dtype=np.float64)
-
 
 def _normalised_weights(
     domain_pools: dict[str, tuple[Tensor, Tensor]], weights: dict[str, float]

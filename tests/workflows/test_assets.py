@@ -20,6 +20,12 @@ from workflows.assets import build_corpus as bc
 
 pytestmark = pytest.mark.timeout(180)
 
+
+def _domains() -> list[str]:
+    """Domains of the shipped corpus, from its shard names (``<domain>-<nnnn>.parquet``)."""
+    return sorted({p.name.rsplit("-", 1)[0] for p in Path(assets.default_corpus_dir()).glob("*.parquet")})
+
+
 FAST = TinyLMSpec(hidden_size=32, intermediate_size=64, max_length=32, warmup_steps=4, batch_size=4)
 
 
@@ -60,7 +66,7 @@ def test_checksums_verify_and_detect_tampering(tmp_path, monkeypatch) -> None:
 
 
 def test_corpus_has_real_multi_domain_shards(corpus) -> None:
-    domains = assets.default_domains()
+    domains = _domains()
     assert len(domains) >= 4 and {"code", "docs", "legal"} <= set(domains)
     for domain in domains:
         shards = [name for name in corpus if name.rsplit("-", 1)[0] == domain]
@@ -81,17 +87,17 @@ def test_corpus_has_real_multi_domain_shards(corpus) -> None:
 def test_ids_unique_and_targets_disjoint(corpus) -> None:
     train = [r for rows in corpus.values() for r in rows]
     targets = {name: _rows(path) for name, path in assets.default_targets().items()}
-    assert {f"val_{d}" for d in assets.default_domains()} | {"target_mixed"} == set(targets)
+    assert {f"val_{d}" for d in _domains()} | {"target_mixed"} == set(targets)
     all_ids = [r["id"] for r in train] + [r["id"] for rows in targets.values() for r in rows]
     assert len(all_ids) == len(set(all_ids))
     train_texts = {" ".join(r["text"].lower().split()) for r in train}
     for name, rows in targets.items():
         assert rows and all(" ".join(r["text"].lower().split()) not in train_texts for r in rows), name
-    for d in assets.default_domains():
+    for d in _domains():
         assert len(targets[f"val_{d}"]) == bc.N_VAL and {r["domain"] for r in targets[f"val_{d}"]} == {d}
     mixed_domains = [r["domain"] for r in targets["target_mixed"]]
     assert {d: mixed_domains.count(d) for d in set(mixed_domains)} == bc.TARGET_MIX
-    val_ids = {r["id"] for d in assets.default_domains() for r in targets[f"val_{d}"]}
+    val_ids = {r["id"] for d in _domains() for r in targets[f"val_{d}"]}
     assert val_ids.isdisjoint(r["id"] for r in targets["target_mixed"])
 
 

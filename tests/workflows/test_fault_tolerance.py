@@ -29,6 +29,7 @@ from tests.workflows.helpers import expected_ids, fast_overrides
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 from workflows.run.plan import build_plan
+from tests.fixtures.readers import read_features
 
 SMALL = ("sampling.rate=0.05", "featurize.batch_size=4")  # several batches per shard
 
@@ -46,7 +47,7 @@ def _features(cfg) -> dict[str, tuple[list[str], np.ndarray]]:
     plan = build_plan(cfg)
     out = {}
     for task in plan.tasks:
-        table = datastore.read_feature_shard(datastore.feature_uri(plan.root, task.shard_id), cfg.storage)
+        table = read_features(datastore.feature_uri(plan.root, task.shard_id), cfg.storage)
         table = table.sort_by("id")
         out[task.shard_id] = (table.column("id").to_pylist(), datastore.features_to_numpy(table).view(np.uint32))
     return out

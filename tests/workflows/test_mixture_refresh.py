@@ -18,6 +18,7 @@ from workflows.run.plan import run_root
 from workflows.stages.featurize import featurize_job
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
 from workflows.run.plan import build_plan
+from tests.fixtures.readers import read_features
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_every_sampled_example_featurized_exactly_once(default_run):
     assert set(done) == {t.shard_id for t in plan.tasks}
     ids: list[str] = []
     for task in plan.corpus_tasks():
-        table = datastore.read_feature_shard(datastore.feature_uri(plan.root, task.shard_id))
+        table = read_features(datastore.feature_uri(plan.root, task.shard_id))
         ids.extend(table.column("id").to_pylist())
         assert done[task.shard_id].n_examples == table.num_rows
     assert len(ids) == len(set(ids))
@@ -115,7 +116,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
     worker = ShardFeaturizer(featurize_job(cfg1, resolve_model_uri(cfg1), run_root(cfg1)), "cpu", "test")
     task = build_plan(cfg1).corpus_tasks()[0]
     worker.process(task)
-    one = datastore.read_feature_shard(datastore.feature_uri(build_plan(cfg1).root, task.shard_id))
+    one = read_features(datastore.feature_uri(build_plan(cfg1).root, task.shard_id))
 
     def domain_sums(tabs):
         sums: dict[str, np.ndarray] = {}
@@ -126,7 +127,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
                 sums[d] = sums.get(d, 0) + f[m].sum(0)
         return sums
 
-    sharded = [datastore.read_feature_shard(datastore.feature_uri(plan.root, t.shard_id))
+    sharded = [read_features(datastore.feature_uri(plan.root, t.shard_id))
                for t in plan.corpus_tasks()]
     a, b = domain_sums(sharded), domain_sums([one])
     assert a.keys() == b.keys()

@@ -8,7 +8,8 @@ from operators.io import storage
 from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_config
 from workflows.mixture_refresh import resolve_model_uri
-from workflows.refresh import latest_manifest_uri, run_scheduled_refresh
+from workflows.refresh import run_scheduled_refresh
+from workflows.stages.problem import load_previous
 
 
 def test_refresh_picks_latest_checkpoint_and_chains_manifests(ray_cluster, model_cache, tmp_path):
@@ -21,7 +22,7 @@ def test_refresh_picks_latest_checkpoint_and_chains_manifests(ray_cluster, model
 
     first = run_scheduled_refresh(cfg, stamp="20261123")
     assert first.run_id.startswith("nightly-20261123-step100-")
-    assert latest_manifest_uri(cfg) == first.manifest_uri
+    assert load_previous(cfg)[0] == first.manifest_uri
 
     # a double trigger of the same schedule returns the finished run
     again = run_scheduled_refresh(cfg, stamp="20261123")
@@ -35,4 +36,4 @@ def test_refresh_picks_latest_checkpoint_and_chains_manifests(ray_cluster, model
     assert manifest.provenance.previous_manifest_uri == first.manifest_uri
     assert manifest.provenance.model_path.endswith("checkpoint-200")
     assert manifest.provenance.checkpoint_step == 200
-    assert latest_manifest_uri(cfg) == second.manifest_uri
+    assert load_previous(cfg)[0] == second.manifest_uri

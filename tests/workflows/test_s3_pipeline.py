@@ -16,6 +16,7 @@ from workflows.assets import default_corpus_dir
 from workflows.stages.featurize import ShardFailures
 from workflows.mixture_refresh import run_mixture_refresh
 from workflows.run.plan import build_plan
+from tests.fixtures.readers import read_features
 
 
 def _upload_corpus(bucket: str, spec, *, corrupt: str | None = None) -> str:
@@ -64,7 +65,7 @@ def test_corpus_and_outputs_on_s3_without_leaking_credentials(ray_cluster, model
     assert all(t.uri.startswith("s3://") for t in plan.corpus_tasks())
     done = datastore.list_completions(plan.root, spec)
     assert set(done) == {t.shard_id for t in plan.tasks}
-    table = datastore.read_feature_shard(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)
+    table = read_features(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)
     assert table.schema.field("features").type.list_size == datastore.feature_dim(table)
     latest = storage.read_json(storage.join(bucket, "out", "manifests", "default", "latest.json"), spec)
     assert latest["manifest_uri"] == result.manifest_uri

@@ -43,11 +43,6 @@ def default_tokenizer_dir() -> str:
     return str(DATA_DIR / "tokenizer")
 
 
-def default_domains() -> list[str]:
-    """Sorted domain names present in the shipped corpus."""
-    return sorted({p.name.rsplit("-", 1)[0] for p in (DATA_DIR / "corpus").glob("*.parquet")})
-
-
 def _checksums() -> dict[str, str]:
     path = DATA_DIR / "CHECKSUMS.json"
     try:

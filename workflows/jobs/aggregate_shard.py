@@ -15,7 +15,6 @@ repeated aggregation finds the stats file (written last) and skips the shard. No
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -216,8 +215,3 @@ class ScoreJob:
                "boot_counts": boot.counts, "rows": np.asarray(rows), "dropped": np.asarray(dropped)}
         datastore.write_npz_atomic(stats_uri, out, self.spec)
         return out
-
-
-def read_score_shard(root: str, key: str, shard_id: str, spec: storage.StorageSpec | None = None) -> pa.Table:
-    """A pass-2 score shard (id, domain, n_tokens, scores[V])."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(score_shard_uri(root, key, shard_id), spec)))

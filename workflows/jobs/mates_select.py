@@ -2,7 +2,8 @@
 
 1. moments: per shard and domain, count, Σs, Σs², min, max → per-domain mean/std, availability, quotas;
 2. histogram: per shard, perturbed keys ``−z/τ + G`` (G seeded by (seed, domain, shard)) binned on a
-   per-domain range (2^16 bins, returned sparse) → the bin holding each domain's quota-th key (operators/selection.threshold_bin);
+   per-domain range (2^16 bins, returned sparse) → the bin holding each domain's quota-th key
+   (operators/selection/quotas.threshold_bin);
 3. emit: per shard, ids with keys above that bin go to ``<root>/mates/selected/<key>/<shard>/<domain>.txt``
    and the rows inside the bin come back (few); the driver picks the remainder by (key, id) and streams
    the per-shard files into ``selection/<domain>.txt``.

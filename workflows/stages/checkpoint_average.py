@@ -121,19 +121,6 @@ def featurize_all(cset: CheckpointSet, featurize: Callable[[Plan, str], dict]) -
     return newest
 
 
-def _aligned_scores(base: InfluenceResult, other: InfluenceResult, uri: str) -> np.ndarray:
-    """``other``'s per-example scores in ``base``'s example order (same sampled ids required)."""
-    if other.domains != base.domains or other.targets != base.targets:
-        raise InfluMixError(f"checkpoint {uri}: domains/targets differ from the first checkpoint")
-    if other.example_ids == base.example_ids:
-        return other.example_scores
-    index = {e: i for i, e in enumerate(other.example_ids)}
-    if len(index) != len(base.example_ids) or any(e not in index for e in base.example_ids):
-        raise InfluMixError(f"checkpoint {uri} featurized other examples than the first checkpoint; "
-                            "the sample must not depend on the model")
-    return other.example_scores[np.array([index[e] for e in base.example_ids])]
-
-
 def average_results(cfg: RunConfig, results: list[InfluenceResult], checkpoints: list[str]) -> InfluenceResult:
     """One InfluenceResult from per-checkpoint ones (newest last): the mean group-influence matrix, with
     normalisation and combined scores recomputed on it. Bootstrap intervals are the newest checkpoint's

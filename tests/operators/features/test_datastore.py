@@ -12,6 +12,8 @@ import pytest
 from operators.features import datastore as ds
 from operators.io import storage as st
 from operators.errors import CorpusError
+from tests.fixtures.readers import read_features
+from workflows.jobs.aggregate_shard import iter_feature_batches, iter_shard_feature_batches
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -64,13 +66,13 @@ def test_feature_shard_roundtrip_bitwise(run_root) -> None:
     table, feats = _table()
     uri = ds.legacy_feature_uri(root, "shard-a")  # a single file still reads as a shard
     ds.write_feature_shard(uri, table, spec)
-    back = ds.read_feature_shard(uri, spec)
+    back = read_features(uri, spec)
     assert back.equals(table)
     assert ds.projector_fingerprint(back) == "fp-abc" and ds.feature_dim(back) == 6
     assert np.array_equal(ds.features_to_numpy(back).view(np.uint32), feats.view(np.uint32))
     empty_uri = ds.feature_part_uri(root, "shard-empty", 0)
     ds.write_feature_shard(empty_uri, ds.empty_features_table(6, "fp-abc"), spec)
-    assert ds.read_feature_shard(empty_uri, spec).num_rows == 0
+    assert read_features(empty_uri, spec).num_rows == 0
 
 
 def test_corrupt_feature_shard_and_npz(run_root) -> None:
@@ -79,8 +81,8 @@ def test_corrupt_feature_shard_and_npz(run_root) -> None:
     uri = ds.feature_part_uri(root, "bad", 0)
     ds.write_feature_shard(uri, table, spec)
     st.write_bytes_atomic(uri, st.read_bytes(uri, spec)[:100], spec)
-    with pytest.raises(CorpusError, match="part-00000.parquet"):
-        ds.read_feature_shard(ds.feature_uri(root, "bad"), spec)
+    with pytest.raises(CorpusError, match="part-00000.parquet"):  # the aggregation's reader names the part
+        list(iter_shard_feature_batches(root, "bad", spec, ["features"]))
     arrays = {"A": np.arange(12, dtype=np.float64).reshape(3, 4), "count": np.array(7)}
     k = ds.kfac_uri(root, "bad")
     ds.write_npz_atomic(k, arrays, spec)
@@ -136,20 +138,22 @@ def test_part_writer_splits_by_rows_and_record_lists_parts(run_root) -> None:
     assert [u.rsplit("/", 1)[-1] for u, _ in parts] == [f"part-{i:05d}.parquet" for i in range(len(parts))]
     assert len(st.list_files(ds.feature_uri(root, "s"), (".parquet",), spec)) == len(parts)  # stale gone
     # before the completion record: the folder listing; after: exactly the record's parts
-    assert ds.read_feature_shard(ds.feature_uri(root, "s"), spec).equals(table)
+    assert read_features(ds.feature_uri(root, "s"), spec).equals(table)
     ds.write_completion(root, _record("s").model_copy(update={
         "parts": [u for u, _ in parts], "part_rows": [r for _, r in parts],
         "output_uri": ds.feature_uri(root, "s")}), spec)
-    got = list(ds.iter_feature_batches(root, "s", spec))
+    got = list(iter_shard_feature_batches(root, "s", spec, table.column_names))
     assert [b.num_rows for b in got] == [r for _, r in parts]
-    assert pa.concat_tables(got).equals(table)
+    assert pa.Table.from_batches(got).equals(table)
     # an empty shard still has one (empty) part with the schema
     empty = ds.FeaturePartWriter(root, "e", 6, "fp-abc", part_rows=2, storage=spec).close()
     assert [r for _, r in empty] == [0]
-    assert ds.feature_dim(next(ds.iter_feature_batches(root, "e", spec))) == 6
+    assert ds.feature_dim(read_features(ds.feature_uri(root, "e"), spec)) == 6
+    assert not list(iter_feature_batches(ds.feature_part_uri(root, "e", 0), spec, ["features"]))
     # legacy single-file shards of older runs
     ds.write_feature_shard(ds.legacy_feature_uri(root, "old"), table, spec)
-    assert pa.concat_tables(list(ds.iter_feature_batches(root, "old", spec))).equals(table)
+    old = iter_shard_feature_batches(root, "old", spec, table.column_names)
+    assert pa.Table.from_batches(list(old)).equals(table)
     assert ds.part_rows_for(1024) == ds.PART_BYTES // 4096 and ds.part_rows_for(1024, 10) == 10
 
 

@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -8,18 +6,13 @@ import operators.influence.group as inf
 from operators.errors import ConfigError
 from operators.influence.group import (
     BootstrapSums,
-    DomainSums,
-    bootstrap_influence,
     bootstrap_intervals,
     combine_targets,
-    group_influence,
     normalize_per_target,
     per_example_scores,
-    spearman,
-    summarize_influence,
     poisson_weights,
     shard_seed,
-    target_means,
+    spearman,
     target_token_sums,
     token_weighted_means,
 )
@@ -35,18 +28,20 @@ def _toy(n_per: tuple[int, ...] = (300, 200, 100), seed: int = 0) -> tuple[np.nd
     return scores[perm], labels[perm]
 
 
-def test_target_means_follow_order_and_reject_bad_labels() -> None:
-    rng = np.random.default_rng(1)
-    feats = rng.normal(size=(50, 4)).astype(np.float32)
-    names = np.array(["b"] * 20 + ["a"] * 30)
-    means = target_means(feats, names, ["a", "b"])
-    np.testing.assert_allclose(means[0], feats[20:].astype(np.float64).mean(0), rtol=1e-12)
-    np.testing.assert_allclose(means[1], feats[:20].astype(np.float64).mean(0), rtol=1e-12)
-    assert means.dtype == np.float64
-    with pytest.raises(ConfigError, match="'c'"):
-        target_means(feats, names, ["a", "b", "c"])
-    with pytest.raises(ConfigError, match="not in the target order"):
-        target_means(feats, names, ["a"])
+def _means(scores: np.ndarray, labels: np.ndarray, order: list[str]) -> np.ndarray:
+    """GI (K, V): the mean score of each domain."""
+    return np.stack([scores[labels == d].mean(axis=0) for d in order])
+
+
+def _poisson_ci(scores: np.ndarray, labels: np.ndarray, weights, n_boot: int, seed: int = 0, shards: int = 1,
+                order: list[str] = DOMAINS, **kwargs) -> dict:
+    """Bootstrap CIs the way the aggregation computes them: Poisson(1) weights per shard, summed, folded."""
+    codes = np.array([order.index(x) for x in labels])
+    boot = BootstrapSums(n_boot, len(order), scores.shape[1])
+    for i, idx in enumerate(np.array_split(np.arange(len(codes)), shards)):
+        boot.merge(BootstrapSums(n_boot, len(order), scores.shape[1]).update(
+            scores[idx], codes[idx], poisson_weights(shard_seed(seed, f"s{i}"), idx.size, n_boot)))
+    return bootstrap_intervals(boot.gi(_means(scores, labels, order)), weights, **kwargs)
 
 
 def test_per_example_scores_blockwise_matches_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,36 +55,16 @@ def test_per_example_scores_blockwise_matches_matmul(monkeypatch: pytest.MonkeyP
         per_example_scores(feats, dirs[:, :8])
 
 
-def test_group_influence_is_domain_mean_with_benefit_sign() -> None:
+def test_scores_have_the_benefit_sign() -> None:
     rng = np.random.default_rng(3)
     t = rng.normal(size=8)
-    # "helpful" examples have gradients aligned with the target mean, "harmful" ones anti-aligned
+    # "helpful" examples have gradients aligned with the target direction, "harmful" ones anti-aligned
     helpful = t + 0.1 * rng.normal(size=(40, 8))
     harmful = -t + 0.1 * rng.normal(size=(60, 8))
-    feats = np.vstack([helpful, harmful])
-    labels = np.array(["helpful"] * 40 + ["harmful"] * 60)
-    scores = per_example_scores(feats, t[None, :])
-    gi = group_influence(scores, labels, ["harmful", "helpful"])
-    assert gi.shape == (2, 1)
-    assert gi[1, 0] > 0 > gi[0, 0]
-    np.testing.assert_allclose(gi[1, 0], scores[:40, 0].mean(), rtol=1e-12)
-    with pytest.raises(ConfigError, match="'empty'"):
-        group_influence(scores, labels, ["harmful", "helpful", "empty"])
-
-
-def test_domain_sums_sharded_merge_equals_unsharded() -> None:
-    scores, labels = _toy()
-    full = group_influence(scores, labels, DOMAINS)
-    shards = np.array_split(np.arange(labels.size), 7)
-    parts = [DomainSums(DOMAINS, 3).update(scores[idx], labels[idx]) for idx in shards]
-    # each shard's state travels as JSON (what an actor would return), the driver merges them
-    merged = DomainSums(DOMAINS, 3)
-    for part in parts:
-        merged.merge(DomainSums.from_state(json.loads(json.dumps(part.to_state()))))
-    np.testing.assert_allclose(merged.gi(), full, rtol=1e-12, atol=1e-14)
-    assert merged.counts.tolist() == [300, 200, 100]
-    with pytest.raises(ConfigError):
-        merged.merge(DomainSums(["web", "code"], 3))
+    scores = per_example_scores(np.vstack([helpful, harmful]), t[None, :])
+    assert scores.shape == (100, 1)
+    assert np.all(scores[:40] > 0) and np.all(scores[40:] < 0)
+    np.testing.assert_allclose(scores[:40, 0], helpful @ t, rtol=1e-12)
 
 
 def test_zscore_per_target_removes_scale_and_handles_constant_columns() -> None:
@@ -140,8 +115,8 @@ def test_bootstrap_cis_contain_estimates_and_narrow_with_more_samples() -> None:
     w = [1.0, 1.0, 2.0]
     widths = []
     for s, lab in ((small_s, small_l), (big_s, big_l)):
-        ci = bootstrap_influence(s, lab, DOMAINS, w, n_boot=200, confidence=0.9, seed=0, normalize="none")
-        gi = group_influence(s, lab, DOMAINS)
+        ci = _poisson_ci(s, lab, w, n_boot=200, confidence=0.9, normalize="none")
+        gi = _means(s, lab, DOMAINS)
         score = combine_targets(gi, w)
         assert np.all(ci["gi_low"] <= gi) and np.all(gi <= ci["gi_high"])
         assert np.all(ci["score_low"] <= score) and np.all(score <= ci["score_high"])
@@ -151,12 +126,14 @@ def test_bootstrap_cis_contain_estimates_and_narrow_with_more_samples() -> None:
     assert np.all(ratio < 0.2) and np.all(ratio > 0.05)
 
 
-def test_bootstrap_is_stratified_deterministic_and_maps_extra() -> None:
+def test_bootstrap_is_deterministic_by_seed_and_maps_extra() -> None:
     scores, labels = _toy((50, 50, 50), seed=6)
-    scores[labels == "books"] = 0.25  # every resample of a constant domain has the same mean
-    a = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=50, seed=3, normalize="none")
-    b = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=50, seed=3, normalize="none")
+    scores[labels == "books"] = 0.25  # every reweighting of a constant domain has the same mean
+    a = _poisson_ci(scores, labels, [1, 1, 1], n_boot=50, seed=3, shards=2, normalize="none")
+    b = _poisson_ci(scores, labels, [1, 1, 1], n_boot=50, seed=3, shards=2, normalize="none")
+    c = _poisson_ci(scores, labels, [1, 1, 1], n_boot=50, seed=4, shards=2, normalize="none")
     np.testing.assert_array_equal(a["gi_low"], b["gi_low"])
+    assert not np.array_equal(a["gi_low"], c["gi_low"])
     np.testing.assert_allclose(a["gi_low"][2], 0.25)
     np.testing.assert_allclose(a["gi_high"][2], 0.25)
 
@@ -165,10 +142,10 @@ def test_bootstrap_is_stratified_deterministic_and_maps_extra() -> None:
         e = np.exp(s - s.max())
         return e / e.sum()
 
-    c = bootstrap_influence(scores, labels, DOMAINS, [1, 1, 1], n_boot=100, seed=3, extra=softmax)
-    point = softmax(group_influence(scores, labels, DOMAINS))
-    assert c["extra_low"].shape == (3,)
-    assert np.all(c["extra_low"] <= point + 1e-12) and np.all(point <= c["extra_high"] + 1e-12)
+    d = _poisson_ci(scores, labels, [1, 1, 1], n_boot=100, seed=3, extra=softmax)
+    point = softmax(_means(scores, labels, DOMAINS))
+    assert d["extra_low"].shape == (3,)
+    assert np.all(d["extra_low"] <= point + 1e-12) and np.all(point <= d["extra_high"] + 1e-12)
 
 
 def test_bootstrap_interval_coverage_near_nominal() -> None:
@@ -178,22 +155,10 @@ def test_bootstrap_interval_coverage_near_nominal() -> None:
     for t in range(trials):
         scores = rng.exponential(size=(120, 1))  # true mean 1 for both domains
         labels = np.array(["web", "code"] * 60)
-        ci = bootstrap_influence(
-            scores, labels, ["web", "code"], [1.0], n_boot=200, confidence=0.9, seed=t, normalize="none"
-        )
+        ci = _poisson_ci(scores, labels, [1.0], n_boot=200, seed=t, order=["web", "code"], confidence=0.9,
+                         normalize="none")
         hits += int(ci["gi_low"][0, 0] <= 1.0 <= ci["gi_high"][0, 0])
     assert 0.7 <= hits / trials <= 1.0
-
-
-def test_summary_bundles_point_estimates_and_cis() -> None:
-    scores, labels = _toy(seed=8)
-    summary = summarize_influence(scores, labels, DOMAINS, ["t0", "t1", "t2"], [1, 1, 1], n_boot=20)
-    np.testing.assert_allclose(summary.gi, group_influence(scores, labels, DOMAINS))
-    np.testing.assert_allclose(summary.domain_scores, summary.gi_normalized.mean(axis=1))
-    assert summary.score_low is not None and summary.score_high is not None
-    assert np.all(summary.score_low <= summary.score_high)
-    no_boot = summarize_influence(scores, labels, DOMAINS, ["t0", "t1", "t2"], [1, 1, 1], n_boot=0)
-    assert no_boot.gi_low is None
 
 
 def test_spearman_matches_scipy_with_ties() -> None:
@@ -239,7 +204,7 @@ def test_poisson_bootstrap_sums_merge_across_shards_and_cover() -> None:
         w = poisson_weights(shard_seed(0, f"s{i}"), idx.size, 300)
         parts.append(BootstrapSums(300, 3, 3).update(scores[idx], codes[idx], w))
     merged = parts[0].merge(parts[1]).merge(parts[2])
-    gi = group_influence(scores, labels, DOMAINS)
+    gi = _means(scores, labels, DOMAINS)
     ci = bootstrap_intervals(merged.gi(gi), [1, 1, 1], confidence=0.9, normalize="none")
     assert np.all(ci["gi_low"] <= gi) and np.all(gi <= ci["gi_high"])
     # the Poisson CI width matches the normal approximation 2·1.645·σ/√n within 20%

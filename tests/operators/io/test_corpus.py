@@ -23,11 +23,11 @@ from operators.io.corpus import (
     cap_per_domain,
     discover_shards,
     iter_shard_batches,
-    read_shard,
     sample_rows,
     shard_id_for,
 )
 from operators.errors import CorpusError
+from tests.fixtures.readers import read_shard
 
 pytestmark = pytest.mark.timeout(60)
 

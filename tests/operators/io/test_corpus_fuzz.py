@@ -18,8 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from operators.io.corpus import SHARD_SCHEMA, CorpusSpec, ShardRef, read_shard
+from operators.io.corpus import SHARD_SCHEMA, CorpusSpec, ShardRef
 from operators.errors import CorpusError, StorageError
+from tests.fixtures.readers import read_shard
 
 pytestmark = pytest.mark.timeout(120)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from operators.io import names, storage
-from operators.io.corpus import CorpusSpec, ShardRef, read_shard
+from operators.io.corpus import CorpusSpec, ShardRef
 from operators.errors import CorpusError
+from tests.fixtures.readers import read_shard
 
 HOSTILE = ["../../../../../x", "/abs/x", "..", ".", ".hidden", "a b", "a\nb", "web/en", "", "a\tb",
            "x" * 129, "c:\\win", "naïve", "-flag", "a\u2028b"]

@@ -59,8 +59,6 @@ def test_round_trip_latest_and_adam_state(tmp_path, trained) -> None:
 
     assert find_latest_checkpoint(str(root)) == second
     assert list_checkpoints(str(root)) == [(2, first), (5, second)]
-    assert last_checkpoints(str(root), 2) == [first, second] and last_checkpoints(str(root), 9) == [first, second]
-    assert last_checkpoints(str(root), 1) == [second]
     back = load_causal_lm(second)
     assert back.step == 5 and back.meta["note"] == "stage 1"
     assert _states_equal(back.model.state_dict(), loaded.model.state_dict())

@@ -148,13 +148,11 @@ def test_matching_candidates_lower_reference_loss_more_than_noise() -> None:
     ref_ids, ref_mask = counting(8, seed=20)
     spec = ProbeSpec(lr=1e-2, reference_batch_size=8)
     prober = OneStepProber(model, ref_ids, ref_mask, spec)
-    matching = prober.probe_many(ref_ids[:4], ref_mask[:4])
-    rand = prober.probe_many(*noise(4, seed=21))
-    assert matching.shape == (4,) and rand.shape == (4,)
+    matching = np.array([prober.probe(ref_ids[i], ref_mask[i]) for i in range(4)])  # one example each
+    rand_ids, rand_mask = noise(4, seed=21)
+    rand = np.array([prober.probe(rand_ids[i], rand_mask[i]) for i in range(4)])
     assert np.all(matching < 0)
     assert matching.mean() < rand.mean() - 0.01
-    # batch_size > 1 gives one score per chunk.
-    assert prober.probe_many(ref_ids[:4], ref_mask[:4], batch_size=2).shape == (2,)
 
 
 def test_optimizer_state_mismatch_raises() -> None:

@@ -13,6 +13,8 @@ from workflows.run.plan import run_root
 from workflows.stages.featurize import featurize_job
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.run.plan import build_plan
+from tests.fixtures.readers import read_features, read_shard
+from workflows.jobs.aggregate_shard import iter_shard_feature_batches
 
 
 @ray.remote(num_gpus=1, num_cpus=1)
@@ -23,7 +25,7 @@ def _featurize_on_worker(cfg_data: dict, model_uri: str, shard_index: int) -> di
     worker = ShardFeaturizer(featurize_job(cfg, model_uri, run_root(cfg)), "cpu", f"gpu-{ray.get_gpu_ids()}")
     task = build_plan(cfg).corpus_tasks()[shard_index]
     record = worker.process(task)
-    table = datastore.read_feature_shard(record.output_uri)
+    table = read_features(record.output_uri)
     return {"gpu_ids": [str(g) for g in ray.get_gpu_ids()], "ids": table.column("id").to_pylist(),
             "features": datastore.features_to_numpy(table), "fingerprint": worker.fingerprint}
 
@@ -51,8 +53,8 @@ def test_adam_aware_features_use_checkpoint_moments(model_cache, tmp_path):
     adam = ShardFeaturizer(featurize_job(adam_cfg, model_uri, run_root(adam_cfg)), "cpu", "w")
     assert adam.describe()["featurizer"]["adam_aware"] is True
     assert plain.fingerprint != adam.fingerprint
-    fa = datastore.features_to_numpy(datastore.read_feature_shard(adam.process(task).output_uri))
-    fp = datastore.features_to_numpy(datastore.read_feature_shard(plain.process(task).output_uri))
+    fa = datastore.features_to_numpy(read_features(adam.process(task).output_uri))
+    fp = datastore.features_to_numpy(read_features(plain.process(task).output_uri))
     assert fa.shape == fp.shape and np.isfinite(fa).all()
     # Γ = m'/sqrt(v'+eps) is a different (normalised) gradient: features change but stay correlated
     cos = (fa * fp).sum(1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fp, axis=1))
@@ -60,8 +62,8 @@ def test_adam_aware_features_use_checkpoint_moments(model_cache, tmp_path):
     assert np.median(cos) > 0.0
     # LESS: target (validation) gradients stay plain SGD gradients, in the same projected space
     target = build_plan(plain_cfg).target_tasks()[0]
-    ta = datastore.read_feature_shard(adam.process(target).output_uri)
-    tp = datastore.read_feature_shard(plain.process(target).output_uri)
+    ta = read_features(adam.process(target).output_uri)
+    tp = read_features(plain.process(target).output_uri)
     assert ta.num_rows > 0 and ta.column("id").equals(tp.column("id"))
     assert np.array_equal(datastore.features_to_numpy(ta), datastore.features_to_numpy(tp))
     assert datastore.projector_fingerprint(ta) == datastore.projector_fingerprint(tp)
@@ -77,7 +79,7 @@ def _true_untruncated_tokens(tokenizer, table) -> dict[str, int]:
 
 @pytest.mark.parametrize("cap", [None, 3])
 def test_records_count_the_whole_shard_untruncated(model_cache, tmp_path, cap):
-    from operators.io.corpus import ShardRef, read_shard
+    from operators.io.corpus import ShardRef
 
     extra = ["sampling.rate=1.0", "featurize.max_length=12", "featurize.part_rows=4", f"run_id=stats{cap}"]
     if cap is not None:
@@ -99,7 +101,7 @@ def test_records_count_the_whole_shard_untruncated(model_cache, tmp_path, cap):
     assert record.part_rows and all(n <= 4 for n in record.part_rows)
     assert sum(record.part_rows) == record.n_examples and len(record.parts) == len(record.part_rows)
     assert len(record.parts) > 1 or record.n_examples <= 4
-    batches = datastore.iter_feature_batches(worker.root, task.shard_id)
+    batches = iter_shard_feature_batches(worker.root, task.shard_id, None, ["id"])
     ids = [i for b in batches for i in b.column("id").to_pylist()]
     assert len(ids) == len(set(ids)) == record.n_examples
     est = datastore.estimated_tokens_available([record])
@@ -133,8 +135,8 @@ def test_out_of_memory_batches_are_split_without_changing_features(model_cache, 
     assert worker.max_rows is not None and worker.max_rows <= 5
     assert max(c for c in calls[-3:]) <= 5  # later batches start at the size that fits
     reference = ShardFeaturizer(featurize_job(ref_cfg, model_uri, run_root(ref_cfg)), "cpu", "w").process(task)
-    got = datastore.read_feature_shard(record.output_uri)
-    want = datastore.read_feature_shard(reference.output_uri)
+    got = read_features(record.output_uri)
+    want = read_features(reference.output_uri)
     assert got.column("id").to_pylist() == want.column("id").to_pylist()
     np.testing.assert_allclose(datastore.features_to_numpy(got), datastore.features_to_numpy(want),
                                rtol=1e-4, atol=1e-6)
@@ -162,7 +164,7 @@ def test_nonfinite_features_are_skipped_and_counted(model_cache, tmp_path, monke
 
     monkeypatch.setattr(worker.featurizer, "featurize", poisoned)
     record = worker.process(task)
-    table = datastore.read_feature_shard(record.output_uri)
+    table = read_features(record.output_uri)
     assert record.skipped_nonfinite == 2 and record.n_examples == table.num_rows
     assert np.isfinite(datastore.features_to_numpy(table)).all()
     assert np.isfinite(table.column("loss").to_numpy()).all()
