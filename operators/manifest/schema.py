@@ -1,7 +1,7 @@
 """Mixture manifests: the schema-versioned record a refresh writes and trainers consume.
 
-A manifest is a superset of RegMix's YAML (`train: {domain: weight}`) and DoReMi's JSON domain weights
-(ALGORITHMS.md §5, §8). Renderers are pure and return str/bytes; the workflow writes them.
+A manifest is a superset of RegMix's YAML (`train: {domain: weight}`) and DoReMi's JSON domain weights.
+Renderers are pure and return str/bytes; the workflow writes them.
 """
 
 from __future__ import annotations

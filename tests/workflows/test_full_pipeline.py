@@ -1,4 +1,4 @@
-"""Issue-4 features end to end: K-FAC preconditioning, TiKMiX-M, MATES selection, trainer formats."""
+"""The `full` config's features end to end: K-FAC preconditioning, TiKMiX-M, MATES selection, trainer formats."""
 
 from __future__ import annotations
 
