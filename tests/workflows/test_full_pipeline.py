@@ -14,6 +14,8 @@ from tests.workflows.helpers import fast_overrides
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def full_run(ray_cluster, model_cache, tmp_path_factory):

@@ -26,6 +26,7 @@ def setup(tmp_path_factory, model_cache):
     return cfg, plan, resolve_model_uri(cfg), problem
 
 
+@pytest.mark.slow
 def test_a_harmful_solution_is_not_published(setup):
     cfg, plan, model_uri, problem = setup
     bad = np.array([0.02, 0.02, 0.6, 0.02, 0.34])  # config + legal: unlike the docs/code-heavy target
