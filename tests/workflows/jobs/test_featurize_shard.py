@@ -43,6 +43,7 @@ def test_two_workers_produce_identical_features(ray_cluster, model_cache, tmp_pa
     assert np.array_equal(a["features"], b["features"])  # bitwise, not approximately
 
 
+@pytest.mark.slow
 def test_adam_aware_features_use_checkpoint_moments(model_cache, tmp_path):
     plain_cfg = fast_config(str(tmp_path / "plain"), model_cache, "run_id=plain")
     adam_cfg = fast_config(str(tmp_path / "adam"), model_cache, "run_id=adam", "featurize.adam_aware=true")

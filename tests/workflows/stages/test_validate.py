@@ -42,6 +42,7 @@ def test_a_harmful_solution_is_not_published(setup):
     assert rows["good"]["ci"][0] <= rows["good"]["gain"] <= rows["good"]["ci"][1]
 
 
+@pytest.mark.slow
 def test_budget_scaled_pools_shrink_scarce_domains(setup):
     cfg, plan, model_uri, _ = setup
     tokens = {d: 1_000_000 for d in DOMAINS} | {"legal": 2_000}
