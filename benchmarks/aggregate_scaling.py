@@ -1,6 +1,6 @@
 """Aggregation scaling: rows/s with 1 and 2 workers and the driver's peak RSS, on synthetic feature shards.
 
-Goals (issue 7): the driver's peak RSS stays flat in N and under 1 GiB at 10^7 rows; 2 workers are at
+Goals (docs/SCALING.md): the driver's peak RSS stays flat in N and under 1 GiB at 10^7 rows; 2 workers are at
 least 1.6x faster than 1 on an otherwise idle machine.
 
 Feature shards (k=1024 float32, zstd Parquet like featurization writes) are generated on disk by Ray

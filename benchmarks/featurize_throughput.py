@@ -8,7 +8,7 @@
 
 Step ratio: examples/s of ``GradientFeaturizer.featurize`` (one forward + backward, no weight
 gradients) over examples/s of a plain training step (forward, backward into ``.grad``, AdamW step) on
-the same batch, timed interleaved in one process. Goals (issue 7): >= 1.3x with Kronecker at k≈4k,
+the same batch, timed interleaved in one process. Goals (docs/SCALING.md): >= 1.3x with Kronecker at k≈4k,
 >= 0.5x with dense. Peak memory is the process max RSS (CPU) or the CUDA peak.
 """
 

@@ -3,7 +3,7 @@
     python benchmarks/mixture_testbed.py [--scenario all|oop_small|oop|mixed|default] [--steps N]
                                          [--seeds 0 1 2] [--grid 13] [--split test] [--json FILE]
 
-Scenarios (default ``all``; issue 9 item 7, ``benchmarks/testbed/scenarios.py``): ``oop_small`` (target
+Scenarios (default ``all``; docs/MIXTURE.md §4, ``benchmarks/testbed/scenarios.py``): ``oop_small`` (target
 nl outside the pool, its related pool domain de has only 70 examples), ``oop`` (target pt outside the
 pool), ``mixed`` (half code, half French). Each runs its refresh (fast settings: sampling.rate=0.2, 40
 bootstrap draws), then trains the checkpoint on the published mixture, uniform, token-proportional,

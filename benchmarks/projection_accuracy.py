@@ -1,4 +1,4 @@
-"""Accuracy of projected per-example gradients on the embedded default tiny LM (ALGORITHMS.md §4.3).
+"""Accuracy of projected per-example gradients on the embedded default tiny LM (docs/ALGORITHMS.md §1.4).
 
     python benchmarks/projection_accuracy.py [--examples 64] [--seed 0]
 

@@ -247,6 +247,10 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+# PyYAML and OmegaConf raise these on malformed text, keys or values
+_READ_ERRORS = (OmegaConfBaseException, yaml.YAMLError, UnicodeError, ValueError, TypeError, LookupError, OSError)
+
+
 def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Load YAML (with `defaults` base inheritance), apply `key=value` overrides, validate."""
     _register_resolvers()
@@ -260,19 +264,33 @@ def load_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         else:
             path = resolve_config_path(name_or_path)
             merged = _merge_bases(OmegaConf.load(path), path.parent, (path.resolve(),))
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"overrides must look like key=value, got {bad}")
         if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            merged = _apply_overrides(merged, overrides)
         if not isinstance(merged, DictConfig):
             raise ConfigError(f"config {path} must be a YAML mapping (key: value), "
                               f"got {type(merged).__name__}")
         data: Any = OmegaConf.to_container(merged, resolve=True)
-    except (OmegaConfBaseException, yaml.YAMLError, UnicodeError, ValueError, TypeError, LookupError,
-            OSError) as exc:  # PyYAML and OmegaConf raise these on malformed text, keys or values
+    except _READ_ERRORS as exc:
         raise ConfigError(f"cannot read config {path}: {type(exc).__name__}: {exc}") from None
     return validate_config(data, source=str(path))
+
+
+def _apply_overrides(conf: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """``conf`` with the ``key=value`` overrides merged in; an override that cannot be read or merged on
+    its own is a ConfigError naming its key."""
+    bad = [o for o in overrides if "=" not in o or "" in o.split("=", 1)[0].split(".")]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value with a dotted key, got {bad}")
+    try:
+        return OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+    except _READ_ERRORS:
+        for override in overrides:  # name the first override that fails by itself
+            try:
+                OmegaConf.merge(conf, OmegaConf.from_dotlist([override]))
+            except _READ_ERRORS as exc:
+                raise ConfigError(f"override {override.split('=', 1)[0]}: cannot apply {override!r}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        raise
 
 
 def validate_config(data: Any, source: str = "<dict>") -> RunConfig:

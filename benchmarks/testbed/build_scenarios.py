@@ -1,4 +1,4 @@
-"""Regenerate the harder-testbed scenario data under ``data/scenarios/`` (issue 9, item 7).
+"""Regenerate the harder-testbed scenario data under ``data/scenarios/`` (docs/MIXTURE.md §4).
 
 Developer script: ``python -m benchmarks.testbed.build_scenarios [--out DIR]``.  It reads translated
 message catalogues that a Debian machine already holds (``/usr/share/locale/<lang>/LC_MESSAGES/*.mo``),

@@ -1,4 +1,4 @@
-"""Validation testbed for chosen mixtures (ALGORITHMS.md §7.1, "end to end").
+"""Validation testbed for chosen mixtures: regret against a grid, by real training (docs/MIXTURE.md §4).
 
 Ground truth by actually training: every named mixture continues training the refresh checkpoint for
 a few steps on batches drawn by that mixture from per-domain pools (``operators.training.probing.probe_mixture``)

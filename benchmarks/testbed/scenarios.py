@@ -1,4 +1,4 @@
-"""Harder validation-testbed scenarios (issue 9, item 7): real refreshes judged by real training.
+"""Harder validation-testbed scenarios (docs/MIXTURE.md §4): real refreshes judged by real training.
 
 Each scenario is a config in ``benchmarks/testbed/configs/scenario_*.yaml`` over the scenario pool: the
 shipped default corpus plus three natural-language domains built from gettext catalogues
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Scenario", "SCENARIOS", "GOALS", "scenario_config", "acceptance", "run_scenario",
            "target_half_losses", "budget_steps", "candidate_mixtures"]
 
-#: Acceptance goals of issue 9 item 7.
+#: Acceptance goals (docs/MIXTURE.md §4): gain over uniform in seed std, regret vs the grid's best in nats.
 GOALS = {"gain_std": 1.0, "regret": 0.02}
 PUBLISHED = "published"
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cluster import jobs
 from tests.workflows.helpers import fast_overrides
 from workflows.cli import main
 from workflows.config import load_config
+
+pytestmark = pytest.mark.slow
 
 
 def test_submit_runs_the_workflow_and_is_idempotent(ray_cluster, model_cache, tmp_path, capsys):

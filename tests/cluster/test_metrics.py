@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 import urllib.request
 
+import pytest
 import ray
 
 from cluster.metrics import DriverMetrics, WorkerMetrics
+
+pytestmark = pytest.mark.slow
 
 
 @ray.remote(num_cpus=0.1)

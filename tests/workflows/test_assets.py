@@ -164,6 +164,7 @@ def test_default_checkpoint_is_cached_and_loadable(tmp_path) -> None:
     assert other != path and assets._BUILD_COUNT == before + 2
 
 
+@pytest.mark.slow
 def test_default_checkpoint_concurrent_threads_and_processes(tmp_path) -> None:
     spec = FAST.model_copy(update={"seed": 5})
     before = assets._BUILD_COUNT

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from workflows.cli import main
 
 
@@ -26,6 +28,7 @@ def test_missing_corpus_is_a_clear_error(tmp_path, capsys):
     assert "nothing-here" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "workflows.cli", "--help"], capture_output=True, text=True,
                           timeout=120)

@@ -1,18 +1,22 @@
 """Property-based tests: the config loader and the CLI on hostile YAML, bytes and overrides.
 
-Every input either loads or fails with a ConfigError (exit code 2 from the CLI, one line, no traceback).
+Every input either loads or fails with a ConfigError naming the file or field at fault (exit code 2 from
+the CLI, one line, no traceback); any other exception fails the test.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
+from omegaconf import OmegaConf
 
 from operators.errors import ConfigError
 from workflows.cli import main
-from workflows.config import load_config
+from workflows.config import RunConfig, load_config
 
 pytestmark = pytest.mark.timeout(120)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -25,10 +29,36 @@ values = hs.recursive(scalars, lambda inner: hs.lists(inner, max_size=3)
 
 
 def _load(path) -> None:
+    """A RunConfig, or a ConfigError naming the file (or, for `defaults`, the base config at fault)."""
     try:
-        load_config(str(path))
+        cfg = load_config(str(path))
     except ConfigError as exc:
-        assert str(path) in str(exc) or "config" in str(exc)
+        msg = str(exc)
+        assert str(path) in msg or msg.startswith(("defaults", "config ")), msg
+    else:
+        assert isinstance(cfg, RunConfig)
+
+
+def _names_field(msg: str, key: str, value: str) -> bool:
+    """The error names the override's key: a malformed key, an override that cannot be read or merged, an
+    interpolation error at the key, or a validation error located at the key, at an item inside it, or
+    at the unknown section above it."""
+    if msg.startswith(("overrides must look like key=value", f"override {key}: cannot apply ")):
+        return f"{key}={value}" in msg or repr(f"{key}={value}") in msg
+    parts = key.split(".")
+    above = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return f"full_key: {key}\n" in msg or f"\n  {key}." in msg or any(f"\n  {loc}: " in msg for loc in above)
+
+
+def _holds(got, want) -> bool:
+    """The loaded field holds the override's YAML value (paths made absolute, numbers coerced)."""
+    if isinstance(want, dict):
+        return all(_holds(getattr(got, k, None), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(_holds, got, want))
+    if isinstance(want, str) and isinstance(got, str):
+        return got in (want, os.path.abspath(os.path.expanduser(want)))
+    return got == want and (want is None) == (got is None)
 
 
 @FUZZ
@@ -47,14 +77,35 @@ def test_random_yaml_documents(tmp_path, doc) -> None:
     _load(path)
 
 
+TYPED = hs.sampled_from(["0.25", "2", "-1", "true", "null", "~", "dense", "[]", "[a, b]", "{}", "{paths: [x]}",
+                          "s3://b/x", "a b", "${name}", "${nope}", "'quoted'"])
+
+
 @FUZZ
-@given(overrides=hs.lists(hs.tuples(hs.sampled_from(KEYS) | hs.text(max_size=10), hs.text(max_size=20)),
-                          max_size=3))
-def test_random_overrides(overrides) -> None:
+@given(key=hs.sampled_from(KEYS) | hs.text(max_size=10).filter(lambda k: not set("=[]\\") & set(k)),
+       value=TYPED | hs.text(max_size=20))  # `=`, `[`, `]` and `\\` are OmegaConf's key syntax, not names
+@example(key="mixture.beta", value="0.25")
+@example(key="sampling.rate", value="2")
+@example(key="corpus.paths", value="[a, b]")
+@example(key="mixture.beta", value="\x0b")
+@example(key="corpus.nope", value="1")
+@example(key="", value="0.25")
+def test_random_overrides(key, value) -> None:
+    """One override either loads into a config whose field holds the value, or fails with a ConfigError
+    naming the field."""
     try:
-        load_config("default", [f"{k}={v}" for k, v in overrides])
-    except ConfigError:
-        pass
+        cfg = load_config("default", [f"{key}={value}"])
+    except ConfigError as exc:
+        assert _names_field(str(exc), key, value), str(exc)
+        return
+    node, want = cfg, OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]))
+    for part in key.split("."):
+        assert hasattr(node, part), f"{key}={value!r} loaded but the config has no field {key}"
+        node, want = getattr(node, part), want[part]
+    if "${" in value:  # an interpolation: the field holds its resolved value
+        assert "${" not in str(node)
+    else:
+        assert _holds(node, want), (key, value, node)
 
 
 @pytest.mark.parametrize("text", ["", "{", "- a\n- b\n", "a: [\n", "\xff\xfe", "defaults: [nope]\n",

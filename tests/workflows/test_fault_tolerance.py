@@ -31,6 +31,8 @@ from workflows.mixture_refresh import run_mixture_refresh
 from workflows.run.plan import build_plan
 from tests.fixtures.readers import read_features
 
+pytestmark = pytest.mark.slow
+
 SMALL = ("sampling.rate=0.05", "featurize.batch_size=4")  # several batches per shard
 
 

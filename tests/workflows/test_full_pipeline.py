@@ -1,4 +1,4 @@
-"""Issue-4 features end to end: K-FAC preconditioning, TiKMiX-M, MATES selection, trainer formats."""
+"""The `full` config's features end to end: K-FAC preconditioning, TiKMiX-M, MATES selection, trainer formats."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_overrides
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
 from workflows.run.plan import build_plan
 from tests.fixtures.readers import read_features
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def default_run(ray_cluster, model_cache, tmp_path_factory):

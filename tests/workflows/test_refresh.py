@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from operators.io import storage
 from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_config
 from workflows.mixture_refresh import resolve_model_uri
 from workflows.refresh import run_scheduled_refresh
 from workflows.stages.problem import load_previous
+
+pytestmark = pytest.mark.slow
 
 
 def test_refresh_picks_latest_checkpoint_and_chains_manifests(ray_cluster, model_cache, tmp_path):

@@ -18,6 +18,8 @@ from workflows.mixture_refresh import run_mixture_refresh
 from workflows.run.plan import build_plan
 from tests.fixtures.readers import read_features
 
+pytestmark = pytest.mark.slow
+
 
 def _upload_corpus(bucket: str, spec, *, corrupt: str | None = None) -> str:
     prefix = storage.join(bucket, "corpus")

@@ -1,12 +1,12 @@
-"""TiKMiX-M: probe-labelled local search around TiKMiX-D's answer (ALGORITHMS_SOURCES.md §1.4).
+"""TiKMiX-M: probe-labelled local search around TiKMiX-D's answer (docs/ALGORITHMS.md §7).
 
 1. Centre w_D = the ``tikmix_d`` solver's answer on the same problem; candidates = Latin Hypercube
    samples of the box [0.5·w_D, 2·w_D] ∩ bounds (operators/mixture/search.py), plus w_D itself.
 2. Labels = −ΔL of short training probes from the checkpoint, scored on the VALIDATION split of the
    targets (never the influence split), ``seeds`` seeds shared by all candidates; budget-scaled pools as
    in the validation stage, drawn afresh for every seed (which examples a probe sees is part of the
-   noise). The label noise is measured (operators/mixture_search.label_noise).
-3. Ridge regression on quadratic mixture features + the influence term; held-out (leave-one-out) error
+   noise). The label noise is measured (operators/mixture/search.label_noise).
+3. Ridge regression on full-rank quadratic mixture features with the influence term w·s; held-out (LOO) error
    against the label spread, bootstrap refits for a prediction std. No held-out skill → fall back to w_D.
 4. Algorithm 1 (annealed Dirichlet search) inside the box the candidates covered, maximising the lower
    confidence bound mean − κ·std, so the answer never leaves the sampled region.

@@ -13,6 +13,8 @@ from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
 from workflows.run.plan import build_plan
 from benchmarks.testbed.harness import evaluate_mixtures, grid_mixtures, run_testbed
 
+pytestmark = pytest.mark.slow
+
 STEPS, BATCH, SEEDS, PER_DOMAIN = 30, 8, [0, 1], 64
 
 

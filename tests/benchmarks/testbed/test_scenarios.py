@@ -18,6 +18,8 @@ from benchmarks.testbed.scenarios import (
     scenario_config,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def _report(means: dict[str, float], stds: dict[str, float], grid: list[str], n: int = 3) -> dict:
     best = min(grid, key=lambda g: means[g])

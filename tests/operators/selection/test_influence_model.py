@@ -51,6 +51,7 @@ def trained(data) -> TrainedInfluenceModel:
     return train_influence_model(SPEC, *data, vocab_size=VOCAB, pad_token_id=PAD)
 
 
+@pytest.mark.slow
 def test_learns_a_token_function(data, trained) -> None:
     m = trained.metrics
     assert m["val_spearman"] > 0.7
@@ -65,6 +66,7 @@ def test_learns_a_token_function(data, trained) -> None:
     assert abs(pred.mean() - labels.mean()) < 0.5 * labels.std()
 
 
+@pytest.mark.slow
 def test_reported_val_spearman_belongs_to_restored_weights(data, trained) -> None:
     ids, mask, labels = data
     n = len(labels)
@@ -74,6 +76,7 @@ def test_reported_val_spearman_belongs_to_restored_weights(data, trained) -> Non
     assert spearmanr(pred, labels[val])[0] == pytest.approx(trained.metrics["val_spearman"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bytes_roundtrip_gives_identical_predictions(data, trained) -> None:
     ids, mask, _ = data
     blob = trained.to_bytes()

@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 
 from operators.errors import ConfigError
-from operators.selection.quotas import (
-    domain_quotas,
-    domain_seed,
-    key_bins,
-    key_range,
-    selection_keys,
-    standardize,
-    threshold_bin,
-)
+from operators.selection.quotas import (domain_quotas, domain_seed, key_bins, key_range, selection_keys,
+                                        standardize, threshold_bin)
 
 
 def gumbel_top_k(scores: np.ndarray, k: int, temperature: float, seed: int,

@@ -33,6 +33,7 @@ def _featurize_on_worker(cfg_data: dict, model_uri: str, shard_index: int) -> di
 DENSE = ["featurize.projection.kind=dense", "featurize.projection.dim=256"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("projection", [[], DENSE], ids=["kronecker", "dense"])
 def test_two_workers_produce_identical_features(ray_cluster, model_cache, tmp_path, projection):
     cfgs = [fast_config(str(tmp_path / f"out{i}"), model_cache, "run_id=same", *projection) for i in range(2)]
@@ -44,6 +45,7 @@ def test_two_workers_produce_identical_features(ray_cluster, model_cache, tmp_pa
     assert np.array_equal(a["features"], b["features"])  # bitwise, not approximately
 
 
+@pytest.mark.slow
 def test_adam_aware_features_use_checkpoint_moments(model_cache, tmp_path):
     plain_cfg = fast_config(str(tmp_path / "plain"), model_cache, "run_id=plain")
     adam_cfg = fast_config(str(tmp_path / "adam"), model_cache, "run_id=adam", "featurize.adam_aware=true")

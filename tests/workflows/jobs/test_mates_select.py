@@ -13,6 +13,8 @@ from operators.selection.quotas import domain_seed, selection_keys, standardize
 from workflows.jobs.mates_score_shard import scores_uri
 from workflows.jobs.mates_select import select_distributed
 
+pytestmark = pytest.mark.slow
+
 WEIGHTS = {"code": 0.5, "web": 0.3, "books": 0.2}
 
 

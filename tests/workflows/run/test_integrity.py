@@ -34,9 +34,15 @@ def test_duplicate_id_across_shards_is_an_error(tmp_path) -> None:
 
 
 def test_same_id_in_corpus_and_target_is_allowed(tmp_path) -> None:
+    """Ids are unique per group (the corpus, each target set): one id in the corpus and in every target
+    set is no duplicate, while the same id twice within the corpus still is."""
     cfg = fast_config(str(tmp_path / "out"), str(tmp_path / "cache"))
     plan = build_plan(cfg)
+    shared = {plan.corpus_tasks()[0].shard_id} | {plan.target_tasks(t.name)[0].shard_id for t in cfg.targets}
+    assert len(shared) == 1 + len(cfg.targets) >= 3
     for task in plan.tasks:
-        _write(plan, task, [f"{task.role}-{task.target_name}-{task.shard_id}", "shared"]
-               if task is plan.corpus_tasks()[0] or task is plan.target_tasks()[0] else [task.shard_id])
-    check_unique_ids(cfg, plan)
+        _write(plan, task, [f"{task.shard_id}-0"] + (["shared"] if task.shard_id in shared else []))
+    assert check_unique_ids(cfg, plan) == len(plan.tasks) + len(shared)  # every id counted, none refused
+    _write(plan, plan.corpus_tasks()[1], ["shared"])
+    with pytest.raises(CorpusError, match="duplicate example id 'shared' in the corpus"):
+        check_unique_ids(cfg, plan)

@@ -14,6 +14,8 @@ from workflows.run.plan import build_plan
 from workflows.solvers import SOLVERS
 from workflows.stages.solve import solve_context
 
+pytestmark = pytest.mark.slow
+
 TINY = {"candidates": 6, "seeds": 2, "steps": 2, "batch_size": 4, "reference_examples": 16, "max_pool": 16,
         "confirm_seeds": 2, "samples": 256, "iterations": 3, "bootstrap": 8}
 

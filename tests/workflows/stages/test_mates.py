@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.selection.quotas import gumbel_top_k
+from tests.operators.selection.test_quotas import gumbel_top_k
 from workflows.stages.mates import RANDOM_TEMPERATURE, label_noise
 
 

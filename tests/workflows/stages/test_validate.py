@@ -26,6 +26,7 @@ def setup(tmp_path_factory, model_cache):
     return cfg, plan, resolve_model_uri(cfg), problem
 
 
+@pytest.mark.slow
 def test_a_harmful_solution_is_not_published(setup):
     cfg, plan, model_uri, problem = setup
     bad = np.array([0.02, 0.02, 0.6, 0.02, 0.34])  # config + legal: unlike the docs/code-heavy target
@@ -41,6 +42,7 @@ def test_a_harmful_solution_is_not_published(setup):
     assert rows["good"]["ci"][0] <= rows["good"]["gain"] <= rows["good"]["ci"][1]
 
 
+@pytest.mark.slow
 def test_budget_scaled_pools_shrink_scarce_domains(setup):
     cfg, plan, model_uri, _ = setup
     tokens = {d: 1_000_000 for d in DOMAINS} | {"legal": 2_000}
