@@ -148,7 +148,5 @@ def test_the_walk_sees_imports_inside_functions_and_skips_type_checking(tmp_path
     assert _cycles({"x": {"y"}, "y": set()}) == []
 
 
-@pytest.mark.xfail(strict=False, reason="workflows.config validates solver names through workflows.solvers, "
-                   "whose TiKMiX-M search imports workflows.config back (being removed in the config/stages work)")
 def test_no_import_cycles() -> None:
     assert _cycles(_graph(type_checking=False)) == []
