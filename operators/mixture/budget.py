@@ -73,6 +73,37 @@ class Budget:
         return np.where(w <= u, 1.0, np.exp(-reps / self.repetition_scale))
 
 
+def relax_reuse_caps(budget: Budget, box_upper: np.ndarray) -> tuple[Budget, dict | None]:
+    """When the box and the reuse caps cannot sum to 1 (the stage needs more tokens than max_epochs ×
+    the data), raise max_epochs just enough that they do: every cap grows by the same factor, so the
+    domains keep their relative room. Returns the budget to use and what was relaxed (None if nothing)."""
+    box = np.asarray(box_upper, dtype=np.float64)
+    if budget.max_epochs is None or np.minimum(box, budget.reuse_upper()).sum() >= 1.0 - 1e-12:
+        return budget, None
+    if box.sum() < 1.0 - 1e-12 or budget.tokens_available.sum() <= 0:
+        return budget, None  # infeasible without the reuse cap: the box check reports it
+
+    def total(epochs: float) -> float:
+        return float(np.minimum(box, np.minimum(1.0, epochs * budget.tokens_available
+                                                / budget.tokens_next_stage)).sum())
+
+    lo, hi = float(budget.max_epochs), float(budget.max_epochs)
+    while total(hi) < 1.0:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if total(mid) < 1.0 else (lo, mid)
+    relaxed = Budget(budget.tokens_next_stage, budget.tokens_available, hi, budget.repetition_scale,
+                     budget.source)
+    info = {"reason": (f"the next stage's {budget.tokens_next_stage:.4g} tokens need more than max_epochs="
+                       f"{budget.max_epochs:g} passes over the data the caps allow "
+                       f"({np.minimum(box, budget.reuse_upper()).sum():.3f} of the stage)"),
+            "max_epochs_configured": float(budget.max_epochs), "max_epochs_used": hi,
+            "caps_configured": np.minimum(box, budget.reuse_upper()).tolist(),
+            "caps_used": np.minimum(box, relaxed.reuse_upper()).tolist()}
+    return relaxed, info
+
+
 def budgeted_gain(w: np.ndarray, scores: np.ndarray, budget: Budget) -> float:
     """Σ_k s_k·value_k(w_k) for helpful domains (s_k > 0), s_k·w_k for the others."""
     s = np.asarray(scores, dtype=np.float64)

@@ -9,7 +9,7 @@ import numpy as np
 from operators.io import storage
 from operators.errors import ConfigError
 from operators.manifest.schema import Manifest, parse_manifest, weights_of
-from operators.mixture.budget import Budget
+from operators.mixture.budget import Budget, relax_reuse_caps
 from operators.mixture.simplex import bounds_for, check_feasible, project_bounded_simplex, resolve_reference
 from workflows.config import RunConfig
 from workflows.solvers.base import MixtureProblem
@@ -92,13 +92,26 @@ def problem_bounds(cfg: RunConfig, domains: list[str], budget: Budget) -> tuple[
     return lower, upper
 
 
+def feasible_budget(cfg: RunConfig, domains: list[str], budget: Budget) -> tuple[Budget, dict | None]:
+    """The budget with its reuse caps relaxed (warned, recorded) when they cannot sum to 1."""
+    box_upper = bounds_for(domains, cfg.mixture.constraints)[1]
+    relaxed, info = relax_reuse_caps(budget, box_upper)
+    if info is not None:
+        log.warning("mixture.budget: %s; relaxing every reuse cap by the same factor: max_epochs %.4g -> %.4g "
+                    "(caps %s)", info["reason"], info["max_epochs_configured"], info["max_epochs_used"],
+                    {d: round(c, 4) for d, c in zip(domains, info["caps_used"])})
+        info["caps_configured"] = dict(zip(domains, info["caps_configured"]))
+        info["caps_used"] = dict(zip(domains, info["caps_used"]))
+    return relaxed, info
+
+
 def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int], previous: Manifest | None,
                   model_uri: str | None = None) -> MixtureProblem:
     """The mixture problem of this refresh (see workflows/solvers/base.py) with a zero influence
     matrix: call ``.with_gi(infl.gi)`` once influence is aggregated."""
     domains = list(domains)
     prev_weights = weights_of(previous) if previous is not None else None
-    budget = resolve_budget(cfg, domains, available, model_uri)
+    budget, relaxed = feasible_budget(cfg, domains, resolve_budget(cfg, domains, available, model_uri))
     lower, upper = problem_bounds(cfg, domains, budget)
     tokens = {d: int(budget.tokens_available[i]) for i, d in enumerate(domains)}
     prior = resolve_reference(cfg.mixture.prior, domains, tokens=tokens)
@@ -114,4 +127,5 @@ def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int],
         gi=np.zeros((len(domains), len(cfg.targets))), normalize=cfg.influence.normalize, lower=lower,
         upper=upper, prior=project_bounded_simplex(prior, lower, upper), prior_kind=cfg.mixture.prior,
         reference=reference, reference_kind=kind, budget=budget, previous_weights=prev_weights,
-        info={"beta": cfg.mixture.beta, "tokens_available": tokens, "budget_source": budget.source})
+        info={"beta": cfg.mixture.beta, "tokens_available": tokens, "budget_source": budget.source,
+              "budget_relaxed": relaxed})

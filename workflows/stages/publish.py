@@ -178,7 +178,8 @@ def problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
             "upper": dict(zip(problem.domains, problem.upper.tolist())),
             "budget": {"tokens_next_stage": b.tokens_next_stage, "source": b.source, "max_epochs": b.max_epochs,
                        "repetition_scale": b.repetition_scale,
-                       "tokens_available": dict(zip(problem.domains, b.tokens_available.tolist()))},
+                       "tokens_available": dict(zip(problem.domains, b.tokens_available.tolist())),
+                       "relaxed": problem.info.get("budget_relaxed")},
             "planned_epochs": problem.epochs(weights)}
 
 

@@ -77,6 +77,10 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
     if budget:
         lines.append(f"- next-stage budget: {budget.get('tokens_next_stage', 0):.4g} tokens ({budget.get('source')}); "
                      f"reuse cap {budget.get('max_epochs')} epochs")
+        if budget.get("relaxed"):
+            r = budget["relaxed"]
+            lines.append(f"- **reuse cap relaxed**: {r['reason']}; max_epochs {r['max_epochs_configured']:g} -> "
+                         f"{r['max_epochs_used']:.3g} for every domain")
     if report.get("ranking_spearman_vs_previous") is not None:
         lines.append(f"- influence ranking Spearman vs previous refresh: {report['ranking_spearman_vs_previous']:.3f}")
     lines += ["", "| domain | weight | previous | influence score | score CI | weight CI | examples | "

@@ -78,3 +78,31 @@ def test_bad_budget_is_a_config_error() -> None:
         Budget(0.0, np.ones(2))
     with pytest.raises(ConfigError, match="tokens_available"):
         Budget(10.0, np.array([1.0, -1.0]))
+
+
+def test_relax_reuse_caps_raises_every_cap_by_one_factor() -> None:
+    from operators.mixture.budget import relax_reuse_caps
+
+    # 10_000 tokens of stage, 1_000 + 500 + 250 tokens of data, max 4 epochs: caps 0.4 + 0.2 + 0.1 = 0.7 < 1
+    b = Budget(10_000.0, np.array([1000.0, 500.0, 250.0]), max_epochs=4.0)
+    relaxed, info = relax_reuse_caps(b, np.ones(3))
+    caps = relaxed.reuse_upper()
+    assert caps.sum() == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(caps / b.reuse_upper(), caps[0] / b.reuse_upper()[0])  # same factor
+    assert relaxed.max_epochs == pytest.approx(4.0 / 0.7, rel=1e-9)
+    assert info["max_epochs_configured"] == 4.0 and "max_epochs=4" in info["reason"]
+    assert info["caps_configured"] == pytest.approx([0.4, 0.2, 0.1])
+
+
+def test_relax_reuse_caps_respects_the_box_and_leaves_feasible_budgets_alone() -> None:
+    from operators.mixture.budget import relax_reuse_caps
+
+    b = Budget(10_000.0, np.array([1000.0, 500.0, 250.0]), max_epochs=4.0)
+    box = np.array([0.3, 1.0, 1.0])  # the first domain is boxed below its reuse cap
+    relaxed, info = relax_reuse_caps(b, box)
+    assert np.minimum(box, relaxed.reuse_upper()).sum() == pytest.approx(1.0, abs=1e-9)
+    assert np.minimum(box, relaxed.reuse_upper())[0] == pytest.approx(0.3)
+    same, none = relax_reuse_caps(Budget(1000.0, np.array([1000.0, 500.0]), max_epochs=4.0), np.ones(2))
+    assert none is None and same.max_epochs == 4.0
+    _, boxed_out = relax_reuse_caps(b, np.array([0.2, 0.2, 0.2]))  # the box alone is infeasible: not ours
+    assert boxed_out is None
