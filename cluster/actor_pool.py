@@ -23,6 +23,7 @@ from cluster.metrics import WorkerMetrics
 from cluster.parallel import local_device
 from cluster.runtime import WorkerLayout
 from operators.errors import InfluMixError
+from cluster import cancel
 from cluster.spec import ClusterSpec
 from cluster.progress import Progress
 
@@ -139,7 +140,12 @@ class ShardPool:
                 task, attempt = queue.popleft()
                 ref = self.actors[index].process.remote(task, attempt)
                 in_flight[ref] = (index, task, attempt)
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.spec.progress_interval_s)
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=min(1.0, self.spec.progress_interval_s))
+            if cancel.stop_requested():
+                for ref in in_flight:
+                    ray.cancel(ref)
+                self.shutdown()
+                cancel.check()
             progress.report()
             for ref in ready:
                 index, task, attempt = in_flight.pop(ref)

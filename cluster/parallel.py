@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import ray
 
+from cluster import cancel
 from cluster.runtime import WorkerLayout
 
 T = TypeVar("T")
@@ -62,7 +63,19 @@ def parallel_map(fn: Callable[[list[T], str], list[R]], items: Sequence[T], layo
     task = ray.remote(_run_chunk).options(num_gpus=layout.gpus_per_worker, num_cpus=layout.cpus_per_worker,
                                           max_retries=retries)
     refs = [task.remote(fn, chunk) for chunk in chunked(items, layout.num_workers)]
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        _stop_if_requested(pending)
     return [r for part in ray.get(refs) for r in part]
+
+
+def _stop_if_requested(running) -> None:
+    """Cancel the running tasks and raise StopRequested when the driver was told to stop."""
+    if cancel.stop_requested():
+        for ref in running:
+            ray.cancel(ref, force=True)
+        cancel.check()
 
 
 def _run_one(fn: Callable[[Any], Any], item: Any) -> Any:
@@ -98,7 +111,8 @@ def map_shards(fn: Callable[[T], R], items: Sequence[T], layout: WorkerLayout, r
                 yield ray.get(finished.pop(emitted))
                 emitted += 1
                 continue
-            ready, _ = ray.wait(list(running), num_returns=1)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            _stop_if_requested(running)
             for ref in ready:
                 finished[running.pop(ref)] = ref
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 
 import ray
@@ -12,6 +13,8 @@ from operators.errors import ConfigError
 from cluster.spec import ClusterSpec
 
 log = logging.getLogger(__name__)
+#: Where private local clusters keep their session files (short: Ray's socket paths must stay < 108 bytes).
+PRIVATE_TEMP_ROOT = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,9 @@ class WorkerLayout:
 def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
     """Connect to Ray. Returns True when this call started a local cluster (caller shuts it down).
 
-    Inside a Ray Job (RAY_ADDRESS set) or when already initialised, the existing cluster is used.
+    ``cluster.address`` null starts a private local cluster (never one that `ray start` left running on
+    the host). ``auto`` or an address joins that cluster; so does a Ray Job (RAY_ADDRESS set) or a process
+    where Ray is already initialised.
     """
     if ray.is_initialized():
         return False
@@ -35,7 +40,12 @@ def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
     if address:
         ray.init(address=address, **kwargs)
         return False
+    # "local" starts a cluster of our own even when another `ray start` cluster runs on this host (a plain
+    # ray.init() would join that one), with its own temp dir so no session files are shared.
+    temp_dir = tempfile.mkdtemp(prefix=f"influmix-ray-{os.getpid()}-", dir=PRIVATE_TEMP_ROOT)
     ray.init(
+        address="local",
+        _temp_dir=temp_dir,
         num_cpus=spec.num_cpus,
         num_gpus=spec.num_gpus,
         include_dashboard=spec.include_dashboard,
@@ -70,3 +80,10 @@ def layout_or_local(spec: ClusterSpec) -> WorkerLayout:
     if not ray.is_initialized():
         return WorkerLayout(1, 0.0, 1.0)
     return worker_layout(spec)
+
+
+def gcs_address() -> str | None:
+    """host:port of the GCS this driver is connected to (None when Ray is not running)."""
+    if not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().gcs_address

@@ -33,7 +33,7 @@ def ray_cluster(s3_server):
 
     metrics_port = free_port()
     dashboard_port = free_port()
-    ctx = ray.init(num_cpus=4, num_gpus=2, include_dashboard=True, dashboard_port=dashboard_port,
+    ctx = ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=True, dashboard_port=dashboard_port,
                    _metrics_export_port=metrics_port, object_store_memory=300 * 1024 * 1024,
                    logging_level="WARNING")
     info = {"metrics_port": metrics_port, "dashboard_url": f"http://{ctx.dashboard_url}",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+import traceback
 from pathlib import Path
 
 from operators.errors import InfluMixError
@@ -109,6 +111,8 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="influmix", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show tracebacks of failures (and library output)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, text: str, func) -> argparse.ArgumentParser:
@@ -153,12 +157,48 @@ def main(argv: list[str] | None = None) -> int:
         args.stamp = default_stamp()
     try:
         return args.func(args)
-    except LeaseHeld as exc:
-        print(f"influmix: {redact(str(exc))}", file=sys.stderr)
-        return 3
-    except InfluMixError as exc:
-        print(f"influmix: error: {redact(str(exc))}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("influmix: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line per failure, wherever it was raised (driver, Ray task or actor)
+        cause = root_cause(exc)
+        if args.verbose:
+            traceback.print_exception(exc)
+        if isinstance(cause, LeaseHeld):
+            print(f"influmix: {redact(one_line(cause))}", file=sys.stderr)
+        elif isinstance(cause, InfluMixError):
+            print(f"influmix: error: {redact(one_line(cause))}", file=sys.stderr)
+        else:
+            print(f"influmix: internal error: {type(cause).__name__}: {redact(one_line(cause))}"
+                  + ("" if args.verbose else " (rerun with -v for the traceback)"), file=sys.stderr)
+        return exit_code(cause)
+
+
+#: Exit codes (docs/RELIABILITY.md): 0 done, 1 internal error, 2 bad input/config/data/storage, 3 another
+#: driver holds the run, 4 this driver lost its run lease, 5 the Ray cluster went away, 130 interrupted.
+def exit_code(exc: BaseException) -> int:
+    if isinstance(exc, InfluMixError):
+        return int(getattr(exc, "exit_code", 2))
+    return 1
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception a Ray task or actor raised, not Ray's wrapper around it (whose text is a traceback)."""
+    seen = 0
+    while seen < 10:
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException) or cause is exc:
+            return exc
+        exc, seen = cause, seen + 1
+    return exc
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def one_line(exc: BaseException) -> str:
+    """The message without colour codes; a multi-line message keeps its lines (they are ours)."""
+    return _ANSI.sub("", str(exc)).strip() or type(exc).__name__
 
 
 if __name__ == "__main__":

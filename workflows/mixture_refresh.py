@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from operators.errors import ConfigError
 from operators.io import storage
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
-from workflows.run.lease import run_lease
+from workflows.run.lease import cluster_lost, run_lease
 from workflows.run.pins import pin_run
 from workflows.run.plan import Plan, build_plan, check_or_record_plan
 from workflows.stages.aggregate import AggregateStage, InfluenceResult
@@ -105,11 +105,16 @@ def run_mixture_refresh(cfg: RunConfig, start: str | None = None, until: str | N
 
 def _run_stages(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, loaded: list[Stage],
                 to_run: list[Stage]) -> RefreshResult:
+    from cluster import cancel
     from cluster.metrics import DriverMetrics
-    from cluster.runtime import init_ray, layout_or_local
+    from cluster.runtime import gcs_address, init_ray, layout_or_local
+    from cluster.watch import ClusterWatch
 
     started = time.monotonic()
+    cancel.reset()
+    lease.on_lost.append(lambda reason: cancel.request_stop(reason, exit_code=4))
     started_ray = init_ray(cfg.cluster)
+    watch = ClusterWatch(gcs_address(), on_lost=cluster_lost(lease)).start() if gcs_address() else None
     try:
         ctx = RunContext(cfg=cfg, plan=plan, model_uri=model_uri, pins=pins, layout=layout_or_local(cfg.cluster),
                          lease=lease, metrics=DriverMetrics(plan.run_id), started=started)
@@ -119,6 +124,7 @@ def _run_stages(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, l
         for stage in to_run:
             if not stage.enabled(ctx):
                 continue
+            lease.check()  # a driver that lost its lease starts no further stage
             t0 = time.monotonic()
             stage.run(ctx)
             ctx.timings[stage.name] = time.monotonic() - t0
@@ -132,6 +138,8 @@ def _run_stages(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, l
         return RefreshResult(run_id=plan.run_id, run_root=plan.root, manifest_uri=None, weights={}, outputs={},
                              influence=ctx.influence, report=ctx.report, stages=done)
     finally:
+        if watch is not None:
+            watch.stop()
         if started_ray:
             import ray
 

@@ -30,9 +30,13 @@ _LIVE_OWNERS: set[str] = set()  # leases held by Lease objects of this process
 class LeaseHeld(InfluMixError):
     """Another live driver holds the lease."""
 
+    exit_code = 3
+
 
 class LeaseLost(InfluMixError):
     """This driver's lease expired or was taken over while it worked."""
+
+    exit_code = 4
 
 
 def _iso(ts: float) -> str:
@@ -75,6 +79,8 @@ class Lease:
         self.info = {"host": socket.gethostname(), "pid": os.getpid(), **(info or {})}
         self.version: str | None = None
         self.lost = False
+        self.on_lost: list[Callable[[str], None]] = []  # called once, from the heartbeat thread
+        self._renewed_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,6 +106,7 @@ class Lease:
         if found is None or _parse(found[0]).get("owner") != self.owner:
             return False
         self.version = found[1]
+        self._renewed_at = self.clock()
         _LIVE_OWNERS.add(self.owner)
         return True
 
@@ -168,14 +175,27 @@ class Lease:
             while not self._stop.wait(self.ttl_s / 3):
                 try:
                     if not self.renew():
-                        log.error("lease %s was taken over by another driver", self.uri)
+                        self._lose(f"lease {self.uri} was taken over by another driver")
                         return
                 except storage.StorageError as exc:  # transient: keep trying until it expires
                     log.warning("renewing lease %s failed: %s", self.uri, exc)
+                    if self.clock() - self._renewed_at > self.ttl_s:
+                        self._lose(f"lease {self.uri} expired: it could not be renewed for {self.ttl_s:g} s "
+                                   f"({exc})")
+                        return
 
         self._stop.clear()
         self._thread = threading.Thread(target=beat, name="influmix-lease", daemon=True)
         self._thread.start()
+
+    def _lose(self, reason: str) -> None:
+        self.lost = True
+        log.error("%s; stopping this driver's work on it", reason)
+        for callback in list(self.on_lost):
+            try:
+                callback(reason)
+            except Exception:  # a callback must not kill the heartbeat thread silently
+                log.exception("lease-lost callback failed")
 
     def release(self) -> None:
         """Stop renewing and delete the lease if it is still ours."""

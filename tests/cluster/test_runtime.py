@@ -24,3 +24,17 @@ def test_local_dashboard_binds_to_loopback_by_default(monkeypatch):
 
 def test_dashboard_host_is_explicit_opt_in(monkeypatch):
     assert _init_kwargs(monkeypatch, ClusterSpec(dashboard_host="0.0.0.0"))["dashboard_host"] == "0.0.0.0"
+
+
+def test_local_mode_starts_a_private_cluster_with_its_own_temp_dir(monkeypatch):
+    kwargs = _init_kwargs(monkeypatch, ClusterSpec())
+    assert kwargs["address"] == "local"  # never joins a `ray start` cluster that happens to run here
+    assert "influmix-ray-" in kwargs["_temp_dir"]
+
+
+def test_auto_or_an_address_joins(monkeypatch):
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    assert runtime.init_ray(ClusterSpec(address="auto")) is False
+    assert seen["address"] == "auto" and "_temp_dir" not in seen

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
 
 from operators.io import storage
 from operators.io.lease import Lease
@@ -11,6 +14,9 @@ from workflows.config import RunConfig
 from workflows.run.plan import Plan
 
 LEASE_FILE = "_lease.json"
+#: Exit code of a driver whose Ray cluster went away (docs/RELIABILITY.md lists every code).
+EXIT_CLUSTER_LOST = 5
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -25,3 +31,19 @@ def run_lease(cfg: RunConfig, plan: Plan) -> Iterator[Lease]:
         yield lease
     finally:
         lease.release()
+
+
+def cluster_lost(lease: Lease) -> Callable[[str], None]:
+    """What the driver does when its Ray cluster goes away: one line naming the cause, release the run lease
+    (the next driver takes over at once), exit with :data:`EXIT_CLUSTER_LOST`. Ray would otherwise end the
+    process after 60 s with its own log line and leave the lease to expire."""
+
+    def lost(reason: str) -> None:
+        print(f"influmix: error: {reason}; run lease released, rerun to resume", file=sys.stderr, flush=True)
+        try:
+            lease.release()
+        except Exception as exc:  # the lease expires on its own
+            log.warning("could not release %s: %s", lease.uri, exc)
+        os._exit(EXIT_CLUSTER_LOST)
+
+    return lost

@@ -64,6 +64,8 @@ class RunContext:
         return storage.join(self.plan.root, STAGES_DIR, f"{name}.json")
 
     def save_record(self, name: str, record: dict) -> None:
+        if self.lease is not None:
+            self.lease.check()  # a driver that lost its lease writes nothing more into the run
         storage.write_json_atomic(self.stage_uri(name), record, self.cfg.storage)
 
     def load_record(self, name: str) -> dict:

@@ -123,3 +123,26 @@ def test_corrupt_lease_record_counts_as_expired(where) -> None:
     lease = Lease(uri, ttl_s=30, spec=spec)
     assert lease.try_acquire() is None
     lease.release()
+
+
+def test_heartbeat_reports_a_takeover_within_one_renewal_interval(tmp_path) -> None:
+    uri = str(tmp_path / "_lease.json")
+    lease = Lease(uri, ttl_s=1.2)
+    lost: list[tuple[str, float]] = []
+    lease.on_lost.append(lambda reason: lost.append((reason, time.monotonic())))
+    lease.acquire()
+    try:
+        other = json.loads(open(uri).read()) | {"owner": "another-driver", "pid": 1}
+        taken_at = time.monotonic()
+        st.write_bytes_atomic(uri, json.dumps(other).encode())  # another driver took the lease over
+        deadline = time.monotonic() + 3
+        while not lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lost and "taken over" in lost[0][0]
+        assert lost[0][1] - taken_at <= 0.4 + 0.3  # one renewal interval (ttl/3) plus scheduling slack
+        assert lease.lost
+        with pytest.raises(Exception, match="lost"):
+            lease.check()
+    finally:
+        lease.release()
+    assert json.loads(open(uri).read())["owner"] == "another-driver"  # the new owner's record is untouched
