@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import traceback
@@ -56,8 +57,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    import os
-
     from cluster import jobs
 
     cfg = load_config(args.config, args.overrides)  # validate locally before submitting
@@ -151,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # a failed Ray task is reported once, as one line; not again as Ray's traceback
+        os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     if getattr(args, "command_name", None) == "refresh" and args.stamp is None:
         from workflows.refresh import default_stamp
 

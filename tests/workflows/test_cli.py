@@ -35,3 +35,34 @@ def test_console_entry_point_runs():
     assert proc.returncode == 0
     for command in ("run", "refresh", "submit", "status", "logs", "config"):
         assert command in proc.stdout
+
+
+def _raise_in_ray_task(exc: Exception):
+    import ray
+
+    @ray.remote(max_retries=0)
+    def fail():
+        raise exc
+
+    def command(args):
+        return ray.get(fail.remote())
+
+    return command
+
+
+@pytest.mark.slow
+def test_errors_raised_in_ray_tasks_end_in_one_line_without_ray_traceback(ray_cluster, monkeypatch, capsys):
+    import workflows.cli as cli
+    from operators.errors import CorpusError
+
+    monkeypatch.setattr(cli, "_cmd_config", _raise_in_ray_task(CorpusError("shard s3://b/x.parquet: no 'text' column")))
+    assert cli.main(["config", "default"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "influmix: error: shard s3://b/x.parquet: no 'text' column"
+
+    monkeypatch.setattr(cli, "_cmd_config", _raise_in_ray_task(ValueError("boom")))
+    assert cli.main(["config", "default"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "influmix: internal error: ValueError: boom (rerun with -v for the traceback)"
+    assert cli.main(["-v", "config", "default"]) == 1
+    assert "Traceback" in capsys.readouterr().err
