@@ -64,6 +64,10 @@ class InfluenceSpec(_Spec):
     bootstrap: int = Field(default=200, ge=0)
     confidence: float = Field(default=0.9, gt=0, lt=1)
     seed: int = 0
+    shrinkage: Literal["empirical_bayes", "none"] = Field(default="empirical_bayes", description=(
+        "empirical_bayes: pull each domain's influence toward the pooled mean by its bootstrap standard "
+        "error (differences within noise vanish, so noise alone cannot concentrate the mixture); needs "
+        "bootstrap > 1. none: use the raw means"))
 
 
 class BudgetSpec(_Spec):
@@ -92,7 +96,7 @@ class ValidationSpec(_Spec):
     line_points: list[float] = Field(default=[0.5], description=(
         "points between the reference (0) and the solved mixture (1) that are also measured"))
     beta_path: list[float] = Field(default=[2.0, 4.0], description=(
-        "the primary solver is also solved at beta × each of these (a weaker pull toward the prior) and "
+        "the primary solver is also solved at beta × each of these (a STRONGER pull toward the prior: a more cautious move) and "
         "those answers are validated too"))
     reference_examples: int = Field(default=96, ge=8, description="validation-split target examples")
     max_pool: int = Field(default=96, ge=1, description="largest per-domain probe pool (examples)")

@@ -121,12 +121,14 @@ def per_example_scores(features: np.ndarray, directions: np.ndarray) -> np.ndarr
     return out
 
 
-def _zscore(gi: np.ndarray) -> np.ndarray:
-    """Z-score along axis -2 (domains) for each target; (near-)constant columns → 0."""
+def _zscore(gi: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Z-score along axis -2 (domains) for each target; (near-)constant columns → 0. The spread comes from
+    ``reference`` when given (the unshrunk matrix: noise counts as spread)."""
+    ref = gi if reference is None else reference
     mean = gi.mean(axis=-2, keepdims=True)
     centred = gi - mean
-    std = np.sqrt((centred**2).mean(axis=-2, keepdims=True))
-    scale = np.abs(gi).max(axis=-2, keepdims=True)
+    std = np.sqrt(((ref - ref.mean(axis=-2, keepdims=True)) ** 2).mean(axis=-2, keepdims=True))
+    scale = np.abs(ref).max(axis=-2, keepdims=True)
     flat = std <= 1e-12 * np.maximum(scale, np.finfo(np.float64).tiny)
     return np.where(flat, 0.0, centred / np.where(flat, 1.0, std))
 
@@ -142,7 +144,8 @@ def _loss_scale(gi: np.ndarray) -> np.ndarray:
     return np.where(scale <= tiny, 1.0, scale)
 
 
-def normalize_per_target(gi: np.ndarray, method: Normalization = "loss") -> np.ndarray:
+def normalize_per_target(gi: np.ndarray, method: Normalization = "loss",
+                         reference: np.ndarray | None = None) -> np.ndarray:
     """Put the (K, V) group-influence matrix (or a stack of them) on the solver's scale.
 
     * ``loss`` (default): every entry is divided by ONE scale shared by all targets, so each target
@@ -152,16 +155,21 @@ def normalize_per_target(gi: np.ndarray, method: Normalization = "loss") -> np.n
       whatever its loss scale (the default before ``loss``).
     * ``max``: TiKMiX Eq. 9, each target divided by its best domain's value (sign kept).
     * ``none``: raw values (nats of target loss per unit step; tiny, needs a small solver beta).
+
+    ``reference`` (same shape): the matrix the scales are measured on, when ``gi`` is a shrunk version of
+    it (operators/influence/shrinkage.py). Measuring the spread on the noisy matrix keeps noise from
+    being blown up to unit spread: differences that shrinkage removed stay small on the solver scale.
     """
     gi = np.asarray(gi, dtype=np.float64)
+    ref = gi if reference is None else np.asarray(reference, dtype=np.float64)
     if method == "none":
         return gi.copy()
     if method == "zscore":
-        return _zscore(gi)
+        return _zscore(gi, ref)
     if method == "loss":
-        return gi / _loss_scale(gi)
+        return gi / _loss_scale(ref)
     if method == "max":
-        top = gi.max(axis=-2, keepdims=True)
+        top = ref.max(axis=-2, keepdims=True)
         return gi / np.where(np.abs(top) < 1e-300, 1.0, np.abs(top))
     raise ConfigError(f"influence normalize must be one of loss|zscore|max|none, got {method!r}")
 

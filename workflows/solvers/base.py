@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from operators.mixture.budget import Budget
 from operators.influence.group import combine_targets, normalize_per_target
+from operators.influence.shrinkage import shrink
 from cluster.runtime import WorkerLayout
 from operators.model.loading import ModelSource
 from workflows.jobs.examples import ExampleSource
@@ -48,19 +49,30 @@ class MixtureProblem:
     budget: Budget
     previous_weights: dict[str, float] | None = None
     info: dict = field(default_factory=dict)
+    gi_se: np.ndarray | None = None  # (K, V) standard errors of gi (bootstrap); None: unknown
+    shrinkage: str = "empirical_bayes"  # influence.shrinkage: how gi_se is used (or "none")
+
+    @property
+    def gi_evidence(self) -> np.ndarray:
+        """gi with differences that are within noise pulled to the pooled mean (when gi_se is known)."""
+        if self.gi_se is None or self.shrinkage == "none":
+            return self.gi
+        return shrink(self.gi, self.gi_se)[0]
 
     @property
     def gi_normalized(self) -> np.ndarray:
-        return normalize_per_target(self.gi, self.normalize)  # type: ignore[arg-type]
+        """The solver's scale: the evidence-weighted matrix, normalised with scales of the raw one."""
+        return normalize_per_target(self.gi_evidence, self.normalize, reference=self.gi)  # type: ignore[arg-type]
 
     @property
     def scores(self) -> np.ndarray:
         """(K,) target-weighted domain scores on the solver scale."""
         return combine_targets(self.gi_normalized, self.target_weights)
 
-    def with_gi(self, gi: np.ndarray) -> MixtureProblem:
-        """The same problem for another influence matrix (a bootstrap replicate)."""
-        return replace(self, gi=np.asarray(gi, dtype=np.float64))
+    def with_gi(self, gi: np.ndarray, gi_se: np.ndarray | None = None) -> MixtureProblem:
+        """The same problem for another influence matrix (a bootstrap replicate keeps the standard errors)."""
+        se = self.gi_se if gi_se is None else np.asarray(gi_se, dtype=np.float64)
+        return replace(self, gi=np.asarray(gi, dtype=np.float64), gi_se=se)
 
     def epochs(self, w: np.ndarray) -> dict[str, float]:
         return {d: float(e) for d, e in zip(self.domains, self.budget.epochs(w))}

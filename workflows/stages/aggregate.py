@@ -62,6 +62,7 @@ class InfluenceResult:
     preconditioner: dict = field(default_factory=dict)
     bootstrap: dict = field(default_factory=dict)
     scores_uri: str = ""
+    gi_se: np.ndarray | None = None  # (K, V) bootstrap standard error of gi (None without bootstrap)
 
 
 def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
@@ -126,11 +127,11 @@ def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]
 
 
 def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layout: dict | None = None,
-                        extra: Callable[[np.ndarray], np.ndarray] | None = None) -> InfluenceResult:
+                        extra: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None) -> InfluenceResult:
     """Two map-reduce passes over the feature shards (see the module docstring).
 
-    ``extra`` maps a bootstrap replicate's raw GI (K, V) to a (K,) vector (e.g. the mixture weights it
-    induces); its percentile CI is returned as ``bootstrap["extra_low"/"extra_high"]``.
+    ``extra`` maps a bootstrap replicate's raw GI (K, V) and the standard errors to a (K,) vector (e.g.
+    the mixture weights it induces); its percentile CI is returned as ``bootstrap["extra_low"/"extra_high"]``.
     """
     targets = [t.name for t in cfg.targets]
     weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
@@ -160,8 +161,12 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
     gi_norm = normalize_per_target(gi, spec.normalize)
     combined = combine_targets(gi_norm, weights)
     ci: dict = {}
+    se = None
     if spec.bootstrap > 0:
-        ci = bootstrap_intervals(boot.gi(gi), weights, spec.confidence, spec.normalize, extra)
+        boot_gi = boot.gi(gi)
+        se = boot_gi.std(axis=0, ddof=1) if spec.bootstrap > 1 else None
+        ci = bootstrap_intervals(boot_gi, weights, spec.confidence, spec.normalize,
+                                 None if extra is None else (lambda g: extra(g, se)))
     log.info("group influence over %d examples, %d domains, %d targets (%d workers)", rows, len(order),
              len(targets), workers.num_workers)
     pre_info = {"kind": spec.preconditioner, "relative_damping": spec.relative_damping, "n": rows}
@@ -169,12 +174,12 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
         domains=order, targets=targets, target_weights=weights / weights.sum(), gi=gi, gi_normalized=gi_norm,
         scores=combined, counts=dict(zip(order, counts.tolist())), tokens=dict(zip(order, tokens.tolist())),
         target_counts=dict(zip(targets, t_counts.astype(int).tolist())), preconditioner=pre_info,
-        bootstrap=ci, scores_uri=storage.join(plan.root, "influence", job.key, "scores"),
+        bootstrap=ci, scores_uri=storage.join(plan.root, "influence", job.key, "scores"), gi_se=se,
     )
 
 
 def average_influence(cfg: RunConfig, cset: CheckpointSet, order: list[str], layout: dict | None = None,
-                      extra: Callable[[np.ndarray], np.ndarray] | None = None) -> InfluenceResult:
+                      extra: Callable[[np.ndarray, np.ndarray | None], np.ndarray] | None = None) -> InfluenceResult:
     """Group influence of the refresh: :func:`aggregate_influence` on the single plan, or per checkpoint
     (bootstrap off) then :func:`~workflows.stages.checkpoint_average.average_results`. ``layout``: the
     K-FAC layout (same for every checkpoint of one architecture and projector)."""
@@ -202,8 +207,8 @@ class AggregateStage(Stage):
         proxy = SOLVERS.configured(cfg.mixture.solver, cfg.mixture.options).bootstrap_solver(cfg.mixture.options)
         layout = ctx.featurizer.get("featurizer", {}).get("kfac_layout")
         ctx.influence = average_influence(cfg, cset, order, layout,
-                                          extra=lambda gi: proxy.solve(template.with_gi(gi)).weights)
-        ctx.problem = template.with_gi(ctx.influence.gi)
+                                          extra=lambda gi, se: proxy.solve(template.with_gi(gi, se)).weights)
+        ctx.problem = template.with_gi(ctx.influence.gi, ctx.influence.gi_se)
 
     def load(self, ctx: RunContext) -> None:
         self.run(ctx)

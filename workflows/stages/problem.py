@@ -127,5 +127,6 @@ def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int],
         gi=np.zeros((len(domains), len(cfg.targets))), normalize=cfg.influence.normalize, lower=lower,
         upper=upper, prior=project_bounded_simplex(prior, lower, upper), prior_kind=cfg.mixture.prior,
         reference=reference, reference_kind=kind, budget=budget, previous_weights=prev_weights,
+        shrinkage=cfg.influence.shrinkage,
         info={"beta": cfg.mixture.beta, "tokens_available": tokens, "budget_source": budget.source,
               "budget_relaxed": relaxed})

@@ -23,6 +23,8 @@ from operators.manifest.schema import (
     TargetEntry,
 )
 from operators.model.checkpoints import parse_step
+from operators.influence.group import combine_targets, normalize_per_target
+from operators.influence.shrinkage import shrink
 from workflows.run.integrity import skipped_examples
 from workflows.solvers.base import MixtureProblem
 from workflows.stages.aggregate import InfluenceResult
@@ -180,7 +182,22 @@ def problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
                        "repetition_scale": b.repetition_scale,
                        "tokens_available": dict(zip(problem.domains, b.tokens_available.tolist())),
                        "relaxed": problem.info.get("budget_relaxed")},
-            "planned_epochs": problem.epochs(weights)}
+            "planned_epochs": problem.epochs(weights), "evidence": evidence_report(problem)}
+
+
+def evidence_report(problem: MixtureProblem) -> dict:
+    """How much of each domain's measured influence the solver believed (operators/influence/shrinkage.py)."""
+    if problem.gi_se is None or problem.shrinkage == "none":
+        return {"shrinkage": "none" if problem.shrinkage == "none" else "none (no bootstrap standard errors)"}
+    _, info = shrink(problem.gi, problem.gi_se)
+    out = {"shrinkage": problem.shrinkage, "targets": problem.targets,
+           "gi_se": {d: row for d, row in zip(problem.domains, problem.gi_se.tolist())},
+           "raw_scores": dict(zip(problem.domains, combine_targets(
+               normalize_per_target(problem.gi, problem.normalize), problem.target_weights).tolist()))}
+    if info.get("applied"):
+        out.update({"kept": {d: row for d, row in zip(problem.domains, info["factor"])},
+                    "between_domain_sd": info["tau"], "pooled_mean": info["pooled_mean"]})
+    return out
 
 
 def _weights_table(results: dict, order: list[str]) -> dict:

@@ -81,6 +81,13 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
             r = budget["relaxed"]
             lines.append(f"- **reuse cap relaxed**: {r['reason']}; max_epochs {r['max_epochs_configured']:g} -> "
                          f"{r['max_epochs_used']:.3g} for every domain")
+    evidence = report.get("problem", {}).get("evidence", {})
+    if evidence.get("kept"):
+        kept = ", ".join(f"{d} {max(row):.2f}" for d, row in evidence["kept"].items())
+        lines.append(f"- evidence: each domain's influence pulled toward the pooled mean by its standard error "
+                     f"(empirical Bayes); share of its own deviation kept: {kept}")
+    elif evidence:
+        lines.append(f"- evidence: shrinkage {evidence.get('shrinkage')}")
     if report.get("ranking_spearman_vs_previous") is not None:
         lines.append(f"- influence ranking Spearman vs previous refresh: {report['ranking_spearman_vs_previous']:.3f}")
     lines += ["", "| domain | weight | previous | influence score | score CI | weight CI | examples | "
