@@ -66,14 +66,17 @@ def test_distributed_matches_reference_and_is_worker_count_invariant(ray_cluster
     plan, data = _synth(str(tmp_path / "run"))
     seen: list[np.ndarray] = []
 
-    def extra(gi: np.ndarray) -> np.ndarray:
+    def extra(gi: np.ndarray, se: np.ndarray | None) -> np.ndarray:
         seen.append(gi)
+        assert se is not None and se.shape == gi.shape and np.all(se > 0)  # bootstrap standard errors
         return gi @ np.ones(gi.shape[1])
 
     two = aggregate_influence(_cfg(str(tmp_path), "cluster.num_workers=2"), plan, DOMAINS, extra=extra)
     np.testing.assert_allclose(two.gi, _reference(data, 0.1), rtol=1e-9, atol=1e-12)
     assert two.counts == {d: int((np.concatenate(data["domains"]) == d).sum()) for d in DOMAINS}
     assert seen and all(g.shape == (3, 3) for g in seen)  # extra gets each replicate's raw GI
+    boot = np.stack(seen)
+    np.testing.assert_allclose(two.gi_se, boot.std(axis=0, ddof=1), rtol=1e-12)  # se = replicate spread
     assert two.bootstrap["extra_low"].shape == (3,)
     assert np.all(two.bootstrap["gi_low"] <= two.gi) and np.all(two.gi <= two.bootstrap["gi_high"])
     # a fresh output root, one worker: the same bits (per-shard statistics folded in shard order)
