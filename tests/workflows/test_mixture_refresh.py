@@ -56,6 +56,8 @@ def test_end_to_end_manifest(default_run):
     assert sum(hf["probabilities"]) == 1.0
     report = open(os.path.join(result.run_root, "report.md")).read()
     assert all(f"| {d} |" in report for d in weights)
+    page = open(os.path.join(result.run_root, "report.html")).read()
+    assert page.count('src="data:image/png;base64,') >= 3 and all(d in page for d in weights)
 
 
 def test_every_sampled_example_featurized_exactly_once(default_run):

@@ -25,6 +25,7 @@ from operators.manifest.schema import (
 from operators.model.checkpoints import parse_step
 from operators.influence.group import combine_targets, normalize_per_target
 from operators.influence.shrinkage import shrink
+from operators.report.html import render_html
 from workflows.run.integrity import skipped_examples
 from workflows.solvers.base import MixtureProblem
 from workflows.stages.aggregate import InfluenceResult
@@ -56,19 +57,39 @@ def _ci(boot: dict, key: str, i: int) -> tuple[float, float] | None:
     return float(lo[i]), float(hi[i])
 
 
+def published_weight_ci(bootstrap: dict, published: str, primary: str,
+                        reference: np.ndarray) -> list[tuple[float, float] | None]:
+    """Bootstrap CIs of the mixture that is published, not of whichever solver was bootstrapped: the
+    primary solver's own CIs when it is published; for ``line:t`` (a fixed blend (1−t)·reference +
+    t·primary) the same blend of its CI ends; none for mixtures that were not bootstrapped."""
+    k = len(reference)
+    if "extra_low" not in bootstrap:
+        return [None] * k
+    lo, hi = np.asarray(bootstrap["extra_low"]), np.asarray(bootstrap["extra_high"])
+    if published == primary:
+        return [(float(a), float(b)) for a, b in zip(lo, hi)]
+    if published.startswith("line:"):
+        t = float(published.split(":", 1)[1])
+        return [(float((1 - t) * r + t * a), float((1 - t) * r + t * b)) for r, a, b in zip(reference, lo, hi)]
+    return [None] * k
+
+
 def build_manifest(cfg: RunConfig, infl: InfluenceResult, weights: np.ndarray, *, model_uri: str,
                    model_fingerprint: str, checkpoint_step: int | None, projector: dict, solver: dict,
                    previous_uri: str | None, previous_weights: dict[str, float] | None,
                    tokens_available: dict[str, int] | None, selection: Selection | None = None,
                    budget: dict | None = None, planned_epochs: dict[str, float] | None = None,
-                   validation: dict | None = None) -> Manifest:
+                   validation: dict | None = None,
+                   weight_ci: list[tuple[float, float] | None] | None = None) -> Manifest:
+    """``weight_ci``: CIs of the PUBLISHED weights (:func:`published_weight_ci`); default: the primary
+    solver's bootstrap (right when it is the one published)."""
     domains = []
     for i, name in enumerate(infl.domains):
         domains.append(DomainEntry(
             name=name, weight=float(weights[i]),
             previous_weight=None if previous_weights is None else previous_weights.get(name),
             influence_score=float(infl.scores[i]), score_ci=_ci(infl.bootstrap, "score", i),
-            weight_ci=_ci(infl.bootstrap, "extra", i), n_examples=infl.counts[name], n_tokens=infl.tokens[name],
+            weight_ci=_ci(infl.bootstrap, "extra", i) if weight_ci is None else weight_ci[i], n_examples=infl.counts[name], n_tokens=infl.tokens[name],
             tokens_available=None if tokens_available is None else tokens_available.get(name),
             planned_epochs=None if planned_epochs is None else planned_epochs.get(name),
             data_prefix=cfg.mixture.data_prefixes.get(name),
@@ -231,7 +252,8 @@ class PublishStage(Stage):
             solver=solver_info, previous_uri=ctx.previous_uri, previous_weights=problem.previous_weights,
             tokens_available=problem.info["tokens_available"], selection=ctx.selection,
             budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
-            validation=_validation_summary(report.get("validation")))
+            validation=_validation_summary(report.get("validation")),
+            weight_ci=published_weight_ci(infl.bootstrap, source, primary, problem.reference))
         final = dict(zip(order, weights.tolist()))
         scores = dict(zip(order, problem.scores.tolist()))
         t = ctx.timings
@@ -244,6 +266,8 @@ class PublishStage(Stage):
         storage.write_json_atomic(storage.join(ctx.plan.root, "report.json"), report, cfg.storage)
         storage.write_text_atomic(storage.join(ctx.plan.root, "report.md"), render_markdown(manifest, report),
                                   cfg.storage)
+        storage.write_text_atomic(storage.join(ctx.plan.root, "report.html"),
+                                  render_html(report, manifest.model_dump(mode="json")), cfg.storage)
         ctx.outputs = publish(cfg, manifest, ctx.plan.root, ctx.lease)  # manifest files, _SUCCESS, then latest
         if ctx.metrics is not None:
             ctx.metrics.weights(final)

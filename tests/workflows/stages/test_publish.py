@@ -63,3 +63,17 @@ def test_order_is_start_time_then_run_id() -> None:
     b = _pointer("b", "2026-01-01T00:00:00+00:00")
     assert pointer_order(a) < pointer_order(b) < pointer_order(_pointer("a", "2026-01-02T00:00:00+00:00"))
     assert pointer_order({"run_id": "legacy", "manifest_uri": "x"}) < pointer_order(a)
+
+
+def test_published_weight_ci_belongs_to_the_published_mixture() -> None:
+    import numpy as np
+
+    from workflows.stages.publish import published_weight_ci
+
+    boot = {"extra_low": np.array([0.4, 0.2]), "extra_high": np.array([0.6, 0.4])}
+    ref = np.array([0.5, 0.5])
+    assert published_weight_ci(boot, "tikmix_d", "tikmix_d", ref) == [(0.4, 0.6), (0.2, 0.4)]
+    half = published_weight_ci(boot, "line:0.5", "tikmix_d", ref)
+    assert np.allclose(half, [(0.45, 0.55), (0.35, 0.45)])  # the blend of the primary's CI ends
+    assert published_weight_ci(boot, "baseline:dsir", "tikmix_d", ref) == [None, None]  # never bootstrapped
+    assert published_weight_ci({}, "tikmix_d", "tikmix_d", ref) == [None, None]
