@@ -24,15 +24,28 @@ from operators.mixture.simplex import _fix_sum, check_feasible
 REPETITION_SCALE = 15.4  # R*_D of Muennighoff et al. 2023 (data repetition half-life scale)
 
 
+def unique_equivalent(drawn: np.ndarray, unique: np.ndarray, scale: float) -> np.ndarray:
+    """D' of ``drawn`` tokens read from ``unique`` ones: all of them in the first pass, then decaying."""
+    drawn = np.asarray(drawn, dtype=np.float64)
+    u = np.maximum(np.asarray(unique, dtype=np.float64), 1e-300)
+    reps = np.maximum(drawn / u - 1.0, 0.0)
+    return np.where(drawn <= u, drawn, u + u * scale * -np.expm1(-reps / scale))
+
+
 @dataclass(frozen=True)
 class Budget:
-    """Tokens of the next stage and unique tokens available per domain (same domain order)."""
+    """Tokens of the next stage and unique tokens available per domain (same domain order).
+
+    ``tokens_consumed`` (K,): tokens earlier stages already drew from each domain (from the chain of
+    previous manifests); they count toward planned epochs, the reuse cap and the value of repeats.
+    """
 
     tokens_next_stage: float
     tokens_available: np.ndarray  # (K,) unique tokens per domain over the whole corpus
     max_epochs: float | None = 4.0
     repetition_scale: float = REPETITION_SCALE
     source: str = "config"  # where tokens_next_stage came from (config, checkpoint, default)
+    tokens_consumed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         u = np.asarray(self.tokens_available, dtype=np.float64)
@@ -42,35 +55,40 @@ class Budget:
             raise ConfigError(f"tokens_available must be finite and >= 0 per domain, got {u.tolist()}")
         if self.repetition_scale <= 0:
             raise ConfigError(f"repetition_scale must be > 0, got {self.repetition_scale}")
+        c = np.zeros_like(u) if self.tokens_consumed is None else np.asarray(self.tokens_consumed, dtype=np.float64)
+        if c.shape != u.shape or not np.all(np.isfinite(c)) or np.any(c < 0):
+            raise ConfigError(f"tokens_consumed must be finite and >= 0 per domain, got {c.tolist()}")
         object.__setattr__(self, "tokens_available", u)
+        object.__setattr__(self, "tokens_consumed", c)
 
     def epochs(self, w: np.ndarray) -> np.ndarray:
-        """Planned passes over each domain's unique tokens (inf where a domain has no tokens)."""
-        drawn = np.asarray(w, dtype=np.float64) * self.tokens_next_stage
+        """Planned passes over each domain's unique tokens by the end of the next stage, earlier stages
+        included (inf where a domain has no tokens)."""
+        drawn = self.tokens_consumed + np.asarray(w, dtype=np.float64) * self.tokens_next_stage
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.tokens_available > 0, drawn / np.maximum(self.tokens_available, 1e-300),
                             np.where(drawn > 0, np.inf, 0.0))
 
     def reuse_upper(self) -> np.ndarray:
-        """Weight cap per domain from max_epochs (1 where there is no cap)."""
+        """Weight cap per domain from max_epochs, after what earlier stages drew (1 where there is no cap)."""
         if self.max_epochs is None:
             return np.ones_like(self.tokens_available)
-        return np.minimum(1.0, self.max_epochs * self.tokens_available / self.tokens_next_stage)
+        room = self.max_epochs * self.tokens_available - self.tokens_consumed
+        return np.clip(room / self.tokens_next_stage, 0.0, 1.0)
 
     def value(self, w: np.ndarray) -> np.ndarray:
-        """Unique-equivalent share of the stage each weight buys: D'/B per domain."""
+        """Unique-equivalent share of the stage each weight buys: ΔD'/B per domain."""
         w = np.asarray(w, dtype=np.float64)
-        u = self.tokens_available / self.tokens_next_stage
-        reps = np.maximum(w / np.maximum(u, 1e-300) - 1.0, 0.0)
-        tail = u * self.repetition_scale * -np.expm1(-reps / self.repetition_scale)
-        return np.where(w <= u, w, u + tail)
+        c, u, r = self.tokens_consumed, self.tokens_available, self.repetition_scale
+        return (unique_equivalent(c + w * self.tokens_next_stage, u, r) - unique_equivalent(c, u, r)) \
+            / self.tokens_next_stage
 
     def slope(self, w: np.ndarray) -> np.ndarray:
         """d value / d w: 1 during the first pass, then exp(−R/R*)."""
-        w = np.asarray(w, dtype=np.float64)
-        u = self.tokens_available / self.tokens_next_stage
-        reps = np.maximum(w / np.maximum(u, 1e-300) - 1.0, 0.0)
-        return np.where(w <= u, 1.0, np.exp(-reps / self.repetition_scale))
+        drawn = self.tokens_consumed + np.asarray(w, dtype=np.float64) * self.tokens_next_stage
+        u = np.maximum(self.tokens_available, 1e-300)
+        reps = np.maximum(drawn / u - 1.0, 0.0)
+        return np.where(drawn <= u, 1.0, np.exp(-reps / self.repetition_scale))
 
 
 def relax_reuse_caps(budget: Budget, box_upper: np.ndarray) -> tuple[Budget, dict | None]:
@@ -84,8 +102,8 @@ def relax_reuse_caps(budget: Budget, box_upper: np.ndarray) -> tuple[Budget, dic
         return budget, None  # infeasible without the reuse cap: the box check reports it
 
     def total(epochs: float) -> float:
-        return float(np.minimum(box, np.minimum(1.0, epochs * budget.tokens_available
-                                                / budget.tokens_next_stage)).sum())
+        room = epochs * budget.tokens_available - budget.tokens_consumed
+        return float(np.minimum(box, np.clip(room / budget.tokens_next_stage, 0.0, 1.0)).sum())
 
     lo, hi = float(budget.max_epochs), float(budget.max_epochs)
     while total(hi) < 1.0:
@@ -94,7 +112,7 @@ def relax_reuse_caps(budget: Budget, box_upper: np.ndarray) -> tuple[Budget, dic
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if total(mid) < 1.0 else (lo, mid)
     relaxed = Budget(budget.tokens_next_stage, budget.tokens_available, hi, budget.repetition_scale,
-                     budget.source)
+                     budget.source, budget.tokens_consumed)
     info = {"reason": (f"the next stage's {budget.tokens_next_stage:.4g} tokens need more than max_epochs="
                        f"{budget.max_epochs:g} passes over the data the caps allow "
                        f"({np.minimum(box, budget.reuse_upper()).sum():.3f} of the stage)"),
@@ -116,12 +134,10 @@ def _coordinates(s: np.ndarray, r: np.ndarray, beta: float, lo: np.ndarray, hi: 
     """Per domain, argmax over [lo, hi] of s·v(w) − β·w·log(w/r) − β·t·w: its derivative
     g(w) = s·v'(w) − β(log(w/r) + 1 + t) is strictly decreasing, so a vectorised bisection in log w
     finds the root (or the bound where g keeps one sign)."""
-    u = budget.tokens_available / budget.tokens_next_stage
     pos = s > 0
 
     def grad(w: np.ndarray) -> np.ndarray:
-        reps = np.maximum(w / np.maximum(u, 1e-300) - 1.0, 0.0)
-        slope = np.where(pos & (w > u), np.exp(-reps / budget.repetition_scale), 1.0)
+        slope = np.where(pos, budget.slope(w), 1.0)
         return s * slope - beta * (np.log(w / r) + 1.0 + t)
 
     a = np.log(np.maximum(lo, 1e-300))

@@ -48,8 +48,40 @@ def load_previous(cfg: RunConfig, pinned_uri: object = _UNPINNED) -> tuple[str |
         raise ConfigError(f"previous manifest {uri} does not exist") from exc
 
 
+#: How many earlier manifests the consumption chain follows at most.
+MAX_CHAIN = 100
+
+
+def consumed_tokens(cfg: RunConfig, domains: list[str], previous: Manifest | None) -> tuple[np.ndarray, dict]:
+    """Tokens earlier stages drew from each domain: Σ over the chain of previous manifests of weight ×
+    that stage's token budget. The chain follows ``provenance.previous_manifest_uri`` and stops (with a
+    warning) at a manifest without a budget or one it cannot read."""
+    consumed = np.zeros(len(domains))
+    stages: list[str] = []
+    manifest, seen = previous, set()
+    while manifest is not None and len(stages) < MAX_CHAIN:
+        tokens = (manifest.budget or {}).get("tokens_next_stage")
+        if not tokens:
+            log.warning("previous manifest of run %s records no token budget; tokens consumed before it are "
+                        "not counted", manifest.provenance.run_id)
+            break
+        w = weights_of(manifest)
+        consumed += np.array([w.get(d, 0.0) for d in domains]) * float(tokens)
+        stages.append(manifest.provenance.run_id)
+        uri = manifest.provenance.previous_manifest_uri
+        if not uri or uri in seen:
+            break
+        seen.add(uri)
+        try:
+            manifest = parse_manifest(storage.read_bytes(uri, cfg.storage))
+        except (OSError, ValueError, storage.StorageError) as exc:
+            log.warning("cannot read earlier manifest %s (%s); tokens consumed before it are not counted", uri, exc)
+            break
+    return consumed, {"stages": stages, "tokens": dict(zip(domains, consumed.tolist()))}
+
+
 def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int],
-                   model_uri: str | None = None) -> Budget:
+                   model_uri: str | None = None, consumed: np.ndarray | None = None) -> Budget:
     """The next stage's budget: config > stage_steps × tokens_per_step > checkpoint trainer_state.json
     remaining steps × tokens_per_step > one natural pass over the corpus (warned as a guess)."""
     b = cfg.mixture.budget
@@ -67,7 +99,7 @@ def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int]
         log.warning("no token budget for the next stage (mixture.budget.tokens_next_stage): assuming one "
                     "natural pass over the corpus, %.3g tokens; planned epochs and reuse caps are only as "
                     "good as that guess", tokens)
-    return Budget(float(tokens), u, b.max_epochs, b.repetition_scale, source)
+    return Budget(float(tokens), u, b.max_epochs, b.repetition_scale, source, consumed)
 
 
 def _remaining_steps(model_uri: str, cfg: RunConfig) -> int | None:
@@ -111,7 +143,8 @@ def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int],
     matrix: call ``.with_gi(infl.gi)`` once influence is aggregated."""
     domains = list(domains)
     prev_weights = weights_of(previous) if previous is not None else None
-    budget, relaxed = feasible_budget(cfg, domains, resolve_budget(cfg, domains, available, model_uri))
+    consumed, chain = consumed_tokens(cfg, domains, previous)
+    budget, relaxed = feasible_budget(cfg, domains, resolve_budget(cfg, domains, available, model_uri, consumed))
     lower, upper = problem_bounds(cfg, domains, budget)
     tokens = {d: int(budget.tokens_available[i]) for i, d in enumerate(domains)}
     prior = resolve_reference(cfg.mixture.prior, domains, tokens=tokens)
@@ -129,4 +162,4 @@ def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int],
         reference=reference, reference_kind=kind, budget=budget, previous_weights=prev_weights,
         shrinkage=cfg.influence.shrinkage,
         info={"beta": cfg.mixture.beta, "tokens_available": tokens, "budget_source": budget.source,
-              "budget_relaxed": relaxed})
+              "budget_relaxed": relaxed, "consumed_by_earlier_stages": chain})

@@ -202,7 +202,8 @@ def problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
             "budget": {"tokens_next_stage": b.tokens_next_stage, "source": b.source, "max_epochs": b.max_epochs,
                        "repetition_scale": b.repetition_scale,
                        "tokens_available": dict(zip(problem.domains, b.tokens_available.tolist())),
-                       "relaxed": problem.info.get("budget_relaxed")},
+                       "relaxed": problem.info.get("budget_relaxed"),
+                       "consumed_by_earlier_stages": problem.info.get("consumed_by_earlier_stages")},
             "planned_epochs": problem.epochs(weights), "evidence": evidence_report(problem)}
 
 

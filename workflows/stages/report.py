@@ -77,6 +77,10 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
     if budget:
         lines.append(f"- next-stage budget: {budget.get('tokens_next_stage', 0):.4g} tokens ({budget.get('source')}); "
                      f"reuse cap {budget.get('max_epochs')} epochs")
+        earlier = budget.get("consumed_by_earlier_stages") or {}
+        if earlier.get("stages"):
+            lines.append(f"- earlier stages: {len(earlier['stages'])} previous manifest(s) drew "
+                         f"{sum(earlier['tokens'].values()):.4g} tokens; planned epochs and reuse caps include them")
         if budget.get("relaxed"):
             r = budget["relaxed"]
             lines.append(f"- **reuse cap relaxed**: {r['reason']}; max_epochs {r['max_epochs_configured']:g} -> "

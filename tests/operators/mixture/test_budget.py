@@ -106,3 +106,18 @@ def test_relax_reuse_caps_respects_the_box_and_leaves_feasible_budgets_alone() -
     assert none is None and same.max_epochs == 4.0
     _, boxed_out = relax_reuse_caps(b, np.array([0.2, 0.2, 0.2]))  # the box alone is infeasible: not ours
     assert boxed_out is None
+
+
+def test_tokens_consumed_by_earlier_stages_count_toward_epochs_caps_and_value() -> None:
+    fresh = Budget(1000.0, np.array([500.0, 5000.0]), max_epochs=4.0)
+    used = Budget(1000.0, np.array([500.0, 5000.0]), max_epochs=4.0, tokens_consumed=np.array([1500.0, 0.0]))
+    w = np.array([0.5, 0.5])
+    np.testing.assert_allclose(used.epochs(w), [(1500 + 500) / 500, 0.1])  # 4 passes in all, not 1
+    np.testing.assert_allclose(used.reuse_upper(), [(2000 - 1500) / 1000, 1.0])
+    # the first pass over domain 0 was spent earlier: its share now buys repeats only
+    assert used.value(w)[0] < fresh.value(w)[0] and used.value(w)[1] == fresh.value(w)[1]
+    assert used.slope(np.array([0.0, 0.0]))[0] < 1.0 and fresh.slope(np.array([0.0, 0.0]))[0] == 1.0
+    eps = 1e-6  # slope is the derivative of value
+    np.testing.assert_allclose((used.value(w + eps) - used.value(w - eps)) / (2 * eps), used.slope(w), rtol=1e-5)
+    with pytest.raises(ConfigError, match="tokens_consumed"):
+        Budget(1000.0, np.array([500.0]), tokens_consumed=np.array([-1.0]))
