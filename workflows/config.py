@@ -64,6 +64,9 @@ class InfluenceSpec(_Spec):
     bootstrap: int = Field(default=200, ge=0)
     confidence: float = Field(default=0.9, gt=0, lt=1)
     seed: int = 0
+    domain_weighting: Literal["tokens", "examples"] = Field(default="tokens", description=(
+        "how a domain's influence averages its examples: tokens (each example by its token count, as a "
+        "trainer's token-weighted loss and the mixture weights count them) or examples (plain mean)"))
     shrinkage: Literal["empirical_bayes", "none"] = Field(default="empirical_bayes", description=(
         "empirical_bayes: pull each domain's influence toward the pooled mean by its bootstrap standard "
         "error (differences within noise vanish, so noise alone cannot concentrate the mixture); needs "

@@ -2,7 +2,7 @@
 
 Conventions (docs/ALGORITHMS.md §3–4); the map-reduce that applies them is workflows/stages/aggregate.py:
 * per-example score s_iv = φ_i · d_v with d_v = Ĥ⁻¹ t_v (the caller preconditions the target directions);
-* GI[k, v] = mean of s_iv over domain k ("benefit": positive means training on domain k lowers target
+* GI[k, v] = token-weighted (or plain) mean of s_iv over domain k ("benefit": positive means training on domain k lowers target
   loss, since an SGD step along ḡ_k changes L_v by −η⟨∇L_v, ḡ_k⟩);
 * a normalisation (``normalize_per_target``: default ``loss`` keeps every target's nats scale,
   ``zscore`` makes targets equal) before a weighted sum over targets;
@@ -254,10 +254,14 @@ class BootstrapSums:
         self.sums = np.zeros((n_boot, n_domains, n_targets), dtype=np.float64)
         self.counts = np.zeros((n_boot, n_domains), dtype=np.float64)
 
-    def update(self, scores: np.ndarray, codes: np.ndarray, weights: np.ndarray) -> BootstrapSums:
-        """Add rows: scores (m, V), domain codes (m,) in [0, K), weights (m, B) from :func:`poisson_weights`."""
+    def update(self, scores: np.ndarray, codes: np.ndarray, weights: np.ndarray,
+               row_weight: np.ndarray | None = None) -> BootstrapSums:
+        """Add rows: scores (m, V), domain codes (m,) in [0, K), weights (m, B) from :func:`poisson_weights`;
+        ``row_weight`` (m,) weighs each row in sums and counts alike (token counts: token-weighted means)."""
         scores = np.asarray(scores, dtype=np.float64)
         w = np.asarray(weights, dtype=np.float64)
+        if row_weight is not None:
+            w = w * np.asarray(row_weight, dtype=np.float64)[:, None]
         for k in np.unique(codes):
             mask = codes == k
             wk = w[mask]

@@ -145,7 +145,7 @@ def pass1_stats_uri(root: str, key: str, role: str, shard_id: str) -> str:
 def score_key(directions: np.ndarray, order: list[str], n_boot: int, seed: int) -> str:
     """Short hash naming pass-2 outputs (depends on everything that changes them)."""
     h = hashlib.sha256(np.ascontiguousarray(directions, dtype=np.float64).tobytes())
-    h.update(f"{order}|{n_boot}|{seed}".encode())
+    h.update(f"{order}|{n_boot}|{seed}|token-sums".encode())  # stats hold example- and token-weighted sums
     return h.hexdigest()[:16]
 
 
@@ -160,7 +160,8 @@ def score_stats_uri(root: str, key: str, shard_id: str) -> str:
 @dataclass(frozen=True)
 class ScoreJob:
     """Pass 2 for one corpus shard → {sums (K,V), counts (K,), tokens (K,), boot_sums (B,K,V),
-    boot_counts (B,K), rows, dropped}; writes the score shard, then the stats (the completion mark)."""
+    boot_counts (B,K), token-weighted tok_sums (K,V), boot_tok_sums, boot_tok_counts, rows, dropped};
+    writes the score shard, then the stats (the completion mark)."""
 
     root: str
     spec: storage.StorageSpec
@@ -185,6 +186,8 @@ class ScoreJob:
         counts = np.zeros(n_k, dtype=np.int64)
         tokens = np.zeros(n_k, dtype=np.int64)
         boot = BootstrapSums(self.n_boot, n_k, n_v)
+        boot_tok = BootstrapSums(self.n_boot, n_k, n_v)
+        tok_sums = np.zeros((n_k, n_v))
         rng = shard_seed(self.seed, shard_id)
         rows = dropped = 0
         sink = pa.BufferOutputStream()
@@ -201,8 +204,11 @@ class ScoreJob:
                 if self.n_boot:  # drawn for every row (kept or not): weights depend on the row only
                     weights = poisson_weights(rng, len(codes), self.n_boot)
                     boot.update(scores[keep], codes[keep], weights[keep])
+                    boot_tok.update(scores[keep], codes[keep], weights[keep], row_weight=n_tok[keep])
                 sums += np.stack([np.bincount(codes[keep], weights=scores[keep, v], minlength=n_k)
                                   for v in range(n_v)], axis=1)
+                tok_sums += np.stack([np.bincount(codes[keep], weights=scores[keep, v] * n_tok[keep], minlength=n_k)
+                                      for v in range(n_v)], axis=1)
                 counts += np.bincount(codes[keep], minlength=n_k)
                 tokens += np.bincount(codes[keep], weights=n_tok[keep], minlength=n_k).astype(np.int64)
                 flat = pa.array(scores.astype(np.float32).reshape(-1), pa.float32())
@@ -212,6 +218,7 @@ class ScoreJob:
         storage.write_bytes_atomic(score_shard_uri(self.root, self.key, shard_id), sink.getvalue().to_pybytes(),
                                    self.spec)
         out = {"sums": sums, "counts": counts, "tokens": tokens, "boot_sums": boot.sums,
-               "boot_counts": boot.counts, "rows": np.asarray(rows), "dropped": np.asarray(dropped)}
+               "boot_counts": boot.counts, "tok_sums": tok_sums, "boot_tok_sums": boot_tok.sums,
+               "boot_tok_counts": boot_tok.counts, "rows": np.asarray(rows), "dropped": np.asarray(dropped)}
         datastore.write_npz_atomic(stats_uri, out, self.spec)
         return out

@@ -146,18 +146,20 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
     counts = np.zeros(len(order), dtype=np.int64)
     tokens = np.zeros(len(order), dtype=np.int64)
     boot = BootstrapSums(spec.bootstrap, len(order), len(targets))
+    by_tokens = spec.domain_weighting == "tokens"
+    prefix = "tok_" if by_tokens else ""
     rows = 0
     for stats in map_shards(job, shards, workers, cfg.cluster.max_task_retries):
-        sums += stats["sums"]
+        sums += stats[f"{prefix}sums"]
         counts += stats["counts"]
         tokens += stats["tokens"]
-        boot.sums += stats["boot_sums"]
-        boot.counts += stats["boot_counts"]
+        boot.sums += stats[f"boot_{prefix}sums"]
+        boot.counts += stats[f"boot_{prefix}counts"]
         rows += int(stats["rows"])
     empty = [d for d, c in zip(order, counts) if c == 0]
     if empty:
         raise ConfigError(f"domains with no examples: {empty}")
-    gi = sums / counts[:, None]
+    gi = sums / (tokens if by_tokens else counts)[:, None]
     gi_norm = normalize_per_target(gi, spec.normalize)
     combined = combine_targets(gi_norm, weights)
     ci: dict = {}

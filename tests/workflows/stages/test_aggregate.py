@@ -26,13 +26,15 @@ def _write(root: str, shard_id: str, ids, domains, n_tokens, feats) -> None:
 
 def _synth(root: str, dim: int = 16, shards: int = 5, rows: int = 300, seed: int = 0) -> tuple[Plan, dict]:
     rng = np.random.default_rng(seed)
-    tasks, data = [], {"feats": [], "domains": [], "ids": [], "tfeats": [], "tnames": [], "ttok": []}
+    tasks, data = [], {"feats": [], "domains": [], "ids": [], "tfeats": [], "tnames": [], "ttok": [], "ntok": []}
     shift = rng.normal(size=(len(DOMAINS), dim))
     for s in range(shards):
         doms = rng.choice(DOMAINS + ["other"], size=rows)
         feats = (rng.normal(size=(rows, dim)) + shift[[DOMAINS.index(d) if d in DOMAINS else 0 for d in doms]])
         ids = [f"s{s}-{i}" for i in range(rows)]
-        _write(root, f"c{s}", ids, doms, rng.integers(5, 50, size=rows), feats.astype(np.float32))
+        ntok = rng.integers(5, 50, size=rows)
+        _write(root, f"c{s}", ids, doms, ntok, feats.astype(np.float32))
+        data["ntok"].append(ntok.astype(np.float64))
         tasks.append(ShardTask(shard_id=f"c{s}", uri=f"c{s}.parquet", format="parquet", role="corpus"))
         data["feats"].append(feats.astype(np.float32).astype(np.float64))
         data["domains"].append(doms)
@@ -51,15 +53,17 @@ def _cfg(out: str, *extra: str):
     return load_config("default", [f"output_uri={out}", "influence.bootstrap=50", *extra])
 
 
-def _reference(data: dict, damping: float) -> np.ndarray:
-    """Gauss-Newton directions from token-weighted target means, then mean scores per domain."""
+def _reference(data: dict, damping: float, by_tokens: bool = True) -> np.ndarray:
+    """Gauss-Newton directions from token-weighted target means, then per domain the token-weighted
+    (default) or plain mean of the scores."""
     phi = np.concatenate(data["feats"])
     doms = np.concatenate(data["domains"])
     h = phi.T @ phi / len(phi)
     t = np.stack([(f * n[:, None]).sum(0) / n.sum() for f, n in zip(data["tfeats"], data["ttok"])])
     lam = damping * np.trace(h) / h.shape[0]
     d = np.linalg.solve(h + lam * np.eye(h.shape[0]), t.T).T
-    return np.stack([(phi[doms == k] @ d.T).mean(axis=0) for k in DOMAINS])
+    n = np.concatenate(data["ntok"]) if by_tokens else np.ones(len(phi))
+    return np.stack([np.average(phi[doms == k] @ d.T, axis=0, weights=n[doms == k]) for k in DOMAINS])
 
 
 def test_distributed_matches_reference_and_is_worker_count_invariant(ray_cluster, tmp_path):
@@ -87,6 +91,10 @@ def test_distributed_matches_reference_and_is_worker_count_invariant(ray_cluster
     one = aggregate_influence(_cfg(str(tmp_path), "cluster.num_workers=1"), plan1, DOMAINS, extra=extra)
     np.testing.assert_array_equal(one.gi, two.gi)
     np.testing.assert_array_equal(one.bootstrap["score_low"], two.bootstrap["score_low"])
+    # the same cached per-shard statistics also give the plain per-example mean
+    plain = aggregate_influence(_cfg(str(tmp_path), "influence.domain_weighting=examples"), plan1, DOMAINS)
+    np.testing.assert_allclose(plain.gi, _reference(data, 0.1, by_tokens=False), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(plain.gi, one.gi)
 
 
 def test_score_shards_hold_every_example_once_and_rerun_resumes(ray_cluster, tmp_path):
