@@ -46,11 +46,14 @@ class RefreshResult:
 
 
 def resolve_model_uri(cfg: RunConfig) -> str:
-    """checkpoint_root (latest step) > builtin tiny model (built once, cached) > model.path."""
+    """checkpoint_root (latest step) > the newest of model.checkpoints > builtin tiny model (built once,
+    cached) > model.path."""
     if cfg.model.checkpoint_root:
         from operators.model.checkpoints import find_latest_checkpoint
 
         return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
+    if cfg.model.checkpoints:
+        return cfg.model.checkpoints[-1]
     if cfg.model.path == BUILTIN_MODEL:
         from workflows.assets import ensure_default_checkpoint
 

@@ -134,7 +134,9 @@ def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) ->
 def optimizer_from_state(model: torch.nn.Module, state: dict | None, lr: float = 1e-3) -> torch.optim.AdamW:
     """An AdamW over ``model``'s trainable parameters holding ``state`` (a torch ``state_dict``, e.g.
     :func:`operators.model.loading.checkpoint_adam_state`), so it can be saved again with its moments."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    from operators.model.optimizer_state import grouped_params, plain_state_dict
+
+    opt = torch.optim.AdamW(grouped_params([p for p in model.parameters() if p.requires_grad], state), lr=lr)
     if state is not None:
-        opt.load_state_dict(state)
+        opt.load_state_dict(plain_state_dict(state))
     return opt

@@ -43,7 +43,7 @@ def featurize_job(cfg: RunConfig, model_uri: str, root: str) -> FeaturizeJob:
 
 
 def model_source(cfg: RunConfig, model_uri: str) -> ModelSource:
-    return ModelSource(model_uri, cfg.storage, cfg.model.cache_dir, cfg.model.dtype)
+    return ModelSource(model_uri, cfg.storage, cfg.model.cache_dir, cfg.model.dtype, cfg.model.optimizer_state)
 
 
 def check_workers_agree(workers: list[dict]) -> str:
