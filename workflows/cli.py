@@ -157,8 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"influmix: {redact(str(exc))}", file=sys.stderr)
         return 3
     except InfluMixError as exc:
-        print(f"influmix: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"influmix: error: {redact(_message(exc))}", file=sys.stderr)
         return 2
+
+
+def _message(exc: BaseException) -> str:
+    """The error's own message: a Ray task error (which subclasses the error it wraps) is unwrapped, so the
+    user sees the one line naming the input rather than a remote traceback."""
+    cause = getattr(exc, "cause", None)
+    while isinstance(cause, BaseException) and cause is not exc:
+        exc, cause = cause, getattr(cause, "cause", None)
+    return str(exc)
 
 
 if __name__ == "__main__":

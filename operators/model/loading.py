@@ -166,6 +166,16 @@ def _load_tokenizer_dir(local: Path, uri: str) -> Any:
     return _ensure_pad(tokenizer, uri)
 
 
+def checkpoint_dir(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> Path:
+    """The local directory of a checkpoint (an s3:// checkpoint is staged into the cache first)."""
+    return _local_dir(uri, storage, cache_dir)
+
+
+def check_checkpoint_dir(local_dir: Path, uri: str) -> dict[str, Any]:
+    """ModelError unless ``local_dir`` holds a causal-LM config.json and weights; returns the config."""
+    return _check_dir(local_dir, uri)
+
+
 def load_tokenizer(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> Any:
     """Only the tokenizer of a checkpoint (local dir or s3://, staged like :func:`load_causal_lm`)."""
     local = _local_dir(uri, storage, cache_dir)

@@ -108,8 +108,9 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None, requ
     progress.report(force=True)
     if result.failures:
         lines = "\n".join(f"  {sid}: {err}" for sid, err in sorted(result.failures.items()))
-        raise ShardFailures(f"{len(result.failures)} shard(s) failed after {cfg.cluster.shard_attempts} "
-                            f"attempts (completed shards are kept; rerun to resume):\n{lines}")
+        raise ShardFailures(f"{len(result.failures)} shard(s) failed (input errors are not retried, others "
+                            f"up to {cfg.cluster.shard_attempts} attempts; completed shards are kept, fix the "
+                            f"input and rerun to resume):\n{lines}")
     info["workers"] = workers
     return info
 
