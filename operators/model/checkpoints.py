@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.io.storage import StorageSpec
+from operators.io.storage.local import make_public_dir
 from operators.model.tiny_lm import save_checkpoint
 
 __all__ = ["parse_step", "checkpoint_dir_name", "list_dir", "list_checkpoints", "find_latest_checkpoint",
@@ -75,6 +76,7 @@ def save_step_checkpoint(
         raise ModelError(f"checkpoint {final} already exists; checkpoints are immutable")
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{final.name}.tmp-"))
+    make_public_dir(tmp)
     try:
         save_checkpoint(tmp, model, tokenizer, optimizer, {**(meta or {}), "step": int(step)})
         os.rename(tmp, final)

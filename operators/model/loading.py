@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.io.storage import StorageSpec
+from operators.io.storage.local import make_public_dir
 from operators.model.checkpoints import list_dir, parse_step
 from operators.model.optimizer_state import (
     CheckpointOptimizer,
@@ -238,6 +239,7 @@ def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: st
         return str(dest)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}.tmp-"))
+    make_public_dir(tmp)
     try:
         for name, (remote, size, _) in sorted(files.items()):
             try:
