@@ -77,13 +77,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             env_vars[name] = os.environ[name]
     stamp = args.stamp if args.command_name == "refresh" else None
     submission_id = args.submission_id or jobs.submission_id_for(cfg.name, cfg.config_hash(), args.overrides, stamp)
-    command = ["python", "-m", "workflows.cli", args.command_name, config_arg, *args.overrides]
+    pinned, metadata = _job_outputs(cfg, args.command_name, stamp)
+    command = ["python", "-m", "workflows.cli", args.command_name, config_arg, *args.overrides, *pinned]
     if stamp:
         command += ["--stamp", stamp]
     job_id, created = jobs.submit(
-        args.address, command, submission_id, jobs.build_runtime_env(working_dir, env_vars),
-        metadata={"influmix_run_id": cfg.resolved_run_id(), "influmix_name": cfg.name,
-                  "output_uri": redact(cfg.output_uri)},
+        args.address, command, submission_id, jobs.build_runtime_env(working_dir, env_vars), metadata=metadata,
         entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus)
     print(json.dumps({"submission_id": job_id, "created": created}))
     if args.wait:
@@ -91,6 +90,36 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         print(json.dumps(info, default=str))
         return 0 if info["status"] == "SUCCEEDED" else 1
     return 0
+
+
+def _job_outputs(cfg, command: str, stamp: str | None) -> tuple[list[str], dict[str, str]]:
+    """(overrides appended to the job's command, job metadata) so that the job writes where the metadata
+    says. The job runs in a copy of the working dir, so a local output_uri (already absolute in ``cfg``: it
+    was resolved against this shell's directory) is passed explicitly; a run whose id is known now gets it
+    pinned (other relative inputs may resolve to other absolute paths inside the job)."""
+    from operators.io import storage
+    from workflows.stages.problem import latest_pointer_uri, manifests_root
+
+    overrides: list[str] = []
+    if storage.local_path(cfg.output_uri, cfg.storage) is not None:
+        overrides.append(f"output_uri={cfg.output_uri}")
+        log.warning("output_uri %s is a local path: the job writes it on the node that runs the job's driver "
+                    "(use s3:// or a shared file system on a multi-node cluster)", cfg.output_uri)
+    run_id = ""
+    if command == "run" and not cfg.model.checkpoint_root:
+        run_id = cfg.resolved_run_id()
+        if not cfg.run_id:
+            overrides.append(f"run_id={run_id}")
+    metadata = {"influmix_name": cfg.name, "output_uri": redact(cfg.output_uri),
+                "influmix_run_id": run_id,
+                "influmix_runs_root": redact(storage.join(cfg.output_uri, "runs")),
+                "influmix_manifests_root": redact(manifests_root(cfg)),
+                "influmix_latest_pointer": redact(latest_pointer_uri(cfg))}
+    if not run_id:
+        metadata["influmix_run_id_rule"] = (
+            f"{cfg.name}-{stamp}-step<N>-<hash>, N = the newest checkpoint when the job starts" if command == "refresh"
+            else "pinned when the job starts: the newest checkpoint under model.checkpoint_root is part of it")
+    return overrides, metadata
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

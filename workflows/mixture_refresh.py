@@ -97,7 +97,7 @@ def run_mixture_refresh(cfg: RunConfig, start: str | None = None, until: str | N
     started = time.monotonic()
     _check_storage(cfg)
     cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/run/pins.py)
-    checks = run_preflight(cfg, resolve_model_uri(cfg))  # every cheap check, before anything is recorded
+    checks = run_preflight(cfg, lambda: resolve_model_uri(cfg))  # every cheap check, before anything is recorded
     plan, model_uri = prepare_run(cfg, pins)
     finished = _finished(cfg, plan)
     if finished is not None:

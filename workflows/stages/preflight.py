@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow.compute as pc
@@ -229,14 +229,17 @@ def check_output_writable(cfg: RunConfig) -> None:
         raise StorageError(f"output_uri {cfg.output_uri} is not writable: {exc}") from exc
 
 
-def run_preflight(cfg: RunConfig, model_uri: str) -> dict[str, Any]:
-    """Run every check (see the module docstring); raises the first failure, returns the report section."""
+def run_preflight(cfg: RunConfig, model_uri: str | Callable[[], str]) -> dict[str, Any]:
+    """Run every check (see the module docstring); raises the first failure, returns the report section.
+    ``model_uri`` may be a function resolving it (e.g. building the embedded default), called only after
+    the data checks passed."""
     t0 = time.monotonic()
     if not cfg.targets:
         raise ConfigError("no target sets configured (targets)")
     check_output_writable(cfg)
-    report: dict[str, Any] = {"corpus": check_corpus(cfg), "targets": check_targets(cfg),
-                              "model": check_model(cfg, model_uri)}
+    report: dict[str, Any] = {"corpus": check_corpus(cfg), "targets": check_targets(cfg)}
+    model_uri = model_uri() if callable(model_uri) else model_uri
+    report["model"] = check_model(cfg, model_uri)
     if cfg.model.checkpoints:
         report["other_checkpoints"] = check_other_checkpoints(cfg, model_uri)
     report["wall_s"] = round(time.monotonic() - t0, 3)
