@@ -12,7 +12,7 @@ from operators.errors import InfluMixError
 from operators.io.lease import LeaseHeld
 from operators.io.secrets import redact
 from workflows.config import dump_config, load_config, resolve_config_path
-from workflows.logs import configure_logging
+from workflows.logs import configure_logging, quiet_libraries
 
 log = logging.getLogger("influmix")
 #: The refresh stages in order (workflows.mixture_refresh.STAGE_NAMES; a test keeps the two equal).
@@ -23,7 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from workflows.mixture_refresh import run_mixture_refresh
 
     cfg = load_config(args.config, args.overrides)
-    configure_logging(cfg.log_format)
+    configure_logging(cfg.log_format, verbose=args.verbose)
     _print_result(run_mixture_refresh(cfg, start=args.start, until=args.until))
     return 0
 
@@ -39,7 +39,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     from workflows.refresh import run_scheduled_refresh
 
     cfg = load_config(args.config, args.overrides)
-    configure_logging(cfg.log_format)
+    configure_logging(cfg.log_format, verbose=args.verbose)
     _print_result(run_scheduled_refresh(cfg, stamp=args.stamp))
     return 0
 
@@ -75,12 +75,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     for name in args.env:
         if name in os.environ:
             env_vars[name] = os.environ[name]
+    env_vars.update(quiet_libraries(args.verbose))  # the job's workers are as quiet (or verbose) as asked here
     stamp = args.stamp if args.command_name == "refresh" else None
     submission_id = args.submission_id or jobs.submission_id_for(cfg.name, cfg.config_hash(), args.overrides, stamp)
     pinned, metadata = _job_outputs(cfg, args.command_name, stamp)
     command = ["python", "-m", "workflows.cli", args.command_name, config_arg, *args.overrides, *pinned]
     if stamp:
         command += ["--stamp", stamp]
+    if args.verbose:
+        command.append("-v")
     job_id, created = jobs.submit(
         args.address, command, submission_id, jobs.build_runtime_env(working_dir, env_vars), metadata=metadata,
         entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus)
@@ -144,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML path, bundled config name (default, full, s3) or env:VAR")
         p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. mixture.beta=0.5")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="also show library output (HF progress bars and warnings, Ray start-up warnings)")
         p.set_defaults(func=func)
         return p
 

@@ -27,6 +27,7 @@ from operators.model.optimizer_state import (
     OptimizerStateMode,
     read_optimizer_state,
 )
+from operators.model.quiet import hf_quiet
 from operators.model.tiny_lm import META_FILE, OPTIMIZER_FILE
 from operators.model.tokenize import prepare_tokenizer
 
@@ -133,7 +134,8 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {"local_files_only": True}
     kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = _DTYPES[dtype]
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(local), output_loading_info=True, **kwargs)
+        with hf_quiet():
+            model, info = AutoModelForCausalLM.from_pretrained(str(local), output_loading_info=True, **kwargs)
     except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/safetensors errors
         raise ModelError(f"could not load model weights from {uri}: {type(exc).__name__}: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if k]

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from operators.errors import ModelError
+from operators.model.quiet import hf_quiet
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def meta_model(local_dir: str | os.PathLike[str]) -> nn.Module:
 
     try:
         config = AutoConfig.from_pretrained(str(local_dir), local_files_only=True)
-        with torch.device("meta"):
+        with torch.device("meta"), hf_quiet():
             return AutoModelForCausalLM.from_config(config)
     except Exception as exc:  # transformers raises OSError/ValueError/KeyError on a bad config
         raise ModelError(f"cannot build the model of {local_dir}/config.json: {type(exc).__name__}: {exc}") from exc
