@@ -46,10 +46,18 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-def _nothing_recorded(tmp_path: Path) -> None:
-    import ray
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    """Preflight failures must come before Ray starts: starting it fails the test."""
+    import cluster.runtime
 
-    assert not ray.is_initialized()
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started although preflight should have failed")
+
+    monkeypatch.setattr(cluster.runtime, "init_ray", refuse)
+
+
+def _nothing_recorded(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "runs").exists()
 
 
