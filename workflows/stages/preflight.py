@@ -219,7 +219,7 @@ def check_other_checkpoints(cfg: RunConfig, model_uri: str) -> list[str]:
 
 def check_output_writable(cfg: RunConfig) -> None:
     """Write and delete one small object under ``output_uri``."""
-    probe = storage.join(cfg.output_uri, ".influmix-preflight", uuid.uuid4().hex)
+    probe = storage.join(cfg.output_uri, f".influmix-preflight-{uuid.uuid4().hex}")
     try:
         storage.write_bytes_atomic(probe, b"preflight\n", cfg.storage)
         storage.delete(probe, cfg.storage)
