@@ -49,7 +49,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     sys.stdout.write(dump_config(cfg))
     print(f"# run_id: {cfg.resolved_run_id()}")
     if cfg.model.checkpoint_root and not cfg.run_id:
-        print("# (a run pins the newest checkpoint under model.checkpoint_root into its run id)")
+        n = cfg.model.average_checkpoints
+        which = "the newest checkpoint" if n == 1 else f"the newest {n} checkpoints"
+        print(f"# (a run pins {which} under model.checkpoint_root into its run id)")
     return 0
 
 
