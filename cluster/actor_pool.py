@@ -2,7 +2,8 @@
 
 Actors are created with `max_restarts`/`max_task_retries`, so a crashed actor is restarted and its
 in-flight call retried by Ray; anything that still fails is re-queued by the driver up to
-`shard_attempts` times. Handlers write deterministic outputs, so retries never duplicate data.
+`shard_attempts` times, unless it failed on bad input (an influmix error other than a storage error,
+:func:`operators.errors.is_transient`), which would fail the same way again. Handlers write deterministic outputs, so retries never duplicate data.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from cluster.metrics import WorkerMetrics
 from cluster.parallel import local_device
 from cluster.runtime import WorkerLayout
-from operators.errors import InfluMixError
+from operators.errors import InfluMixError, is_transient
 from cluster import cancel
 from cluster.spec import ClusterSpec
 from cluster.progress import Progress
@@ -155,7 +156,12 @@ class ShardPool:
                     reason = _short_error(exc)
                     if isinstance(exc, RayActorError):
                         self._healthy(index)
-                    if attempt < self.spec.shard_attempts:
+                    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+                    if not is_transient(cause):  # bad input fails the same way again: no retry
+                        log.error("shard %s failed (not retried: %s)", task.shard_id, reason)
+                        result.failures[task.shard_id] = reason
+                        progress.shard_failed()
+                    elif attempt < self.spec.shard_attempts:
                         log.warning("shard %s attempt %d failed (%s); retrying", task.shard_id, attempt, reason)
                         queue.append((task, attempt + 1))
                     else:

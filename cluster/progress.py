@@ -1,4 +1,4 @@
-"""Driver-side progress: a terminal bar (or periodic log lines when not a TTY) plus progress.json."""
+"""Driver-side progress: one tqdm bar on a terminal (periodic log lines when not a TTY) plus progress.json."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class Progress:
         self.started = time.monotonic()
         self._last = self.started  # first report after one interval (or when forced/finished)
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._bar = None
 
     def shard_done(self, n_examples: int) -> None:
         self.done += 1
@@ -60,13 +61,18 @@ class Progress:
         if self.sink is not None:
             self.sink(snap)
         if self._tty:
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            bar = "#" * filled + "-" * (width - filled)
-            self.stream.write(f"\r[{self.stage}] |{bar}| {self.done}/{self.total} shards "
-                              f"{snap['examples_per_s']:.1f} ex/s eta {snap['eta_s']}s ")
-            if finished:
-                self.stream.write("\n")
-            self.stream.flush()
+            self._draw(snap, finished)
         else:
             log.info("progress %s", json.dumps(snap, sort_keys=True))
+
+    def _draw(self, snap: dict, finished: bool) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=self.skipped, desc=self.stage, unit="shard", file=self.stream,
+                             dynamic_ncols=True, leave=True)
+        self._bar.n = self.done + self.failed
+        self._bar.set_postfix({"ex/s": f"{snap['examples_per_s']:.1f}", "failed": self.failed}, refresh=False)
+        self._bar.refresh()
+        if finished:
+            self._bar.close()

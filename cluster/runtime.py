@@ -34,7 +34,10 @@ def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = spec.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": True, "logging_level": logging.WARNING}
+    # Ray's own start-up warnings only with `influmix ... -v` (INFLUMIX_VERBOSE); workers' logs always reach
+    # the driver (our warnings from workers matter)
+    level = logging.WARNING if os.environ.get("INFLUMIX_VERBOSE") else logging.ERROR
+    kwargs: dict = {"log_to_driver": True, "logging_level": level}
     if runtime_env:
         kwargs["runtime_env"] = runtime_env
     if address:

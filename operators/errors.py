@@ -19,3 +19,12 @@ class StorageError(InfluMixError):
 
 class ModelError(InfluMixError):
     """A model checkpoint or tokenizer could not be loaded or is unsuitable."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the work that raised ``exc`` can help: storage and other I/O errors, lost workers
+    and unknown failures can pass; an influmix input, config or model error (anything but
+    :class:`StorageError`) fails the same way every time, so it is not retried."""
+    if isinstance(exc, StorageError):
+        return True
+    return not isinstance(exc, InfluMixError)

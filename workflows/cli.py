@@ -15,7 +15,7 @@ from operators.errors import InfluMixError
 from operators.io.lease import LeaseHeld
 from operators.io.secrets import redact
 from workflows.config import dump_config, load_config, resolve_config_path
-from workflows.logs import configure_logging
+from workflows.logs import configure_logging, quiet_libraries
 
 log = logging.getLogger("influmix")
 #: The refresh stages in order (workflows.mixture_refresh.STAGE_NAMES; a test keeps the two equal).
@@ -26,7 +26,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from workflows.mixture_refresh import run_mixture_refresh
 
     cfg = load_config(args.config, args.overrides)
-    configure_logging(cfg.log_format)
+    configure_logging(cfg.log_format, verbose=args.verbose)
     _print_result(run_mixture_refresh(cfg, start=args.start, until=args.until))
     return 0
 
@@ -42,7 +42,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
     from workflows.refresh import run_scheduled_refresh
 
     cfg = load_config(args.config, args.overrides)
-    configure_logging(cfg.log_format)
+    configure_logging(cfg.log_format, verbose=args.verbose)
     _print_result(run_scheduled_refresh(cfg, stamp=args.stamp))
     return 0
 
@@ -52,7 +52,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     sys.stdout.write(dump_config(cfg))
     print(f"# run_id: {cfg.resolved_run_id()}")
     if cfg.model.checkpoint_root and not cfg.run_id:
-        print("# (a run pins the newest checkpoint under model.checkpoint_root into its run id)")
+        n = cfg.model.average_checkpoints
+        which = "the newest checkpoint" if n == 1 else f"the newest {n} checkpoints"
+        print(f"# (a run pins {which} under model.checkpoint_root into its run id)")
     return 0
 
 
@@ -76,15 +78,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     for name in args.env:
         if name in os.environ:
             env_vars[name] = os.environ[name]
+    env_vars.update(quiet_libraries(args.verbose))  # the job's workers are as quiet (or verbose) as asked here
     stamp = args.stamp if args.command_name == "refresh" else None
     submission_id = args.submission_id or jobs.submission_id_for(cfg.name, cfg.config_hash(), args.overrides, stamp)
-    command = ["python", "-m", "workflows.cli", args.command_name, config_arg, *args.overrides]
+    pinned, metadata = _job_outputs(cfg, args.command_name, stamp)
+    command = ["python", "-m", "workflows.cli", args.command_name, config_arg, *args.overrides, *pinned]
     if stamp:
         command += ["--stamp", stamp]
+    if args.verbose:
+        command.append("-v")
     job_id, created = jobs.submit(
-        args.address, command, submission_id, jobs.build_runtime_env(working_dir, env_vars),
-        metadata={"influmix_run_id": cfg.resolved_run_id(), "influmix_name": cfg.name,
-                  "output_uri": redact(cfg.output_uri)},
+        args.address, command, submission_id, jobs.build_runtime_env(working_dir, env_vars), metadata=metadata,
         entrypoint_num_cpus=args.entrypoint_num_cpus, entrypoint_num_gpus=args.entrypoint_num_gpus)
     print(json.dumps({"submission_id": job_id, "created": created}))
     if args.wait:
@@ -92,6 +96,36 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         print(json.dumps(info, default=str))
         return 0 if info["status"] == "SUCCEEDED" else 1
     return 0
+
+
+def _job_outputs(cfg, command: str, stamp: str | None) -> tuple[list[str], dict[str, str]]:
+    """(overrides appended to the job's command, job metadata) so that the job writes where the metadata
+    says. The job runs in a copy of the working dir, so a local output_uri (already absolute in ``cfg``: it
+    was resolved against this shell's directory) is passed explicitly; a run whose id is known now gets it
+    pinned (other relative inputs may resolve to other absolute paths inside the job)."""
+    from operators.io import storage
+    from workflows.stages.problem import latest_pointer_uri, manifests_root
+
+    overrides: list[str] = []
+    if storage.local_path(cfg.output_uri, cfg.storage) is not None:
+        overrides.append(f"output_uri={cfg.output_uri}")
+        log.warning("output_uri %s is a local path: the job writes it on the node that runs the job's driver "
+                    "(use s3:// or a shared file system on a multi-node cluster)", cfg.output_uri)
+    run_id = ""
+    if command == "run" and not cfg.model.checkpoint_root:
+        run_id = cfg.resolved_run_id()
+        if not cfg.run_id:
+            overrides.append(f"run_id={run_id}")
+    metadata = {"influmix_name": cfg.name, "output_uri": redact(cfg.output_uri),
+                "influmix_run_id": run_id,
+                "influmix_runs_root": redact(storage.join(cfg.output_uri, "runs")),
+                "influmix_manifests_root": redact(manifests_root(cfg)),
+                "influmix_latest_pointer": redact(latest_pointer_uri(cfg))}
+    if not run_id:
+        metadata["influmix_run_id_rule"] = (
+            f"{cfg.name}-{stamp}-step<N>-<hash>, N = the newest checkpoint when the job starts" if command == "refresh"
+            else "pinned when the job starts: the newest checkpoint under model.checkpoint_root is part of it")
+    return overrides, metadata
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -111,13 +145,16 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="influmix", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show tracebacks of failures (and library output)")
+                        help="show library output and the traceback of a failure (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, text: str, func) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML path, bundled config name (default, full, s3) or env:VAR")
         p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. mixture.beta=0.5")
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show library output (HF progress bars and warnings, Ray start-up warnings) and "
+                            "the traceback of a failure")
         p.set_defaults(func=func)
         return p
 

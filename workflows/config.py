@@ -52,7 +52,26 @@ class ModelSpec(_Spec):
     average_checkpoints: int = Field(default=1, ge=1, description=(
         "with checkpoint_root: featurize the last N checkpoints and use their AVERAGE group influence "
         "(LESS/TracIn style; each checkpoint under runs/<run_id>/ckpt-<step>/, the chosen ones pinned "
-        "in checkpoints.json); 1: only the latest"))
+        "in model.checkpoints); fewer than N checkpoints under the root is an error; 1: only the latest"))
+    checkpoints: list[Location] = Field(default=[], description=(
+        "the checkpoints influence is averaged over, oldest first (the last is the one probes continue). "
+        "A run fills it from checkpoint_root when average_checkpoints > 1; it may also be listed by hand, "
+        "with average_checkpoints equal to its length"))
+    optimizer_state: Literal["auto", "require", "ignore"] = Field(default="auto", description=(
+        "the checkpoint's optimizer.pt (influmix layout or a torch Adam/AdamW state_dict as the HF Trainer "
+        "writes it) that probes continue: auto = use it when its moments map onto the model's parameters, "
+        "else warn and start probes from a fresh AdamW; require = fail before any model work when it is "
+        "missing or cannot be mapped; ignore = always a fresh AdamW"))
+
+    @model_validator(mode="after")
+    def _checkpoint_list(self) -> ModelSpec:
+        if self.checkpoints and len(self.checkpoints) != self.average_checkpoints:
+            raise ValueError(f"model.checkpoints lists {len(self.checkpoints)} checkpoints but "
+                             f"average_checkpoints={self.average_checkpoints}; they must agree")
+        if self.checkpoints and self.checkpoint_root:
+            raise ValueError("give either model.checkpoint_root (the newest average_checkpoints are picked) "
+                             "or model.checkpoints, not both")
+        return self
 
 
 class InfluenceSpec(_Spec):

@@ -1,7 +1,7 @@
 """The main workflow, as a list of stages: featurize → aggregate → solve → validate → select → publish.
 
-Before the stages, the driver pins the run's inputs (checkpoint, previous manifest), records the shard
-plan and takes the run lease; the stages then run in order (``workflows/stages/``). ``until`` stops after
+Before the stages, the driver pins the run's inputs (checkpoint, previous manifest), runs the preflight
+checks (workflows/stages/preflight.py: no Ray, no model), records the shard plan and takes the run lease; the stages then run in order (``workflows/stages/``). ``until`` stops after
 a stage, ``start`` begins at one (earlier stages only load their outputs from storage).
 """
 
@@ -21,6 +21,7 @@ from workflows.stages.aggregate import AggregateStage, InfluenceResult
 from workflows.stages.base import RunContext, Stage
 from workflows.stages.featurize import FeaturizeStage
 from workflows.stages.mates import SelectStage
+from workflows.stages.preflight import run_preflight
 from workflows.stages.publish import PublishStage
 from workflows.stages.solve import SolveStage
 from workflows.stages.validate import ValidateStage
@@ -46,11 +47,14 @@ class RefreshResult:
 
 
 def resolve_model_uri(cfg: RunConfig) -> str:
-    """checkpoint_root (latest step) > builtin tiny model (built once, cached) > model.path."""
+    """checkpoint_root (latest step) > the newest of model.checkpoints > builtin tiny model (built once,
+    cached) > model.path."""
     if cfg.model.checkpoint_root:
         from operators.model.checkpoints import find_latest_checkpoint
 
         return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
+    if cfg.model.checkpoints:
+        return cfg.model.checkpoints[-1]
     if cfg.model.path == BUILTIN_MODEL:
         from workflows.assets import ensure_default_checkpoint
 
@@ -90,8 +94,10 @@ def run_mixture_refresh(cfg: RunConfig, start: str | None = None, until: str | N
     """Run (or resume) one mixture refresh and publish its manifest; ``start``/``until`` run a span of
     stages only (see :data:`STAGES`)."""
     loaded, to_run = stage_span(start, until)
+    started = time.monotonic()
     _check_storage(cfg)
     cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/run/pins.py)
+    checks = run_preflight(cfg, lambda: resolve_model_uri(cfg))  # every cheap check, before anything is recorded
     plan, model_uri = prepare_run(cfg, pins)
     finished = _finished(cfg, plan)
     if finished is not None:
@@ -100,24 +106,25 @@ def run_mixture_refresh(cfg: RunConfig, start: str | None = None, until: str | N
         finished = _finished(cfg, plan)
         if finished is not None:
             return finished
-        return _run_stages(cfg, plan, model_uri, pins, lease, loaded, to_run)
+        return _run_stages(cfg, plan, model_uri, pins, lease, loaded, to_run, checks, started)
 
 
 def _run_stages(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, loaded: list[Stage],
-                to_run: list[Stage]) -> RefreshResult:
+                to_run: list[Stage], preflight: dict | None = None, started: float | None = None) -> RefreshResult:
     from cluster import cancel
     from cluster.metrics import DriverMetrics
     from cluster.runtime import gcs_address, init_ray, layout_or_local
     from cluster.watch import ClusterWatch
 
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     cancel.reset()
     lease.on_lost.append(lambda reason: cancel.request_stop(reason, exit_code=4))
     started_ray = init_ray(cfg.cluster)
     watch = ClusterWatch(gcs_address(), on_lost=cluster_lost(lease)).start() if gcs_address() else None
     try:
         ctx = RunContext(cfg=cfg, plan=plan, model_uri=model_uri, pins=pins, layout=layout_or_local(cfg.cluster),
-                         lease=lease, metrics=DriverMetrics(plan.run_id), started=started)
+                         lease=lease, metrics=DriverMetrics(plan.run_id), started=started,
+                         preflight=preflight or {})
         for stage in loaded:
             if stage.enabled(ctx):
                 stage.load(ctx)

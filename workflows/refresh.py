@@ -14,6 +14,7 @@ from operators.errors import ConfigError
 from operators.io.names import SAFE_NAME_HELP, is_safe_name
 from workflows.config import RunConfig
 from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
+from workflows.run.pins import resolve_checkpoints, with_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,13 @@ def default_stamp() -> str:
 
 
 def refresh_config(cfg: RunConfig, stamp: str) -> RunConfig:
-    """Pin the checkpoint picked now and derive the stamped run id."""
-    model_uri = resolve_model_uri(cfg)
+    """Pin the checkpoint(s) picked now (the newest ``model.average_checkpoints`` when averaging) and derive
+    the stamped run id."""
+    checkpoints = resolve_checkpoints(cfg)
+    pinned = with_checkpoint(cfg, checkpoints) if checkpoints else cfg
+    model_uri = resolve_model_uri(pinned)
     step = parse_step(model_uri)
-    pinned = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": model_uri,
-                                                                          "checkpoint_root": None})})
+    pinned = pinned.model_copy(update={"model": pinned.model.model_copy(update={"path": model_uri})})
     if cfg.run_id:
         return pinned
     tag = f"-step{step}" if step is not None else ""

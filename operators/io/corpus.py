@@ -331,6 +331,9 @@ def _domain_for_path(uri: str, rules: dict[str, str]) -> str:
     raise CorpusError(f"shard {uri}: no domain_from_path rule matches (rules: {list(rules)})")
 
 
+domain_for_path = _domain_for_path  # the domain a domain_from_path rule gives a shard URI (CorpusError if none)
+
+
 def _normalise_batch(raw: pa.Table, shard: ShardRef, spec: CorpusSpec, offset: int) -> pa.Table:
     """String columns id/domain/text of one record batch starting at row ``offset`` of the shard."""
     n = raw.num_rows

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.io.storage import StorageSpec
+from operators.io.storage.local import make_public_dir
 from operators.model.tiny_lm import save_checkpoint
 
 __all__ = ["parse_step", "checkpoint_dir_name", "list_dir", "list_checkpoints", "find_latest_checkpoint",
@@ -75,6 +76,7 @@ def save_step_checkpoint(
         raise ModelError(f"checkpoint {final} already exists; checkpoints are immutable")
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{final.name}.tmp-"))
+    make_public_dir(tmp)
     try:
         save_checkpoint(tmp, model, tokenizer, optimizer, {**(meta or {}), "step": int(step)})
         os.rename(tmp, final)
@@ -134,7 +136,9 @@ def find_latest_checkpoint(root_uri: str, storage: StorageSpec | None = None) ->
 def optimizer_from_state(model: torch.nn.Module, state: dict | None, lr: float = 1e-3) -> torch.optim.AdamW:
     """An AdamW over ``model``'s trainable parameters holding ``state`` (a torch ``state_dict``, e.g.
     :func:`operators.model.loading.checkpoint_adam_state`), so it can be saved again with its moments."""
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    from operators.model.optimizer_state import grouped_params, plain_state_dict
+
+    opt = torch.optim.AdamW(grouped_params([p for p in model.parameters() if p.requires_grad], state), lr=lr)
     if state is not None:
-        opt.load_state_dict(state)
+        opt.load_state_dict(plain_state_dict(state))
     return opt

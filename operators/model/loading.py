@@ -19,7 +19,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from operators.io import storage as st
 from operators.errors import ConfigError, ModelError, StorageError
 from operators.io.storage import StorageSpec
+from operators.io.storage.local import make_public_dir
 from operators.model.checkpoints import list_dir, parse_step
+from operators.model.optimizer_state import (
+    CheckpointOptimizer,
+    OptimizerStateError,
+    OptimizerStateMode,
+    read_optimizer_state,
+)
+from operators.model.quiet import hf_quiet
 from operators.model.tiny_lm import META_FILE, OPTIMIZER_FILE
 from operators.model.tokenize import prepare_tokenizer
 
@@ -126,7 +134,8 @@ def load_causal_lm(
     kwargs: dict[str, Any] = {"local_files_only": True}
     kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = _DTYPES[dtype]
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(local), output_loading_info=True, **kwargs)
+        with hf_quiet():
+            model, info = AutoModelForCausalLM.from_pretrained(str(local), output_loading_info=True, **kwargs)
     except Exception as exc:  # transformers raises OSError/ValueError/RuntimeError/safetensors errors
         raise ModelError(f"could not load model weights from {uri}: {type(exc).__name__}: {exc}") from exc
     missing = [k for k in info.get("missing_keys", []) if k]
@@ -160,6 +169,16 @@ def _load_tokenizer_dir(local: Path, uri: str) -> Any:
     return _ensure_pad(tokenizer, uri)
 
 
+def checkpoint_dir(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> Path:
+    """The local directory of a checkpoint (an s3:// checkpoint is staged into the cache first)."""
+    return _local_dir(uri, storage, cache_dir)
+
+
+def check_checkpoint_dir(local_dir: Path, uri: str) -> dict[str, Any]:
+    """ModelError unless ``local_dir`` holds a causal-LM config.json and weights; returns the config."""
+    return _check_dir(local_dir, uri)
+
+
 def load_tokenizer(uri: str, storage: StorageSpec | None = None, cache_dir: str | None = None) -> Any:
     """Only the tokenizer of a checkpoint (local dir or s3://, staged like :func:`load_causal_lm`)."""
     local = _local_dir(uri, storage, cache_dir)
@@ -168,17 +187,30 @@ def load_tokenizer(uri: str, storage: StorageSpec | None = None, cache_dir: str 
     return _load_tokenizer_dir(local, uri)
 
 
-def load_adam_moments(local_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """``optimizer.pt`` as {param_name: {exp_avg, exp_avg_sq}, betas, eps, step}; None if absent."""
+def load_adam_moments(local_dir: str | os.PathLike[str], model: torch.nn.Module | None = None) -> dict[str, Any] | None:
+    """``optimizer.pt`` as {param_name: {exp_avg, exp_avg_sq}, betas, eps, step, lr}; None if absent.
+
+    An influmix-layout file is read as it is; a torch ``optimizer.state_dict()`` (HF Trainer) needs
+    ``model`` (real or :func:`operators.model.optimizer_state.meta_model`) to name its moments."""
     path = Path(local_dir) / OPTIMIZER_FILE
     if not path.is_file():
         return None
+    if model is not None:
+        opt = read_optimizer_state(local_dir, model)
+        if opt is None:
+            return None
+        group = opt.groups[0]
+        out: dict[str, Any] = {name: {"exp_avg": a, "exp_avg_sq": b} for name, (a, b) in opt.moments.items()}
+        out.update({"betas": tuple(group["betas"]), "eps": float(group["eps"]), "step": opt.step,
+                    "lr": float(group["lr"]), "weight_decay": float(group["weight_decay"])})
+        return out
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"could not read Adam moments from {path}: {type(exc).__name__}: {exc}") from exc
+        raise OptimizerStateError(f"could not read Adam moments from {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(state, dict) or not {"betas", "eps", "step"} <= set(state):
-        raise ModelError(f"{path} lacks the betas/eps/step entries of an influmix optimizer state")
+        raise OptimizerStateError(f"{path} is not an influmix optimizer state (no betas/eps/step); a torch "
+                                  f"optimizer state_dict needs the model to map its parameter indices")
     return state
 
 
@@ -209,6 +241,7 @@ def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: st
         return str(dest)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}.tmp-"))
+    make_public_dir(tmp)
     try:
         for name, (remote, size, _) in sorted(files.items()):
             try:
@@ -229,37 +262,36 @@ def stage_checkpoint(uri: str, storage: StorageSpec | None = None, cache_dir: st
     return str(dest)
 
 
-def adam_state_dict(model: torch.nn.Module, moments: dict[str, Any]) -> dict[str, Any]:
-    """A torch Adam/AdamW ``state_dict`` for ``model``'s trainable parameters (in ``parameters()``
-    order) from the name-keyed ``optimizer.pt`` moments, so probes continue the checkpoint's Adam."""
-    state: dict[int, dict[str, Any]] = {}
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    for i, (name, param) in enumerate(params):
-        entry = moments.get(name)
-        if entry is None:
-            raise ModelError(f"optimizer.pt has no Adam moments for parameter {name}")
-        if tuple(entry["exp_avg"].shape) != tuple(param.shape):
-            raise ModelError(f"optimizer.pt moments for {name} have shape {tuple(entry['exp_avg'].shape)}, "
-                             f"the parameter has {tuple(param.shape)}")
-        state[i] = {"step": torch.tensor(float(moments["step"])),
-                    "exp_avg": entry["exp_avg"].to(param.device, torch.float32).clone(),
-                    "exp_avg_sq": entry["exp_avg_sq"].to(param.device, torch.float32).clone()}
-    group = {"params": list(range(len(params))), "lr": float(moments.get("lr", 1e-3)),
-             "betas": tuple(moments["betas"]), "eps": float(moments["eps"]),
-             "weight_decay": float(moments.get("weight_decay", 0.0)), "amsgrad": False, "maximize": False,
-             "foreach": None, "capturable": False, "differentiable": False, "fused": None,
-             "decoupled_weight_decay": True}
-    return {"state": state, "param_groups": [group]}
-
-
-def checkpoint_adam_state(loaded: LoadedModel) -> dict[str, Any] | None:
-    """The checkpoint's AdamW state for probes that continue training (as MATES does); None, with a
-    warning, when the checkpoint has no optimizer.pt (probes then start from a fresh optimizer)."""
-    moments = load_adam_moments(loaded.local_dir)
-    if moments is None:
-        log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.local_dir)
+def checkpoint_optimizer(loaded: LoadedModel, mode: OptimizerStateMode = "auto") -> CheckpointOptimizer | None:
+    """The checkpoint's optimizer state per ``mode`` (``model.optimizer_state``): ``ignore`` → None;
+    ``auto`` → None with a warning when it is missing or cannot be mapped; ``require`` → ModelError then."""
+    if mode == "ignore":
         return None
-    return adam_state_dict(loaded.model, moments)
+    try:
+        opt = read_optimizer_state(loaded.local_dir, loaded.model)
+    except OptimizerStateError as exc:
+        if mode == "require":
+            raise
+        log.warning("%s; probes start from a fresh AdamW state (model.optimizer_state=require makes this "
+                    "an error)", exc)
+        return None
+    if opt is None:
+        if mode == "require":
+            raise ModelError(f"model.optimizer_state=require but {loaded.uri or loaded.local_dir} has no "
+                             f"{OPTIMIZER_FILE}")
+        log.warning("%s has no optimizer.pt: probes start from a fresh AdamW state", loaded.uri or loaded.local_dir)
+    return opt
+
+
+def checkpoint_adam_state(loaded: LoadedModel, mode: OptimizerStateMode = "auto") -> dict[str, Any] | None:
+    """The checkpoint's AdamW state as a torch ``state_dict`` for probes that continue training (as MATES
+    does), or None (probes then start from a fresh optimizer; see :func:`checkpoint_optimizer`). A torch
+    (Trainer) state is marked so probes keep its lr/betas/eps/weight decay
+    (``ProbeSpec.hyperparameters=auto``)."""
+    opt = checkpoint_optimizer(loaded, mode)
+    if opt is None:
+        return None
+    return opt.torch_state_dict(loaded.model, hyperparameters_from_checkpoint=opt.format == "torch")
 
 
 @dataclass(frozen=True)
@@ -270,6 +302,7 @@ class ModelSource:
     storage: StorageSpec | None = None
     cache_dir: str | None = None
     dtype: str = "float32"
+    optimizer_state: OptimizerStateMode = "auto"
 
     def load(self, device: str = "cpu", dtype: str | None = None) -> LoadedModel:
         return load_causal_lm(self.uri, device=device, dtype=dtype or self.dtype, storage=self.storage,

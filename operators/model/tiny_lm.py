@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from operators.errors import ConfigError, ModelError
+from operators.model.quiet import hf_quiet
 
 OPTIMIZER_FILE = "optimizer.pt"
 META_FILE = "influmix_meta.json"
@@ -196,8 +197,9 @@ def save_checkpoint(
     """Write safetensors weights, tokenizer, ``optimizer.pt`` (moments by name) and ``influmix_meta.json``."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
+    with hf_quiet():
+        model.save_pretrained(str(path))
+        tokenizer.save_pretrained(str(path))
     info = dict(meta)
     if optimizer is not None:
         moments = adam_moments_by_name(model, optimizer)

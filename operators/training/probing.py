@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from operators.model.optimizer_state import SOURCE_CHECKPOINT, grouped_params, plain_state_dict
 from operators.training.blend import DomainStream, blend_schedule
 from operators.errors import ConfigError, CorpusError, ModelError
 
@@ -53,6 +54,11 @@ class ProbeSpec(BaseModel):
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = Field(default=1.0, gt=0.0)
     reference_batch_size: int = Field(default=16, ge=1)
+    hyperparameters: Literal["auto", "config", "checkpoint"] = Field(default="auto", description=(
+        "where a probe continuing a checkpoint's optimizer state takes lr, betas, eps and weight decay: "
+        "checkpoint = its param groups (current lr from scheduler.pt / trainer_state.json); config = these "
+        "settings; auto = the checkpoint's when its optimizer.pt is a training stack's torch state_dict "
+        "(e.g. the HF Trainer's), else these settings"))
 
     @field_validator("betas")
     @classmethod
@@ -161,27 +167,40 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def checkpoint_hyperparameters(spec: ProbeSpec, state: dict | None) -> bool:
+    """Whether a probe keeps the hyperparameters of ``state``'s param groups instead of ``spec``'s."""
+    if state is None or spec.optimizer != "adamw" or spec.hyperparameters == "config":
+        return False
+    return spec.hyperparameters == "checkpoint" or state.get("hyperparameters_from") == SOURCE_CHECKPOINT
+
+
 def _make_optimizer(
     params: list[nn.Parameter], spec: ProbeSpec, state: dict | None
 ) -> torch.optim.Optimizer:
-    """Build the probe optimizer; a loaded state keeps its moments, the spec sets hyperparameters."""
+    """Build the probe optimizer; a loaded state keeps its moments (and its param groups). The spec sets
+    the hyperparameters unless :func:`checkpoint_hyperparameters` says the checkpoint's are kept."""
     opt: torch.optim.Optimizer
+    try:
+        groups = grouped_params(params, state)
+    except (IndexError, KeyError, TypeError) as exc:
+        raise ModelError(f"optimizer_state does not fit the model's trainable parameters: {exc}") from exc
     if spec.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
     else:
-        opt = torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        opt = torch.optim.SGD(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     if state is not None:
         try:
-            opt.load_state_dict(copy.deepcopy(state))
+            opt.load_state_dict(copy.deepcopy(plain_state_dict(state)))
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ModelError(
                 f"optimizer_state does not fit the model's trainable parameters: {exc}"
             ) from exc
-        for group in opt.param_groups:
-            group["lr"] = spec.lr
-            group["weight_decay"] = spec.weight_decay
-            if spec.optimizer == "adamw":
-                group["betas"] = spec.betas
+        if not checkpoint_hyperparameters(spec, state):
+            for group in opt.param_groups:
+                group["lr"] = spec.lr
+                group["weight_decay"] = spec.weight_decay
+                if spec.optimizer == "adamw":
+                    group["betas"] = spec.betas
     return opt
 
 
@@ -308,7 +327,8 @@ def train_on_mixture(
     the same seed gives every mixture the same examples of each domain (paired comparisons), and the
     run's domain counts match the weights to within one example. ``optimizer_state`` (a torch
     AdamW/SGD ``state_dict``, e.g. :func:`operators.model.loading.checkpoint_adam_state` or the previous
-    call's ``optimizer.state_dict()``) is continued; the spec sets lr, betas and weight decay. Steps
+    call's ``optimizer.state_dict()``) is continued, with its param groups; the spec sets lr, betas and
+    weight decay unless the state's own are kept (``spec.hyperparameters``). Steps
     run in eval mode (no dropout), so the same seed gives the same model.
     """
     if steps < 0 or batch_size < 1:

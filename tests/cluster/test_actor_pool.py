@@ -12,6 +12,7 @@ from cluster.actor_pool import ShardPool
 from cluster.runtime import WorkerLayout, worker_layout
 from cluster.progress import Progress
 from cluster.spec import ClusterSpec
+from operators.errors import CorpusError, StorageError
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,11 @@ class FlakyHandler:
 
     def process(self, task: ShardTask, attempt: int, on_batch=None):
         if "poison" in task.shard_id:
-            raise ValueError(f"corrupt shard {task.uri}")
+            raise ValueError(f"corrupt shard {task.uri} (attempt {attempt})")
+        if "badinput" in task.shard_id:
+            raise CorpusError(f"shard {task.uri}: missing column 'text' (attempt {attempt})")
+        if "storage" in task.shard_id and attempt == 1:
+            raise StorageError(f"reading {task.uri} timed out")
         if "flaky" in task.shard_id and attempt == 1:
             raise RuntimeError("transient failure")
         return _Record(task.shard_id, 3)
@@ -78,18 +83,20 @@ def test_actors_are_pinned_to_distinct_gpus(ray_cluster):
 def test_queue_retries_transient_failures_and_reports_poison(ray_cluster):
     spec = ClusterSpec(shard_attempts=3, progress_interval_s=0.5)
     pool = ShardPool(FlakyHandler, WorkerLayout(2, 0.0, 1.0), spec, "test", name="queue")
-    tasks = _tasks("a", "flaky-b", "c", "poison-d", "e")
+    tasks = _tasks("a", "flaky-b", "c", "poison-d", "e", "badinput-f", "storage-g")
     progress = Progress("test", len(tasks), interval_s=0.5)
     try:
         pool.start()
         result = pool.run(tasks, progress)
     finally:
         pool.shutdown()
-    assert set(result.records) == {"a", "flaky-b", "c", "e"}
-    assert set(result.failures) == {"poison-d"}
-    assert "corrupt shard /data/poison-d.parquet" in result.failures["poison-d"]
-    assert progress.done == 4 and progress.failed == 1
-    assert np.sum([r["n_examples"] for r in result.records.values()]) == 12
+    assert set(result.records) == {"a", "flaky-b", "c", "e", "storage-g"}  # storage errors are retried
+    assert set(result.failures) == {"poison-d", "badinput-f"}
+    assert "corrupt shard /data/poison-d.parquet (attempt 3)" in result.failures["poison-d"]
+    # a deterministic input error is reported after its first attempt, not retried
+    assert result.failures["badinput-f"] == "CorpusError: shard /data/badinput-f.parquet: missing column 'text' (attempt 1)"
+    assert progress.done == 5 and progress.failed == 2
+    assert np.sum([r["n_examples"] for r in result.records.values()]) == 15
 
 
 def test_unschedulable_pool_fails_with_a_clear_error(ray_cluster):

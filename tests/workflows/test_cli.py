@@ -66,3 +66,46 @@ def test_errors_raised_in_ray_tasks_end_in_one_line_without_ray_traceback(ray_cl
     assert err.strip() == "influmix: internal error: ValueError: boom (rerun with -v for the traceback)"
     assert cli.main(["-v", "config", "default"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def _fake_submit(monkeypatch) -> dict:
+    from cluster import jobs
+
+    seen: dict = {}
+
+    def fake_submit(address, command, submission_id, runtime_env, metadata=None, **kw):
+        seen.update(command=command, runtime_env=runtime_env, metadata=metadata)
+        return submission_id, True
+
+    monkeypatch.setattr(jobs, "submit", fake_submit)
+    return seen
+
+
+def test_submit_resolves_a_relative_output_and_names_what_the_job_writes(monkeypatch, tmp_path, capsys):
+    """The job runs in a copy of the working dir: a relative output_uri must not land there, and the job
+    metadata must name the run id and paths the job really uses."""
+    from workflows.config import load_config
+
+    seen = _fake_submit(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", "default", "output_uri=rel-out", "--address", "http://127.0.0.1:1"]) == 0
+    command, meta = seen["command"], seen["metadata"]
+    assert command[-2] == f"output_uri={tmp_path / 'rel-out'}"  # after the user's overrides: it wins
+    expected = load_config("default", ["output_uri=rel-out"]).resolved_run_id()
+    assert command[-1] == f"run_id={expected}" and meta["influmix_run_id"] == expected
+    assert meta["output_uri"] == str(tmp_path / "rel-out")
+    assert meta["influmix_latest_pointer"] == str(tmp_path / "rel-out" / "manifests" / "default" / "latest.json")
+    # what the job parses from that command is the run the metadata names
+    job_cfg = load_config("default", command[5:])
+    assert job_cfg.resolved_run_id() == expected and job_cfg.output_uri == str(tmp_path / "rel-out")
+    assert "local path" in capsys.readouterr().err
+
+
+def test_submit_refresh_does_not_claim_a_run_id_it_cannot_know(monkeypatch, tmp_path):
+    seen = _fake_submit(monkeypatch)
+    assert main(["submit", "default", f"output_uri={tmp_path}/o", "--command", "refresh", "--stamp", "20261202",
+                 "--address", "http://127.0.0.1:1"]) == 0
+    meta = seen["metadata"]
+    assert meta["influmix_run_id"] == "" and meta["influmix_run_id_rule"].startswith("default-20261202-step")
+    assert not any(c.startswith("run_id=") for c in seen["command"])
+    assert seen["command"][-2:] == ["--stamp", "20261202"]

@@ -9,11 +9,10 @@ import pytest
 from operators.features import datastore
 
 from operators.io import storage
-from operators.errors import StorageError
+from operators.errors import CorpusError, StorageError
 from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_config
 from workflows.assets import default_corpus_dir
-from workflows.stages.featurize import ShardFailures
 from workflows.mixture_refresh import run_mixture_refresh
 from workflows.run.plan import build_plan
 from tests.fixtures.readers import read_features
@@ -73,18 +72,17 @@ def test_corpus_and_outputs_on_s3_without_leaking_credentials(ray_cluster, model
     assert latest["manifest_uri"] == result.manifest_uri
 
 
-def test_corrupt_shard_fails_clearly_and_keeps_completed_work(ray_cluster, model_cache, s3_storage):
+def test_corrupt_shard_fails_in_preflight_and_a_fixed_shard_starts_clean(ray_cluster, model_cache, s3_storage):
+    """A truncated Parquet shard is caught by preflight (its footer is unreadable) before any model runs,
+    and nothing is recorded under the run root, so the same run id starts cleanly once it is fixed."""
     spec, bucket = s3_storage
     corpus = _upload_corpus(bucket, spec, corrupt="legal-0001")
     cfg = _s3_config(ray_cluster, model_cache, spec, bucket, corpus, "s3-corrupt")
-    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"shard_attempts": 2})})
-    with pytest.raises(ShardFailures, match=r"legal-0001.*CorpusError") as err:
+    with pytest.raises(CorpusError, match=r"legal-0001.*corrupt or unreadable Parquet"):
         run_mixture_refresh(cfg)
-    assert "rerun to resume" in str(err.value)
     plan = build_plan(cfg)
-    done = datastore.list_completions(plan.root, spec)
-    assert len(done) == len(plan.tasks) - 1  # everything else is kept for the rerun
-    assert not storage.exists(storage.join(plan.root, "_SUCCESS"), spec)
+    assert not storage.exists(storage.join(plan.root, "plan.json"), spec)
+    assert datastore.list_completions(plan.root, spec) == {}
 
 
 def test_unreachable_s3_is_a_clear_error(model_cache, tmp_path):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from operators.io.storage.local import make_public_dir
 from operators.errors import CorpusError
 from operators.model.tiny_lm import TinyLMSpec
 
@@ -159,6 +160,7 @@ def ensure_default_checkpoint(cache_dir: str | None = None, spec: TinyLMSpec | N
             return str(final)
         verify_checksums()
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
+        make_public_dir(tmp)
         try:
             _build(tmp, spec, key)
             _BUILD_COUNT += 1

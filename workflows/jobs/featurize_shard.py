@@ -52,7 +52,7 @@ def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamS
     """LESS Adam-aware features need the checkpoint's Adam moments for every featurized layer."""
     from operators.errors import ModelError
 
-    moments = load_adam_moments(loaded.local_dir)
+    moments = load_adam_moments(loaded.local_dir, loaded.model)
     if moments is None:
         raise ModelError(f"featurize.adam_aware=true but {loaded.local_dir} has no optimizer.pt")
     exp_avg, exp_avg_sq = {}, {}
@@ -62,7 +62,7 @@ def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamS
             raise ModelError(f"{loaded.local_dir}/optimizer.pt has no Adam moments for {name}.weight")
         exp_avg[name] = torch.as_tensor(entry["exp_avg"], dtype=torch.float32)
         exp_avg_sq[name] = torch.as_tensor(entry["exp_avg_sq"], dtype=torch.float32)
-    beta1, beta2 = moments["betas"]  # load_adam_moments guarantees betas/eps/step
+    beta1, beta2 = moments["betas"]  # load_adam_moments guarantees betas/eps/step (first param group's)
     return AdamState(exp_avg, exp_avg_sq, float(beta1), float(beta2), float(moments["eps"]))
 
 

@@ -24,7 +24,7 @@ class MixtureProber:
 
     def __call__(self, items: list[tuple[list[float], int]], device: str) -> list:
         loaded = self.model.load(device, dtype="float32")
-        adam = checkpoint_adam_state(loaded)
+        adam = checkpoint_adam_state(loaded, self.model.optimizer_state)
         out = []
         for weights, seed in items:
             pools = self.pools[seed]

@@ -109,12 +109,22 @@ def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]
     """Domains to mix (sorted, or as listed in corpus.domains) and their featurized token counts."""
     done = datastore.list_completions(plan.root, cfg.storage)
     tokens: dict[str, int] = {}
+    rows: dict[str, int] = {}
     for task in plan.corpus_tasks():
         record = done.get(task.shard_id)
         if record is None:
             raise ConfigError(f"shard {task.shard_id} has no completion record; featurize it first")
         for d, n in record.domain_tokens.items():
             tokens[d] = tokens.get(d, 0) + int(n)
+        for d, n in record.domain_rows_all.items():
+            rows[d] = rows.get(d, 0) + int(n)
+    unusable = sorted(d for d, n in rows.items() if n > 0 and not tokens.get(d)
+                      and (not cfg.corpus.domains or d in cfg.corpus.domains))
+    if unusable:  # never drop a domain silently: it has rows, but nothing of it could be featurized
+        raise ConfigError(
+            f"corpus domain(s) {unusable} have {[rows[d] for d in unusable]} rows but no usable example "
+            f"(texts empty or shorter than sampling.min_chars={cfg.sampling.min_chars}, under 2 tokens, or none "
+            f"drawn at sampling.rate={cfg.sampling.rate}); fix the data, or leave them out with corpus.domains")
     order = sorted(tokens)
     if cfg.corpus.domains:
         missing = sorted(set(cfg.corpus.domains) - set(order))

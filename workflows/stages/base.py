@@ -46,6 +46,7 @@ class RunContext:
     metrics: Any = None
     started: float = field(default_factory=time.monotonic)
     checkpoints: CheckpointSet | None = None
+    preflight: dict = field(default_factory=dict)
     featurizer: dict = field(default_factory=dict)
     previous_uri: str | None = None
     previous: Manifest | None = None

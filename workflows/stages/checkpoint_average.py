@@ -3,13 +3,13 @@
 Influence measured at one checkpoint reflects that moment of training; TracIn and LESS sum it over
 several checkpoints of the trajectory. With ``model.average_checkpoints = N > 1`` and a
 ``model.checkpoint_root``, a refresh featurizes each of the last N checkpoints (up to the one the
-refresh resolved) into its own sub-root ``runs/<run_id>/ckpt-<step>/`` (own plan copy, completion
+refresh resolved; the run pins them in ``model.checkpoints``, which may also be listed by hand) into its own sub-root ``runs/<run_id>/ckpt-<step>/`` (own plan copy, completion
 records and featurizer.json, so resume stays exact per checkpoint), aggregates group influence per
 checkpoint, and uses the AVERAGE ``GI = mean over checkpoints of GI_c`` (the sampled examples are the
 same, sampling depends only on ids); bootstrap intervals come from the newest checkpoint. The chosen checkpoints are pinned in
 ``runs/<run_id>/checkpoints.json``; a resume whose checkpoint root moved on is refused.
 
-With N = 1 (or no checkpoint root) everything is the single-checkpoint path, unchanged: one plan at
+Fewer than N checkpoints is an error. With N = 1 everything is the single-checkpoint path, unchanged: one plan at
 the run root, :func:`workflows.stages.aggregate.aggregate_influence` as before.
 """
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from operators.io import storage
-from operators.model.checkpoints import list_checkpoints
+from operators.model.checkpoints import list_checkpoints, parse_step
 from operators.errors import ConfigError, InfluMixError
 from operators.influence.group import combine_targets, normalize_per_target
 from workflows.run.plan import Plan, check_or_record_plan
@@ -62,46 +62,61 @@ class CheckpointSet:
                                 for u, s, p in zip(self.checkpoints, self.steps, self.plans)]}
 
 
-def _sub_plan(plan: Plan, step: int) -> Plan:
-    return replace(plan, root=storage.join(plan.root, f"ckpt-{step}"))
+def _sub_plan(plan: Plan, step: int | None, index: int) -> Plan:
+    name = f"ckpt-{step}" if step is not None else f"ckpt-{index}"
+    return replace(plan, root=storage.join(plan.root, name))
 
 
-def plan_checkpoints(cfg: RunConfig, plan: Plan, model_uri: str) -> CheckpointSet:
-    """Pick (first run) or re-read (resume) the checkpoints of this run.
-
-    ``model_uri`` is the checkpoint the refresh resolved (the newest). With averaging, the N newest
-    complete checkpoints under ``model.checkpoint_root`` up to ``model_uri`` are pinned in
-    ``checkpoints.json``; fewer than N existing is allowed (logged).
-    """
+def _chosen(cfg: RunConfig, model_uri: str) -> list[tuple[int | None, str]]:
+    """``(step, uri)`` of the checkpoints to average, oldest first, ending at ``model_uri``."""
     n = cfg.model.average_checkpoints
-    if n <= 1 or not cfg.model.checkpoint_root:
-        if n > 1:
-            log.warning("model.average_checkpoints=%d needs model.checkpoint_root; using %s only", n, model_uri)
-        return CheckpointSet((model_uri,), (None,), (plan,))
-    uri = storage.join(plan.root, CHECKPOINTS_FILE)
+    if cfg.model.checkpoints:  # pinned by the run (workflows/run/pins.py) or listed by hand
+        uris = list(cfg.model.checkpoints)
+        if uris[-1].rstrip("/") != model_uri.rstrip("/"):
+            raise ConfigError(f"model.checkpoints ends with {uris[-1]}, but the run continues {model_uri}; the "
+                              f"newest listed checkpoint must be the run's model")
+        return [(parse_step(u), u) for u in uris]
+    if not cfg.model.checkpoint_root:
+        raise ConfigError(f"model.average_checkpoints={n} needs model.checkpoint_root or model.checkpoints")
     found = list_checkpoints(cfg.model.checkpoint_root, cfg.storage)
     uris = [u.rstrip("/") for _, u in found]
     if model_uri.rstrip("/") not in uris:
         raise ConfigError(f"checkpoint {model_uri} is not under model.checkpoint_root {cfg.model.checkpoint_root}")
     end = uris.index(model_uri.rstrip("/")) + 1
     chosen = found[max(0, end - n):end]
+    if len(chosen) < n:
+        raise ConfigError(f"model.average_checkpoints={n} but only {len(chosen)} checkpoint(s) up to {model_uri} "
+                          f"under {cfg.model.checkpoint_root}")
+    return list(chosen)
+
+
+def plan_checkpoints(cfg: RunConfig, plan: Plan, model_uri: str) -> CheckpointSet:
+    """Pick (first run) or re-read (resume) the checkpoints of this run.
+
+    ``model_uri`` is the checkpoint the refresh resolved (the newest). With averaging, the checkpoints are
+    ``model.checkpoints`` (a run pins them there from ``model.checkpoint_root``), else the N newest complete
+    checkpoints under the root up to ``model_uri``; they are recorded in ``checkpoints.json``. Fewer than
+    N is an error.
+    """
+    n = cfg.model.average_checkpoints
+    if n <= 1:
+        return CheckpointSet((model_uri,), (parse_step(model_uri),), (plan,))
+    uri = storage.join(plan.root, CHECKPOINTS_FILE)
+    chosen = _chosen(cfg, model_uri)
     if storage.exists(uri, cfg.storage):
         recorded = storage.read_json(uri, cfg.storage)
-        pinned = [(int(c["step"]), c["uri"]) for c in recorded["checkpoints"]]
+        pinned = [(c["step"], c["uri"]) for c in recorded["checkpoints"]]
         if pinned != chosen:
             raise InfluMixError(
                 f"run {plan.run_id} pinned checkpoints {[u for _, u in pinned]} ({uri}) but now resolves "
                 f"{[u for _, u in chosen]}: the checkpoint root moved on. Start a new run (run_id=...).")
-    if len(chosen) < n:
-        log.warning("model.average_checkpoints=%d but only %d checkpoint(s) under %s", n, len(chosen),
-                    cfg.model.checkpoint_root)
-    plans = tuple(_sub_plan(plan, step) for step, _ in chosen)
+    plans = tuple(_sub_plan(plan, step, i) for i, (step, _) in enumerate(chosen))
     cset = CheckpointSet(tuple(u for _, u in chosen), tuple(s for s, _ in chosen), plans)
     for sub in plans:
         check_or_record_plan(sub, cfg.storage)
     if not storage.exists(uri, cfg.storage):
         storage.write_json_atomic(uri, cset.describe(), cfg.storage)
-    log.info("influence averaged over %d checkpoints: %s", len(chosen), [s for s, _ in chosen])
+    log.info("influence averaged over %d checkpoints: %s", len(chosen), [u for _, u in chosen])
     return cset
 
 

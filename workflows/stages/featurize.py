@@ -43,7 +43,7 @@ def featurize_job(cfg: RunConfig, model_uri: str, root: str) -> FeaturizeJob:
 
 
 def model_source(cfg: RunConfig, model_uri: str) -> ModelSource:
-    return ModelSource(model_uri, cfg.storage, cfg.model.cache_dir, cfg.model.dtype)
+    return ModelSource(model_uri, cfg.storage, cfg.model.cache_dir, cfg.model.dtype, cfg.model.optimizer_state)
 
 
 def check_workers_agree(workers: list[dict]) -> str:
@@ -108,8 +108,9 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None, requ
     progress.report(force=True)
     if result.failures:
         lines = "\n".join(f"  {sid}: {err}" for sid, err in sorted(result.failures.items()))
-        raise ShardFailures(f"{len(result.failures)} shard(s) failed after {cfg.cluster.shard_attempts} "
-                            f"attempts (completed shards are kept; rerun to resume):\n{lines}")
+        raise ShardFailures(f"{len(result.failures)} shard(s) failed (input errors are not retried, others "
+                            f"up to {cfg.cluster.shard_attempts} attempts; completed shards are kept, fix the "
+                            f"input and rerun to resume):\n{lines}")
     info["workers"] = workers
     return info
 

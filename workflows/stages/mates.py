@@ -50,7 +50,7 @@ class OracleProber:
 
     def __call__(self, rows: list[tuple], device: str) -> list[tuple[float, float]]:
         loaded = self.model.load(device, dtype="float32")
-        adam = checkpoint_adam_state(loaded)
+        adam = checkpoint_adam_state(loaded, self.model.optimizer_state)
         ids, mask = self.ref[0].to(device), self.ref[1].to(device)
         halves = [OneStepProber(loaded.model, ids[h::2], mask[h::2], self.probe, optimizer_state=adam)
                   for h in (0, 1)]

@@ -244,6 +244,8 @@ class PublishStage(Stage):
             report["validation"] = {k: v for k, v in ctx.validation.items() if k != "published_weights"}
         report["problem"] = problem_report(problem, weights)
         report["checkpoints"] = ctx.checkpoints.describe()
+        if ctx.preflight:
+            report["preflight"] = ctx.preflight
         solver_info = {"name": primary, "published": source, "prior": problem.prior_kind,
                        "reference": problem.reference_kind, **ctx.solved[primary].report}
         featurizer = ctx.featurizer

@@ -74,6 +74,15 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
              f"- preconditioner: {manifest.influence.preconditioner}; target normalisation: "
              f"{report.get('problem', {}).get('normalize', '')}",
              f"- previous manifest: {manifest.provenance.previous_manifest_uri or 'none'}"]
+    ckpts = report.get("checkpoints", {})
+    if ckpts.get("average", 1) > 1:
+        lines.append(f"- influence averaged over {ckpts['average']} checkpoints: "
+                     + ", ".join(f"`{c['uri']}` (step {c['step']})" for c in ckpts["checkpoints"]))
+    probe_opt = (report.get("validation") or {}).get("probe_optimizer")
+    if probe_opt:
+        groups = "; ".join(f"lr {g['lr']:.3g}, weight decay {g['weight_decay']:g}" for g in probe_opt["groups"])
+        lines.append(f"- probes continued: {probe_opt['moments']}; hyperparameters from {probe_opt['hyperparameters']}"
+                     f" ({groups})" + (f"; {probe_opt['reason']}" if probe_opt.get("reason") else ""))
     if budget:
         lines.append(f"- next-stage budget: {budget.get('tokens_next_stage', 0):.4g} tokens ({budget.get('source')}); "
                      f"reuse cap {budget.get('max_epochs')} epochs")

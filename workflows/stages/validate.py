@@ -108,6 +108,23 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     return decision
 
 
+def probe_optimizer_report(cfg: RunConfig, optimizer: dict) -> dict:
+    """Which optimizer state and hyperparameters the probes used (from preflight's optimizer check)."""
+    probe = cfg.mixture.validation.probe
+    out = {"moments": optimizer["moments"], "hyperparameters": optimizer["hyperparameters"]}
+    if optimizer.get("reason"):
+        out["reason"] = optimizer["reason"]
+    if optimizer["hyperparameters"] == "config" or not optimizer.get("groups"):
+        out["groups"] = [{"lr": probe.lr, "betas": list(probe.betas), "weight_decay": probe.weight_decay}]
+    else:
+        out["groups"] = optimizer["groups"]
+        out["lr_source"] = optimizer.get("lr_source")
+    for key in ("path", "format", "step"):
+        if key in optimizer:
+            out[key] = optimizer[key]
+    return out
+
+
 class ValidateStage(Stage):
     """Short probe trainings of every candidate on the validation split, and the publish decision;
     ``stages/validate.json``."""
@@ -122,6 +139,9 @@ class ValidateStage(Stage):
                                   {n: r.weights for n, r in ctx.solved.items()},
                                   {n: r.weights for n, r in ctx.baselines.items()}, ctx.cfg.mixture.solver,
                                   ctx.layout)
+        optimizer = ctx.preflight.get("model", {}).get("optimizer")
+        if optimizer:  # what the probes continued: the checkpoint's AdamW moments or a fresh AdamW
+            decision["probe_optimizer"] = probe_optimizer_report(ctx.cfg, optimizer)
         ctx.validation = decision
         ctx.save_record(self.name, {**decision, "published_weights": decision["published_weights"].tolist()})
 

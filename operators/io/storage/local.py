@@ -40,11 +40,43 @@ def _sync(fh: IO[bytes]) -> None:
     os.fsync(fh.fileno())
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible; ``os.umask`` round-trip otherwise)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Mode of a newly written file, as ``open()`` would create it: 0o666 less the umask (0o644 usually)."""
+    return 0o666 & ~current_umask()
+
+
+def make_public_dir(path: str | os.PathLike[str]) -> None:
+    """Give a ``tempfile.mkdtemp`` directory (created 0o700) the mode ``mkdir`` would: 0o777 less the umask,
+    so outputs renamed into place are readable by other users (a trainer running as another user)."""
+    os.chmod(path, 0o777 & ~current_umask())
+
+
 def _open_temp(path: str) -> tuple[IO[bytes], str]:
-    """A new hidden temp file beside ``path`` (creating the directory), open for writing."""
+    """A new hidden temp file beside ``path`` (creating the directory), open for writing, with the mode a
+    plain ``open()`` would give the final file (``mkstemp`` alone creates 0o600)."""
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+    try:
+        os.fchmod(fd, file_mode())
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
     return os.fdopen(fd, "wb"), tmp
 
 
@@ -75,7 +107,7 @@ def _link_exclusive(tmp: str, path: str, data: bytes) -> bool:
         if exc.errno not in _NO_HARD_LINKS:
             raise
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
     except FileExistsError:
         return False
     with os.fdopen(fd, "wb") as fh:

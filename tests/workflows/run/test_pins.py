@@ -70,3 +70,33 @@ def test_checkpoint_is_pinned_into_the_run_id(tmp_path) -> None:
     shutil.copytree(root / "checkpoint-200", root / "checkpoint-300")
     newer, _ = pin_run(cfg)
     assert newer.resolved_run_id() != pinned.resolved_run_id()  # a new checkpoint is a new run
+
+
+def test_average_checkpoints_pins_the_newest_n_for_run_and_refresh(tmp_path) -> None:
+    from operators.errors import ConfigError, ModelError
+    from workflows.refresh import refresh_config
+
+    root = tmp_path / "ckpts"
+    for step in (100, 200, 300):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}" / "config.json").write_text("{}")
+    cfg = fast_config(str(tmp_path / "out"), str(tmp_path / "cache"), f"model.checkpoint_root={root}",
+                      "model.average_checkpoints=2")
+    pinned, pins = pin_run(cfg)
+    newest = [str(root / "checkpoint-200"), str(root / "checkpoint-300")]
+    assert pinned.model.checkpoints == newest and pins["checkpoints"] == newest
+    assert pinned.model.path == pins["checkpoint"] == newest[-1] and pinned.model.checkpoint_root is None
+    # a scheduled refresh pins the same two (the root is not dropped before averaging)
+    stamped = refresh_config(cfg, "20261202")
+    assert stamped.model.checkpoints == newest and stamped.run_id.startswith("default-20261202-step300-")
+    assert pin_run(stamped)[1]["checkpoints"] == newest
+    # fewer checkpoints than asked for, or averaging without a root: loud errors, no silent single checkpoint
+    three = cfg.model_copy(update={"model": cfg.model.model_copy(update={"average_checkpoints": 4})})
+    with pytest.raises(ModelError, match=r"average_checkpoints=4 .* only 3 .*\[100, 200, 300\]"):
+        pin_run(three)
+    rootless = fast_config(str(tmp_path / "out"), str(tmp_path / "cache"), "model.average_checkpoints=2")
+    with pytest.raises(ConfigError, match="needs model.checkpoint_root"):
+        pin_run(rootless)
+    # single-checkpoint runs keep their pins exactly as before
+    assert set(pin_run(cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"average_checkpoints": 1})}))[1]) == {"checkpoint", "previous_manifest"}

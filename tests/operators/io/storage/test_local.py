@@ -102,3 +102,31 @@ def test_check_reachable_needs_a_directory_ancestor(tmp_path) -> None:
     st.check_reachable(str(tmp_path / "file"))  # an existing file is fine
     with pytest.raises(StorageError, match=r"ancestor .*file is not a directory"):
         st.check_reachable(str(tmp_path / "file" / "run"))
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(tmp_path) -> None:
+    """A manifest must be readable by a trainer running as another user: atomic writes, conditional creates
+    and staged directories get the modes plain open()/mkdir() would give under the process umask."""
+    import stat
+
+    from operators.io import storage as st
+    from operators.io.storage.local import make_public_dir
+
+    old = os.umask(0o022)
+    try:
+        st.write_bytes_atomic(str(tmp_path / "a" / "manifest.json"), b"{}")
+        assert st.put_if_absent(str(tmp_path / "a" / "_SUCCESS"), b"{}")
+        with st.storage_for(str(tmp_path)).atomic_writer(str(tmp_path / "a" / "w.bin")) as fh:
+            fh.write(b"x")
+        for name in ("manifest.json", "_SUCCESS", "w.bin"):
+            assert stat.S_IMODE((tmp_path / "a" / name).stat().st_mode) == 0o644, name
+        os.umask(0o077)
+        st.write_bytes_atomic(str(tmp_path / "a" / "private.json"), b"{}")
+        assert stat.S_IMODE((tmp_path / "a" / "private.json").stat().st_mode) == 0o600
+        os.umask(0o022)
+        staged = tmp_path / "staged"
+        staged.mkdir(mode=0o700)
+        make_public_dir(staged)
+        assert stat.S_IMODE(staged.stat().st_mode) == 0o755
+    finally:
+        os.umask(old)
