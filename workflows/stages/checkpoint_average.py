@@ -26,6 +26,7 @@ from operators.io import storage
 from operators.model.checkpoints import list_checkpoints
 from operators.errors import ConfigError, InfluMixError
 from operators.influence.group import combine_targets, normalize_per_target
+from workflows.run.keys import featurizer_store
 from workflows.run.plan import Plan, check_or_record_plan
 
 if TYPE_CHECKING:
@@ -62,8 +63,9 @@ class CheckpointSet:
                                 for u, s, p in zip(self.checkpoints, self.steps, self.plans)]}
 
 
-def _sub_plan(plan: Plan, step: int) -> Plan:
-    return replace(plan, root=storage.join(plan.root, f"ckpt-{step}"))
+def _sub_plan(plan: Plan, step: int, store: str) -> Plan:
+    """A checkpoint's plan: its own run sub-root, features in that checkpoint's datastore folder."""
+    return replace(plan, root=storage.join(plan.root, f"ckpt-{step}"), store=store)
 
 
 def plan_checkpoints(cfg: RunConfig, plan: Plan, model_uri: str) -> CheckpointSet:
@@ -95,7 +97,7 @@ def plan_checkpoints(cfg: RunConfig, plan: Plan, model_uri: str) -> CheckpointSe
     if len(chosen) < n:
         log.warning("model.average_checkpoints=%d but only %d checkpoint(s) under %s", n, len(chosen),
                     cfg.model.checkpoint_root)
-    plans = tuple(_sub_plan(plan, step) for step, _ in chosen)
+    plans = tuple(_sub_plan(plan, step, featurizer_store(cfg, ckpt)) for step, ckpt in chosen)
     cset = CheckpointSet(tuple(u for _, u in chosen), tuple(s for s, _ in chosen), plans)
     for sub in plans:
         check_or_record_plan(sub, cfg.storage)
