@@ -4,7 +4,9 @@ Duplicate-id policy: an example id must be unique within a shard (checked when t
 across the corpus shards of a run, and within each target set (checked here, after featurization, on
 the feature shards). Either case is an error naming the id and both shards; nothing is dropped silently.
 Sampling is a function of the id, so both copies of a duplicated id are sampled or neither: a
-duplicate that sampling drops cannot change the result and is not reported.
+duplicate that sampling drops cannot change the result and is not reported. A group whose exact set
+of datastore shards passed once is remembered in the datastore (``<store>/_unique_ids/``) and not read
+again by later runs.
 """
 
 from __future__ import annotations
@@ -88,8 +90,17 @@ def check_unique_ids(cfg: RunConfig, plan: Plan, layout=None) -> int:
     groups: dict[str, list[ShardTask]] = {"corpus": plan.corpus_tasks()}
     for target in cfg.targets:
         groups[f"target-{target.name}"] = plan.target_tasks(target.name)
+    total = 0
+    checked = {g: _checked_uri(plan, tasks) for g, tasks in groups.items()}
+    for group, uri in checked.items():  # groups whose exact shard set was checked before (datastore)
+        if uri is not None and storage.exists(uri, cfg.storage):
+            total += int(storage.read_json(uri, cfg.storage)["ids"])
+            del groups[group]
     items = [(g, t.shard_id) for g, tasks in groups.items() for t in tasks]
-    total = sum(map_shards(_HashShard(plan.root, cfg.storage, plan.shard_roots()), items, layout))
+    counts: dict[str, int] = {}
+    for (group, _), n in zip(items, map_shards(_HashShard(plan.root, cfg.storage, plan.shard_roots()), items,
+                                               layout)):
+        counts[group] = counts.get(group, 0) + n
     reduce_items = [(g, b, [t.shard_id for t in tasks]) for g, tasks in groups.items() if tasks
                     for b in range(BUCKETS)]
     by_id = {t.shard_id: t for t in plan.tasks}
@@ -102,7 +113,20 @@ def check_unique_ids(cfg: RunConfig, plan: Plan, layout=None) -> int:
                 raise CorpusError(
                     f"duplicate example id {dup!r} in the {name}: shards {by_id[first].uri} and "
                     f"{by_id[second].uri} (ids must be unique across shards; deduplicate the inputs)")
+    for group in groups:
+        if checked[group] is not None:
+            storage.write_json_atomic(checked[group], {"group": group, "ids": counts.get(group, 0)}, cfg.storage)
+        total += counts.get(group, 0)
     return total
+
+
+def _checked_uri(plan: Plan, tasks: list[ShardTask]) -> str | None:
+    """Where the datastore remembers that this exact set of shards has unique ids (None: no datastore)."""
+    if not plan.store or any(t.key is None for t in tasks):
+        return None
+    from workflows.run.keys import digest
+
+    return storage.join(plan.store, "_unique_ids", f"{digest(sorted(t.key for t in tasks))}.json")
 
 
 def _confirm(roots: dict[str, str], spec: storage.StorageSpec, value: int, first: str, second: str) -> str | None:
