@@ -357,7 +357,7 @@ def check_part_sizes(record: CompletionRecord, storage: StorageSpec | None = Non
     listed = dict(st.list_file_infos(record.output_uri, (".parquet",), storage))
     for uri, size, _ in parts:
         if uri not in listed:
-            return FeaturePartCorrupt(uri, record.shard_id, "missing")
+            return FeaturePartCorrupt(uri, record.shard_id, "not found")
         if size is not None and listed[uri] is not None and listed[uri] != size:
             return FeaturePartCorrupt(uri, record.shard_id, f"{listed[uri]} bytes, its completion record says {size}")
     return None
@@ -371,7 +371,7 @@ def verified_part_bytes(uri: str, record: CompletionRecord | None, storage: Stor
     except FileNotFoundError:
         if record is None:
             raise CorpusError(f"feature shard {uri}: not found") from None
-        raise FeaturePartCorrupt(uri, record.shard_id, "missing") from None
+        raise FeaturePartCorrupt(uri, record.shard_id, "not found") from None
     if record is None:
         return data
     expected = {u: (size, digest) for u, size, digest in record_parts(record)}.get(uri)
