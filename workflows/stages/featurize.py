@@ -151,9 +151,11 @@ def repair_parts(ctx: RunContext, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except datastore.FeaturePartCorrupt as exc:
-            if attempt == MAX_REPAIRS:
-                raise
             cause = exc if getattr(exc, "part_uri", None) else getattr(exc, "cause", exc)
+            if attempt == MAX_REPAIRS:  # one line, not Ray's wrapped traceback
+                raise datastore.FeaturePartCorrupt(
+                    getattr(cause, "part_uri", "?"), getattr(cause, "shard_id", "?"),
+                    f"{getattr(cause, 'reason', cause)} again after {MAX_REPAIRS} repairs") from None
             _invalidate_part(ctx, cause)
             ctx.featurizer = featurize_all(
                 ctx.checkpoints, lambda p, uri: run_featurize(ctx.cfg, p, uri, ctx.metrics))
