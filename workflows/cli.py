@@ -47,7 +47,7 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(cfg))
-    from workflows.run.keys import run_keys
+    from workflows.run.plan import run_keys
     from workflows.run.pins import resolve_checkpoint, with_checkpoint
 
     try:  # the keys list the inputs and the checkpoint's files

@@ -14,7 +14,7 @@ from operators.errors import ConfigError
 from operators.io.names import SAFE_NAME_HELP, is_safe_name
 from workflows.config import RunConfig
 from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
-from workflows.run.keys import run_keys
+from workflows.run.plan import run_keys
 
 log = logging.getLogger(__name__)
 

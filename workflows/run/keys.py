@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from operators.errors import ModelError
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
 #: Bump when the on-disk feature format changes: every featurizer key changes with it.
 DATASTORE_FORMAT = 1
 DATASTORE_DIR = "datastore"
+BUILTIN_SCHEME = "builtin://"  # workflows.config.BUILTIN_MODEL (not imported: config imports the plan)
 #: Run-config fields that never change a result (where, how fast, how loud) and stay out of the keys.
 _NOT_ANALYSIS = {"run_id", "log_format", "cluster", "output_uri", "storage"}
 
@@ -45,13 +45,11 @@ def digest(obj: Any, length: int = 16) -> str:
 def newest_model_uri(cfg: RunConfig) -> str | None:
     """The checkpoint a run of ``cfg`` featurizes: the pinned path, or the newest under checkpoint_root
     (None for the builtin model)."""
-    from workflows.config import BUILTIN_MODEL
-
     if cfg.model.checkpoint_root:
         from operators.model.checkpoints import find_latest_checkpoint
 
         return find_latest_checkpoint(cfg.model.checkpoint_root, cfg.storage)
-    return None if cfg.model.path == BUILTIN_MODEL else cfg.model.path
+    return None if cfg.model.path.startswith(BUILTIN_SCHEME) else cfg.model.path
 
 
 def checkpoint_identity(cfg: RunConfig, model_uri: str | None = None) -> dict:
@@ -104,25 +102,3 @@ def analysis_key(cfg: RunConfig, store: str, tasks: tuple[ShardTask, ...]) -> st
     settings["model"].pop("cache_dir", None)
     return digest({"features": store.rstrip("/").rsplit("/", 1)[-1], "shards": sorted(t.key or "" for t in tasks),
                    "settings": settings})
-
-
-@dataclass(frozen=True)
-class RunKeys:
-    """The keys of a run of one config (``influmix config`` prints them)."""
-
-    featurizer: str
-    analysis: str
-    run_id: str
-    store: str
-    tasks: tuple[ShardTask, ...]
-
-
-def run_keys(cfg: RunConfig) -> RunKeys:
-    """List the inputs and derive every key; the run id is ``cfg.run_id`` when one is given."""
-    from workflows.run.plan import list_tasks
-
-    store = featurizer_store(cfg)
-    tasks = list_tasks(cfg)
-    key = analysis_key(cfg, store, tasks)
-    return RunKeys(featurizer=store.rstrip("/").rsplit("/", 1)[-1], analysis=key,
-                   run_id=cfg.run_id or f"{cfg.name}-{key[:12]}", store=store, tasks=tasks)

@@ -20,6 +20,7 @@ from operators.errors import ConfigError
 from operators.features import datastore
 from operators.io import storage
 from operators.io.corpus import CorpusSpec, TargetSpec, discover_shards
+from workflows.run.keys import analysis_key, featurizer_store, read_settings, shard_key
 
 if TYPE_CHECKING:
     from workflows.config import RunConfig
@@ -98,8 +99,6 @@ def spec_for_task(cfg: RunConfig, task: ShardTask) -> CorpusSpec:
 
 def list_tasks(cfg: RunConfig) -> tuple[ShardTask, ...]:
     """Every corpus and target shard (sorted, deterministic), each with its datastore shard key."""
-    from workflows.run.keys import read_settings, shard_key
-
     tasks: list[ShardTask] = []
     for ref in discover_shards(cfg.corpus, cfg.storage):
         tasks.append(ShardTask(shard_id=ref.shard_id, uri=ref.uri, format=ref.format, role="corpus",
@@ -124,10 +123,24 @@ def build_plan(cfg: RunConfig) -> Plan:
                 store=keys.store)
 
 
-def run_keys(cfg: RunConfig):
-    from workflows.run.keys import run_keys as derive
+@dataclass(frozen=True)
+class RunKeys:
+    """The keys of a run of one config (``influmix config`` prints them; workflows/run/keys.py)."""
 
-    return derive(cfg)
+    featurizer: str
+    analysis: str
+    run_id: str
+    store: str
+    tasks: tuple[ShardTask, ...]
+
+
+def run_keys(cfg: RunConfig) -> RunKeys:
+    """List the inputs and derive every key; the run id is ``cfg.run_id`` when one is given."""
+    store = featurizer_store(cfg)
+    tasks = list_tasks(cfg)
+    key = analysis_key(cfg, store, tasks)
+    return RunKeys(featurizer=store.rstrip("/").rsplit("/", 1)[-1], analysis=key,
+                   run_id=cfg.run_id or f"{cfg.name}-{key[:12]}", store=store, tasks=tasks)
 
 
 def plan_completions(plan: Plan, spec: storage.StorageSpec) -> dict[str, datastore.CompletionRecord]:

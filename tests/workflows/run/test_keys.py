@@ -7,7 +7,7 @@ import shutil
 
 from tests.workflows.helpers import fast_config
 from workflows.assets import default_corpus_dir
-from workflows.run.keys import run_keys
+from workflows.run.plan import run_keys
 
 
 def _config(tmp_path, *extra: str):
