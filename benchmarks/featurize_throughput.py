@@ -24,10 +24,10 @@ import ray
 import torch
 
 from cluster.runtime import init_ray
-from operators.features import datastore
 from workflows.config import load_config
 from workflows.stages.featurize import run_featurize
 from workflows.mixture_refresh import prepare_run
+from workflows.run.plan import plan_completions
 
 
 def measure(workers: int, rate: float, gpus: str, cache: str) -> tuple[float, float, int]:
@@ -43,7 +43,7 @@ def measure(workers: int, rate: float, gpus: str, cache: str) -> tuple[float, fl
         elapsed = time.perf_counter() - started
     finally:
         ray.shutdown()
-    records = list(datastore.list_completions(plan.root).values())
+    records = list(plan_completions(plan, cfg.storage).values())
     examples = sum(r.n_examples for r in records)
     busy = max(datetime.fromisoformat(r.finished_at) for r in records) - min(
         datetime.fromisoformat(r.started_at) for r in records)
@@ -129,7 +129,6 @@ def shard_path(args: argparse.Namespace, cache: str) -> None:
     """The per-shard path (read, tokenize, featurize, write parts) with background tokenize/write
     threads vs the same work done serially, interleaved, on the embedded default's corpus shards."""
     import workflows.jobs.featurize_shard as fs
-    from workflows.run.plan import run_root
     from workflows.stages.featurize import featurize_job
     from workflows.jobs.featurize_shard import ShardFeaturizer
     from workflows.mixture_refresh import resolve_model_uri
@@ -144,8 +143,10 @@ def shard_path(args: argparse.Namespace, cache: str) -> None:
             out = tempfile.mkdtemp(prefix=f"influmix-bench-shard-{mode}-")
             cfg = load_config("default", [f"output_uri={out}", f"model.cache_dir={cache}",
                                           f"sampling.rate={args.rate}", f"run_id=bench-{mode}-{rep}"])
-            tasks = build_plan(cfg).corpus_tasks()[: args.shards]
-            worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), run_root(cfg)), "cpu", "bench")
+            plan = build_plan(cfg)
+            tasks = plan.corpus_tasks()[: args.shards]
+            worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), plan.root, plan.store), "cpu",
+                                     "bench")
             fs._background = threaded if mode == "threaded" else serial
             try:
                 t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`influmix` command line: run, refresh, submit, status, logs, config."""
+"""`influmix` command line: run, refresh, submit, status, logs, config, verify."""
 
 from __future__ import annotations
 
@@ -50,12 +50,43 @@ def _cmd_refresh(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     sys.stdout.write(dump_config(cfg))
-    print(f"# run_id: {cfg.resolved_run_id()}")
+    from workflows.run.plan import run_keys
+    from workflows.run.pins import resolve_checkpoint, with_checkpoint
+
+    try:  # the keys list the inputs and the checkpoint's files
+        keys = run_keys(with_checkpoint(cfg, resolve_checkpoint(cfg)))
+    except InfluMixError as exc:
+        print(f"# keys: cannot be derived now: {redact(str(exc))}")
+        return 0
+    print(f"# featurizer key: {keys.featurizer}  (features: {redact(keys.store)})")
+    print(f"# analysis key: {keys.analysis}")
+    print(f"# run_id: {keys.run_id}")
     if cfg.model.checkpoint_root and not cfg.run_id:
         n = cfg.model.average_checkpoints
         which = "the newest checkpoint" if n == 1 else f"the newest {n} checkpoints"
-        print(f"# (a run pins {which} under model.checkpoint_root into its run id)")
+        print(f"# (resolved now under model.checkpoint_root; a run pins {which} when it starts)")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from operators.io.corpus import absolute_location
+    from operators.io.storage import StorageSpec
+    from workflows.run.verify import invalidate_bad, verify_location
+
+    spec = StorageSpec(endpoint_url=args.endpoint_url) if args.endpoint_url else StorageSpec()
+    location = absolute_location(args.location)
+    report = verify_location(location, spec, checksums=not args.sizes_only)
+    for bad in report.bad:
+        print(f"BAD {bad.part_uri}: {bad.reason} (shard {bad.shard_id})")
+    if report.unfinished:
+        print(f"unfinished: {len(report.unfinished)} planned shard(s) have no features yet "
+              f"({', '.join(report.unfinished[:5])}{', ...' if len(report.unfinished) > 5 else ''})")
+    print(f"checked {report.shards} shard(s), {report.parts} part(s) under {redact(location)}: "
+          f"{len(report.bad)} bad")
+    if report.bad and args.repair:
+        dropped = invalidate_bad(report, spec)
+        print(f"dropped the completion records of {len(dropped)} shard(s); the next run featurizes them again")
+    return 0 if report.ok else 1
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -176,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entrypoint-num-gpus", type=float, default=None)
     p.add_argument("--wait", action="store_true", help="wait for the job and exit non-zero if it fails")
     p.add_argument("--timeout", type=float, default=24 * 3600)
+    p = sub.add_parser("verify", help="check the feature parts of a run or of every datastore under an output root")
+    p.add_argument("location", help="a run root (<output>/runs/<run_id>) or an output root")
+    p.add_argument("--sizes-only", action="store_true", help="check sizes only, not sha256 (no part is read)")
+    p.add_argument("--repair", action="store_true",
+                   help="drop the completion records of shards with bad parts (the next run redoes them)")
+    p.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// locations")
+    p.set_defaults(func=_cmd_verify)
     for name, func, text in (("status", _cmd_status, "status of a submitted job"),
                              ("logs", _cmd_logs, "logs of a submitted job")):
         p = sub.add_parser(name, help=text)

@@ -237,6 +237,8 @@ class RunConfig(_Spec):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def resolved_run_id(self) -> str:
+        """The run id once a run has fixed it (``run_id``). Before that, a config-only stand-in: runs
+        derive their id from the feature and analysis keys (workflows/run/keys.py, ``influmix config``)."""
         return self.run_id or f"{self.name}-{self.config_hash()[:12]}"
 
 

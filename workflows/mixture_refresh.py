@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass, field
 
 from operators.errors import ConfigError
+from operators.features import datastore
 from operators.io import storage
 from workflows.config import BUILTIN_MODEL, RunConfig, dump_config
 from workflows.run.lease import cluster_lost, run_lease
 from workflows.run.pins import pin_run
-from workflows.run.plan import Plan, build_plan, check_or_record_plan
+from workflows.run.plan import Plan, build_plan, check_or_record_plan, plan_completions
 from workflows.stages.aggregate import AggregateStage, InfluenceResult
 from workflows.stages.base import RunContext, Stage
 from workflows.stages.featurize import FeaturizeStage
@@ -73,7 +74,8 @@ def prepare_run(cfg: RunConfig, pins: dict | None = None) -> tuple[Plan, str]:
     model_uri = resolve_model_uri(cfg)
     resumed = check_or_record_plan(plan, cfg.storage, pins)
     if not resumed:
-        storage.write_text_atomic(storage.join(plan.root, "config.yaml"), dump_config(cfg), cfg.storage)
+        storage.write_text_atomic(storage.join(plan.root, "config.yaml"), dump_config(with_run_id(cfg, plan)),
+                                  cfg.storage)
     log.info("run %s (%s) at %s; model %s", plan.run_id, "resuming" if resumed else "new", plan.root, model_uri)
     return plan, model_uri
 
@@ -99,14 +101,28 @@ def run_mixture_refresh(cfg: RunConfig, start: str | None = None, until: str | N
     cfg, pins = pin_run(cfg)  # checkpoint + previous manifest, resolved once per run (workflows/run/pins.py)
     checks = run_preflight(cfg, lambda: resolve_model_uri(cfg))  # every cheap check, before anything is recorded
     plan, model_uri = prepare_run(cfg, pins)
+    cfg = with_run_id(cfg, plan)  # the derived run id (workflows/run/keys.py) from here on
     finished = _finished(cfg, plan)
-    if finished is not None:
+    if finished is not None and not _damaged_parts(cfg, plan):
         return finished
     with run_lease(cfg, plan) as lease:  # one driver per run id; a waiter finds the result when done
         finished = _finished(cfg, plan)
         if finished is not None:
+            if _damaged_parts(cfg, plan):  # repair the datastore other runs share; the result stands
+                _run_stages(cfg, plan, model_uri, pins, lease, [], [STAGES[0]])
             return finished
         return _run_stages(cfg, plan, model_uri, pins, lease, loaded, to_run, checks, started)
+
+
+def with_run_id(cfg: RunConfig, plan: Plan) -> RunConfig:
+    """``cfg`` naming the plan's run id (derived from the run's keys unless the config gave one)."""
+    return cfg if cfg.run_id == plan.run_id else cfg.model_copy(update={"run_id": plan.run_id})
+
+
+def _damaged_parts(cfg: RunConfig, plan: Plan) -> bool:
+    """Whether a finished shard of the plan has a missing or resized feature part (sizes only)."""
+    return any(datastore.check_part_sizes(r, cfg.storage) is not None
+               for r in plan_completions(plan, cfg.storage).values())
 
 
 def _run_stages(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, loaded: list[Stage],

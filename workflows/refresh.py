@@ -15,6 +15,7 @@ from operators.io.names import SAFE_NAME_HELP, is_safe_name
 from workflows.config import RunConfig
 from workflows.mixture_refresh import RefreshResult, resolve_model_uri, run_mixture_refresh
 from workflows.run.pins import resolve_checkpoints, with_checkpoint
+from workflows.run.plan import run_keys
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def refresh_config(cfg: RunConfig, stamp: str) -> RunConfig:
     if cfg.run_id:
         return pinned
     tag = f"-step{step}" if step is not None else ""
-    run_id = f"{cfg.name}-{stamp}{tag}-{pinned.config_hash()[:8]}"
+    run_id = f"{cfg.name}-{stamp}{tag}-{run_keys(pinned).analysis[:8]}"  # inputs + settings, not the cwd
     if not is_safe_name(run_id):
         raise ConfigError(f"--stamp {stamp!r} gives the run id {run_id!r}, which is not a safe name: "
                           f"{SAFE_NAME_HELP}")

@@ -279,7 +279,7 @@ def run_testbed(
     from workflows.stages.aggregate import domain_order
     from workflows.mixture_refresh import resolve_model_uri
     from workflows.stages.problem import build_problem
-    from workflows.run.plan import build_plan
+    from workflows.run.plan import build_plan, plan_completions
 
     plan = build_plan(cfg)
     model_uri = resolve_model_uri(cfg)
@@ -288,7 +288,7 @@ def run_testbed(
     if stray:
         raise ConfigError(f"run_testbed: result_weights name domains {stray} that the refresh did not "
                           "featurize")
-    available = datastore.estimated_tokens_available(datastore.list_completions(plan.root, cfg.storage))
+    available = datastore.estimated_tokens_available(plan_completions(plan, cfg.storage))
     problem = build_problem(cfg, order, available, previous=None, model_uri=model_uri)
     grid = grid_mixtures(order, grid_size or 2 * len(order) + 1, grid_seed, problem.lower, problem.upper)
     u = np.array([float(available.get(d, 0)) for d in order])

@@ -1,10 +1,16 @@
 """Feature datastore (Arrow/Parquet shards, K-FAC ``.npz`` sums) and per-shard completion records.
 
-Layout under a run root URI::
+Layout under a shard's datastore folder (``<output>/datastore/<featurizer key>/shards/<shard key>``,
+workflows/run/keys.py; older runs used their run root)::
 
     <root>/features/<shard_id>/part-00000.parquet   id, domain, n_tokens, loss, features[k]
     <root>/kfac/<shard_id>.npz                      optional factor sums
-    <root>/_done/<shard_id>.json                    CompletionRecord (lists the parts), written last
+    <root>/_done/<shard_id>.json                    CompletionRecord (parts with size + sha256), written last
+
+Parts check themselves: a finished shard's part sizes are compared with its record whenever its
+features are reused (:func:`check_part_sizes`), and each part's sha256 when it is read for aggregation
+(:func:`verified_part_bytes`). A mismatch raises :class:`FeaturePartCorrupt`; the caller invalidates the
+record and featurizes that shard again.
 
 A shard's features are split into parts of at most ``part_rows`` rows, so input shard size never
 sets memory; :func:`shard_part_uris` lists them (the aggregation streams them in record batches,
@@ -14,6 +20,7 @@ workflows/jobs/aggregate_shard.py). Runs of older versions wrote one file
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import zipfile
@@ -153,14 +160,16 @@ def completion_uri(root: str, shard_id: str) -> str:
     return st.join(root, "_done", f"{shard_id}.json")
 
 
-def write_feature_shard(uri: str, table: pa.Table, storage: StorageSpec | None = None) -> None:
-    """Serialise ``table`` to Parquet in memory and write it atomically."""
+def write_feature_shard(uri: str, table: pa.Table, storage: StorageSpec | None = None) -> tuple[int, str]:
+    """Serialise ``table`` to Parquet in memory and write it atomically; returns (bytes, sha256)."""
     missing = [c for c in _REQUIRED if c not in table.column_names]
     if missing:
         raise CorpusError(f"write_feature_shard {uri}: table lacks columns {missing}")
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    st.write_bytes_atomic(uri, sink.getvalue().to_pybytes(), storage)
+    data = sink.getvalue().to_pybytes()
+    st.write_bytes_atomic(uri, data, storage)
+    return len(data), hashlib.sha256(data).hexdigest()
 
 
 def list_feature_parts(uri: str, storage: StorageSpec | None = None) -> list[str]:
@@ -201,6 +210,7 @@ class FeaturePartWriter:
         self._buf: list[tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]] = []
         self._buffered = 0
         self._parts: list[tuple[str, int]] = []
+        self._digests: list[tuple[int, str]] = []  # (bytes, sha256) of each written part, in order
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"parts-{shard_id}")
         self._pending: Future | None = None
 
@@ -232,7 +242,12 @@ class FeaturePartWriter:
     def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            self._digests.append(pending.result())
+
+    @property
+    def digests(self) -> list[tuple[int, str]]:
+        """``(bytes, sha256)`` of each part, in part order (complete after :meth:`close`)."""
+        return list(self._digests)
 
     def close(self) -> list[tuple[str, int]]:
         """Write the last (possibly empty-shard) part, wait for all writes; the parts in order."""
@@ -243,7 +258,8 @@ class FeaturePartWriter:
                 else:
                     uri = feature_part_uri(self.root, self.shard_id, 0)
                     self._parts.append((uri, 0))
-                    write_feature_shard(uri, empty_features_table(self.dim, self.fingerprint), self.storage)
+                    self._digests.append(write_feature_shard(uri, empty_features_table(self.dim, self.fingerprint),
+                                                             self.storage))
             self._wait()
         finally:
             self._pool.shutdown(wait=True)
@@ -306,6 +322,91 @@ class CompletionRecord(BaseModel):
     domain_bytes_all: dict[str, int] = Field(default_factory=dict)  # UTF-8 text bytes, every row
     domain_tokens_untruncated: dict[str, int] = Field(default_factory=dict)  # featurized rows
     domain_bytes_featurized: dict[str, int] = Field(default_factory=dict)  # featurized rows
+    part_bytes: list[int] = Field(default_factory=list)  # size of each part (checked on reuse)
+    part_sha256: list[str] = Field(default_factory=list)  # checksum of each part (checked when read)
+    source_key: str | None = None  # datastore shard key of the input it was made from
+
+
+class FeaturePartCorrupt(CorpusError):
+    """A feature part does not match its completion record (missing, other size, other checksum).
+
+    ``part_uri`` names the file and ``shard_id`` its shard; the shard must be featurized again."""
+
+    def __init__(self, part_uri: str, shard_id: str, reason: str) -> None:
+        super().__init__(f"feature part {part_uri} (shard {shard_id}): {reason}")
+        self.part_uri, self.shard_id, self.reason = part_uri, shard_id, reason
+
+    def __reduce__(self):  # survives pickling across Ray
+        return (FeaturePartCorrupt, (self.part_uri, self.shard_id, self.reason))
+
+
+def record_parts(record: CompletionRecord) -> list[tuple[str, int | None, str | None]]:
+    """``(uri, bytes, sha256)`` of each part of a record (None where an older record has no value)."""
+    parts = list(record.parts) or [record.output_uri]
+    sizes = record.part_bytes if len(record.part_bytes) == len(parts) else [None] * len(parts)
+    sums = record.part_sha256 if len(record.part_sha256) == len(parts) else [None] * len(parts)
+    return list(zip(parts, sizes, sums))
+
+
+def check_part_sizes(record: CompletionRecord, storage: StorageSpec | None = None) -> FeaturePartCorrupt | None:
+    """The first part of a finished shard that is missing or has another size than recorded (one
+    listing of the shard's feature folder), else None."""
+    parts = record_parts(record)
+    if all(size is None for _, size, _ in parts):
+        return None
+    listed = dict(st.list_file_infos(record.output_uri, (".parquet",), storage))
+    for uri, size, _ in parts:
+        if uri not in listed:
+            return FeaturePartCorrupt(uri, record.shard_id, "not found")
+        if size is not None and listed[uri] is not None and listed[uri] != size:
+            return FeaturePartCorrupt(uri, record.shard_id, f"{listed[uri]} bytes, its completion record says {size}")
+    return None
+
+
+def verified_part_bytes(uri: str, record: CompletionRecord | None, storage: StorageSpec | None = None) -> bytes:
+    """The bytes of one feature part, checked against the size and sha256 its record lists (parts
+    without a record or without recorded checksums are read unchecked)."""
+    try:
+        data = st.read_bytes(uri, storage)
+    except FileNotFoundError:
+        if record is None:
+            raise CorpusError(f"feature shard {uri}: not found") from None
+        raise FeaturePartCorrupt(uri, record.shard_id, "not found") from None
+    if record is None:
+        return data
+    expected = {u: (size, digest) for u, size, digest in record_parts(record)}.get(uri)
+    if expected is None:
+        return data
+    size, digest = expected
+    if size is not None and len(data) != size:
+        raise FeaturePartCorrupt(uri, record.shard_id, f"{len(data)} bytes, its completion record says {size}")
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise FeaturePartCorrupt(uri, record.shard_id, "sha256 differs from its completion record")
+    return data
+
+
+def verify_shard(root: str, record: CompletionRecord, storage: StorageSpec | None = None,
+                 checksums: bool = True) -> list[FeaturePartCorrupt]:
+    """Every bad part of one finished shard: sizes from one listing, then (``checksums``) each part read
+    and hashed."""
+    bad = check_part_sizes(record, storage)
+    if bad is not None:
+        return [bad]
+    out: list[FeaturePartCorrupt] = []
+    if checksums:
+        for uri, _, _ in record_parts(record):
+            try:
+                verified_part_bytes(uri, record, storage)
+            except FeaturePartCorrupt as exc:
+                out.append(exc)
+    return out
+
+
+def invalidate(root: str, shard_id: str, storage: StorageSpec | None = None) -> None:
+    """Drop a shard's completion record, so the next featurize stage makes its features again."""
+    uri = completion_uri(root, shard_id)
+    if st.exists(uri, storage):
+        st.delete(uri, storage)
 
 
 def write_completion(root: str, record: CompletionRecord, storage: StorageSpec | None = None) -> str:
@@ -357,6 +458,28 @@ def list_completions(
             continue
         expected = uri.rstrip("/").rsplit("/", 1)[-1][: -len(".json")]
         if record.shard_id != expected:
+            log.warning("ignoring completion record %s: shard_id %r", uri, record.shard_id)
+            continue
+        out[record.shard_id] = record
+    return dict(sorted(out.items()))
+
+
+def read_completions(roots: dict[str, str], storage: StorageSpec | None = None) -> dict[str, CompletionRecord]:
+    """The completion records that exist of the shards ``{shard_id: root}`` (read concurrently);
+    unreadable or invalid ones are logged and treated as absent (the shard is redone)."""
+    uris = {completion_uri(root, sid): sid for sid, root in roots.items()}
+    out: dict[str, CompletionRecord] = {}
+    for uri, data in st.read_many(list(uris), storage).items():
+        if isinstance(data, StorageError):
+            if not isinstance(data, FileNotFoundError):
+                log.warning("ignoring unreadable completion record %s: %s", uri, data)
+            continue
+        try:
+            record = _parse_record(uri, data)
+        except CorpusError as exc:
+            log.warning("ignoring %s", exc)
+            continue
+        if record.shard_id != uris[uri]:
             log.warning("ignoring completion record %s: shard_id %r", uri, record.shard_id)
             continue
         out[record.shard_id] = record

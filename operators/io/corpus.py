@@ -104,6 +104,7 @@ class ShardRef(BaseModel):
     format: Literal["parquet", "jsonl"]
     shard_id: str
     size_bytes: int | None = None
+    version: str | None = None  # ETag / version id / mtime as listed (the feature datastore keys on it)
 
 
 class SamplingSpec(BaseModel):
@@ -150,12 +151,12 @@ def _listed_ok(uri: str, fmt: str) -> bool:
 def discover_shards(spec: CorpusSpec, storage: StorageSpec | None = None) -> list[ShardRef]:
     """List the corpus shards (sorted by URI, deduplicated); CorpusError names a path that
     matches no shard."""
-    found: dict[str, int | None] = {}
+    found: dict[str, tuple[int | None, str | None]] = {}
     for path in spec.paths:
-        infos = st.list_file_infos(path, None, storage)
+        infos = st.list_file_versions(path, None, storage)
         canonical = st.storage_for(path, storage).canonical(path)
         direct = len(infos) == 1 and infos[0][0].rstrip("/") == canonical
-        matched = [(u, s) for u, s in infos if direct or _listed_ok(u, spec.format)]
+        matched = [(u, (s, v)) for u, s, v in infos if direct or _listed_ok(u, spec.format)]
         if not matched:
             what = "no files" if not infos else f"no shard files among {len(infos)} files"
             raise CorpusError(
@@ -168,7 +169,8 @@ def discover_shards(spec: CorpusSpec, storage: StorageSpec | None = None) -> lis
         fmt = format_for(uri) if spec.format == "auto" else spec.format
         if fmt is None:
             raise CorpusError(f"cannot infer the format of shard {uri}: set format explicitly")
-        shards.append(ShardRef(uri=uri, format=fmt, shard_id=shard_id_for(uri), size_bytes=found[uri]))
+        shards.append(ShardRef(uri=uri, format=fmt, shard_id=shard_id_for(uri), size_bytes=found[uri][0],
+                               version=found[uri][1]))
     return shards
 
 

@@ -28,7 +28,7 @@ from tests.fixtures.s3 import REGION, free_port
 from tests.workflows.helpers import expected_ids, fast_overrides
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
-from workflows.run.plan import build_plan
+from workflows.run.plan import build_plan, plan_completions
 from tests.fixtures.readers import read_features
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def _features(cfg) -> dict[str, tuple[list[str], np.ndarray]]:
     plan = build_plan(cfg)
     out = {}
     for task in plan.tasks:
-        table = read_features(datastore.feature_uri(plan.root, task.shard_id), cfg.storage)
+        table = read_features(datastore.feature_uri(plan.shard_root(task.shard_id), task.shard_id), cfg.storage)
         table = table.sort_by("id")
         out[task.shard_id] = (table.column("id").to_pylist(), datastore.features_to_numpy(table).view(np.uint32))
     return out
@@ -74,7 +74,7 @@ def assert_same_as_baseline(baseline, cfg, result=None) -> None:
     for shard_id, (ids, bits) in base.items():
         assert got[shard_id][0] == ids, f"{shard_id}: examples lost or duplicated"
         assert np.array_equal(got[shard_id][1], bits), f"{shard_id}: features differ from the undisturbed run"
-    done = datastore.list_completions(build_plan(cfg).root, cfg.storage)
+    done = plan_completions(build_plan(cfg), cfg.storage)
     assert {s: r.n_examples for s, r in done.items()} == {s: len(ids) for s, (ids, _) in base.items()}
     if result is not None:
         assert result.weights == pytest.approx(base_result.weights, abs=1e-12)
@@ -115,15 +115,15 @@ def test_actor_killed_mid_shard_is_retried(baseline, model_cache, tmp_path, monk
 def test_driver_killed_mid_featurize_then_resumed(baseline, ray_cluster, model_cache, tmp_path):
     _, cfg, plan, proc = _start_driver(tmp_path, model_cache, ray_cluster, "driver-kill",
                                        INFLUMIX_FAULT_INJECT="delay:*:1.5")
-    _wait_for(lambda: storage.exists(plan.root) and len(datastore.list_completions(plan.root)) >= 2, proc)
+    _wait_for(lambda: storage.exists(plan.root) and len(plan_completions(plan, None)) >= 2, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    before = {sid: rec.finished_at for sid, rec in datastore.list_completions(plan.root).items()}
+    before = {sid: rec.finished_at for sid, rec in plan_completions(plan, None).items()}
     assert 2 <= len(before) < len(plan.tasks), "kill did not land mid-featurize"
     assert not storage.exists(storage.join(plan.root, "_SUCCESS"))
 
     result = run_mixture_refresh(cfg)  # the dead driver's lease (same host, dead pid) does not block
-    after = datastore.list_completions(plan.root)
+    after = plan_completions(plan, None)
     for sid, finished in before.items():  # completed shards were skipped, not redone
         assert after[sid].finished_at == finished
     assert_same_as_baseline(baseline, cfg, result)
@@ -164,7 +164,7 @@ def test_s3_endpoint_down_mid_run_then_back(baseline, model_cache, tmp_path, mon
             deadline = time.monotonic() + 400
             while time.monotonic() < deadline:
                 try:
-                    done = len(datastore.list_completions(plan.root, cfg.storage))
+                    done = len(plan_completions(plan, cfg.storage))
                 except InfluMixError:
                     done = 0
                 if done >= 2:
@@ -198,8 +198,8 @@ def test_disk_full_while_writing_a_shard(baseline, model_cache, tmp_path, monkey
     monkeypatch.setenv("INFLUMIX_FAULT_ENOSPC", f"{victim}/part-:{marker}")
     result = run_mixture_refresh(cfg)
     assert victim in marker.read_text(), "the fault was not injected"
-    assert datastore.list_completions(plan.root)[victim].attempt == 2  # failed write, retried
-    features_dir = datastore.feature_uri(plan.root, victim)  # the shard's part folder
+    assert plan_completions(plan, None)[victim].attempt == 2  # failed write, retried
+    features_dir = datastore.feature_uri(plan.shard_root(victim), victim)  # the shard's part folder
     assert not [n for n in os.listdir(features_dir) if n.startswith(".")], "partial temp file left behind"
     assert_same_as_baseline(baseline, cfg, result)
 
@@ -227,20 +227,26 @@ def test_two_concurrent_drivers(baseline, ray_cluster, model_cache, tmp_path, ca
     printed = json.loads(re.search(r"^\{\n.*?^\}$", out, re.S | re.M).group(0))  # the CLI's result
     assert second.manifest_uri == printed["manifest"] and second.weights == pytest.approx(printed["weights"])
     assert second.influence is None  # returned the finished run instead of computing it
-    assert all(r.attempt == 1 for r in datastore.list_completions(plan.root).values())
+    assert all(r.attempt == 1 for r in plan_completions(plan, None).values())
     latest = storage.read_json(storage.join(cfg.output_uri, "manifests", "default", "latest.json"))
     assert latest["run_id"] == "twins" and latest["sequence"] == 1  # published once
     assert_same_as_baseline(baseline, cfg, second)
 
 
-def test_changed_plan_under_same_run_id_is_refused(ray_cluster, model_cache, tmp_path):
+def test_changed_plan_under_same_run_id(ray_cluster, model_cache, tmp_path, caplog):
+    """An unfinished run whose inputs changed goes on with the new plan (logged); a finished one is refused."""
     from operators.errors import ConfigError
-    from workflows.run.plan import check_or_record_plan
+    from workflows.run.plan import check_or_record_plan, read_recorded_plan
 
     cfg = _config(str(tmp_path / "out"), model_cache, "plan-change")
     plan = build_plan(cfg)
     assert check_or_record_plan(plan, cfg.storage) is False
     assert check_or_record_plan(plan, cfg.storage) is True
-    smaller = type(plan)(run_id=plan.run_id, root=plan.root, tasks=plan.tasks[1:])
-    with pytest.raises(ConfigError, match="plan of run plan-change changed"):
-        check_or_record_plan(smaller, cfg.storage)
+    smaller = type(plan)(run_id=plan.run_id, root=plan.root, tasks=plan.tasks[1:], store=plan.store)
+    with caplog.at_level("WARNING", logger="workflows.run.plan"):
+        assert check_or_record_plan(smaller, cfg.storage) is True
+    assert "input shards changed" in caplog.text and plan.tasks[0].shard_id in caplog.text
+    assert read_recorded_plan(plan.root, cfg.storage)["plan_hash"] == smaller.plan_hash
+    storage.write_json_atomic(storage.join(plan.root, "_SUCCESS"), {"manifest_uri": "x"})
+    with pytest.raises(ConfigError, match="plan of run plan-change changed since it finished"):
+        check_or_record_plan(plan, cfg.storage)

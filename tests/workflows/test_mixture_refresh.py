@@ -17,7 +17,7 @@ from workflows.jobs.featurize_shard import ShardFeaturizer
 from workflows.run.plan import run_root
 from workflows.stages.featurize import featurize_job
 from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
-from workflows.run.plan import build_plan
+from workflows.run.plan import build_plan, plan_completions
 from tests.fixtures.readers import read_features
 
 pytestmark = pytest.mark.slow
@@ -63,11 +63,11 @@ def test_end_to_end_manifest(default_run):
 def test_every_sampled_example_featurized_exactly_once(default_run):
     cfg, result = default_run
     plan = build_plan(cfg)
-    done = datastore.list_completions(plan.root)
+    done = plan_completions(plan, None)
     assert set(done) == {t.shard_id for t in plan.tasks}
     ids: list[str] = []
     for task in plan.corpus_tasks():
-        table = read_features(datastore.feature_uri(plan.root, task.shard_id))
+        table = read_features(datastore.feature_uri(plan.shard_root(task.shard_id), task.shard_id))
         ids.extend(table.column("id").to_pylist())
         assert done[task.shard_id].n_examples == table.num_rows
     assert len(ids) == len(set(ids))
@@ -77,7 +77,7 @@ def test_every_sampled_example_featurized_exactly_once(default_run):
 def test_rerun_is_idempotent(default_run):
     cfg, result = default_run
     plan = build_plan(cfg)
-    shard = datastore.feature_uri(plan.root, plan.corpus_tasks()[0].shard_id)
+    shard = datastore.feature_uri(plan.shard_root(plan.corpus_tasks()[0].shard_id), plan.corpus_tasks()[0].shard_id)
     before = os.stat(shard).st_mtime_ns
     again = run_mixture_refresh(cfg)
     assert again.manifest_uri == result.manifest_uri
@@ -131,7 +131,7 @@ def test_sharded_features_equal_unsharded(default_run, tmp_path):
                 sums[d] = sums.get(d, 0) + f[m].sum(0)
         return sums
 
-    sharded = [read_features(datastore.feature_uri(plan.root, t.shard_id))
+    sharded = [read_features(datastore.feature_uri(plan.shard_root(t.shard_id), t.shard_id))
                for t in plan.corpus_tasks()]
     a, b = domain_sums(sharded), domain_sums([one])
     assert a.keys() == b.keys()

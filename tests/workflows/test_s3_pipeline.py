@@ -14,7 +14,7 @@ from operators.manifest.schema import parse_manifest
 from tests.workflows.helpers import fast_config
 from workflows.assets import default_corpus_dir
 from workflows.mixture_refresh import run_mixture_refresh
-from workflows.run.plan import build_plan
+from workflows.run.plan import build_plan, plan_completions
 from tests.fixtures.readers import read_features
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_corpus_and_outputs_on_s3_without_leaking_credentials(ray_cluster, model
     assert abs(sum(d.weight for d in manifest.domains) - 1) < 1e-6
     plan = build_plan(cfg)
     assert all(t.uri.startswith("s3://") for t in plan.corpus_tasks())
-    done = datastore.list_completions(plan.root, spec)
+    done = plan_completions(plan, spec)
     assert set(done) == {t.shard_id for t in plan.tasks}
     table = read_features(done[plan.corpus_tasks()[0].shard_id].output_uri, spec)
     assert table.schema.field("features").type.list_size == datastore.feature_dim(table)
@@ -82,7 +82,7 @@ def test_corrupt_shard_fails_in_preflight_and_a_fixed_shard_starts_clean(ray_clu
         run_mixture_refresh(cfg)
     plan = build_plan(cfg)
     assert not storage.exists(storage.join(plan.root, "plan.json"), spec)
-    assert datastore.list_completions(plan.root, spec) == {}
+    assert plan_completions(plan, spec) == {}
 
 
 def test_unreachable_s3_is_a_clear_error(model_cache, tmp_path):

@@ -3,6 +3,7 @@ stages before it, through the public CLI, with the same published weights as an 
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -45,7 +46,8 @@ def test_until_then_from_publishes_what_one_run_does(ray_cluster, model_cache, t
     first = _run(capsys, *base, "--until", "featurize")
     assert first["manifest"] is None and first["stages"] == ["featurize"]
     root = first["run_root"]
-    assert os.path.exists(os.path.join(root, "featurizer.json"))
+    assert glob.glob(str(tmp_path / "out" / "datastore" / "*" / "featurizer.json"))  # the shared features
+    assert os.path.exists(os.path.join(root, "stages", "featurize.json"))
     assert not os.path.exists(os.path.join(root, "_SUCCESS"))
     solved = _run(capsys, *base, "--from", "aggregate", "--until", "solve")
     assert solved["stages"] == ["aggregate", "solve"] and os.path.exists(os.path.join(root, "stages", "solve.json"))

@@ -15,6 +15,7 @@ repeated aggregation finds the stats file (written last) and skips the shard. No
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -37,17 +38,24 @@ _COLUMNS = ["id", "domain", "n_tokens", "features"]
 
 def iter_shard_feature_batches(root: str, shard_id: str, spec: storage.StorageSpec | None, columns: list[str],
                                batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches of every part of a shard's features, in order (datastore.shard_part_uris)."""
+    """Record batches of every part of a shard's features, in order (datastore.shard_part_uris); each
+    part is checked against the size and sha256 in the shard's completion record
+    (:class:`~operators.features.datastore.FeaturePartCorrupt` when it differs)."""
+    record = datastore.read_completion(root, shard_id, spec)
     for uri in datastore.shard_part_uris(root, shard_id, spec):
-        yield from iter_feature_batches(uri, spec, columns, batch_rows)
+        yield from iter_feature_batches(uri, spec, columns, batch_rows, record)
 
 
 def iter_feature_batches(uri: str, spec: storage.StorageSpec | None, columns: list[str],
-                         batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
-    """Record batches of one feature Parquet file; CorpusError naming the URI if missing or corrupt."""
+                         batch_rows: int = BATCH_ROWS,
+                         record: datastore.CompletionRecord | None = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of one feature Parquet file; CorpusError naming the URI if missing or corrupt.
+    With the shard's ``record``, the part's bytes are checked against it first."""
     store = storage.storage_for(uri, spec)
     try:
-        with store.open(uri) as fh:
+        opened = (io.BytesIO(datastore.verified_part_bytes(uri, record, spec)) if record is not None
+                  else store.open(uri))
+        with opened as fh:
             parquet = pq.ParquetFile(fh)
             names = parquet.schema_arrow.names
             missing = [c for c in columns if c not in names]
@@ -86,12 +94,16 @@ class PreconditionerJob:
     targets: tuple[str, ...]
     loss_reduction: Literal["mean", "sum"]
     batch_rows: int = BATCH_ROWS
+    shard_roots: dict[str, str] | None = None  # datastore folder per shard (default: ``root``)
+
+    def froot(self, shard_id: str) -> str:
+        return (self.shard_roots or {}).get(shard_id, self.root)
 
     def __call__(self, item: tuple[str, str]) -> dict[str, np.ndarray]:
         shard_id, role = item
         if role == "corpus" and self.preconditioner == "kfac":
             return self._compute(shard_id, role)  # the featurizer already stored these sums
-        record = datastore.read_completion(self.root, shard_id, self.spec)
+        record = datastore.read_completion(self.froot(shard_id), shard_id, self.spec)
         if record is None:  # features written outside the featurizer: nothing names their version
             return self._compute(shard_id, role)
         uri = pass1_stats_uri(self.root, self.key(record.model_dump_json()), role, shard_id)
@@ -113,21 +125,21 @@ class PreconditionerJob:
         if self.preconditioner == "kfac":
             from workflows.jobs.featurize_shard import kfac_from_arrays
 
-            arrays = datastore.read_npz(datastore.kfac_uri(self.root, shard_id), self.spec)
+            arrays = datastore.read_npz(datastore.kfac_uri(self.froot(shard_id), shard_id), self.spec)
             return {"kfac": {n: (a.numpy(), b.numpy(), c) for n, (a, b, c) in kfac_from_arrays(arrays).items()}}
-        uri = datastore.feature_uri(self.root, shard_id)
+        uri = datastore.feature_uri(self.froot(shard_id), shard_id)
         pre: GaussNewtonPreconditioner | None = None
-        for batch in iter_shard_feature_batches(self.root, shard_id, self.spec, ["features"], self.batch_rows):
+        for batch in iter_shard_feature_batches(self.froot(shard_id), shard_id, self.spec, ["features"], self.batch_rows):
             feats = batch_features(batch, uri)
             pre = pre or GaussNewtonPreconditioner(feats.shape[1])
             pre.update(feats)
         return pre.to_state() if pre is not None else {}
 
     def _target(self, shard_id: str) -> dict[str, np.ndarray]:
-        uri = datastore.feature_uri(self.root, shard_id)
+        uri = datastore.feature_uri(self.froot(shard_id), shard_id)
         out: dict[str, np.ndarray] = {}
         names = list(self.targets)
-        for batch in iter_shard_feature_batches(self.root, shard_id, self.spec, ["domain", "n_tokens", "features"],
+        for batch in iter_shard_feature_batches(self.froot(shard_id), shard_id, self.spec, ["domain", "n_tokens", "features"],
                                                 self.batch_rows):
             labels = np.asarray(batch.column("domain").to_pylist(), dtype=object)
             n_tok = batch.column("n_tokens").to_numpy(zero_copy_only=False)
@@ -170,6 +182,10 @@ class ScoreJob:
     n_boot: int
     seed: int
     batch_rows: int = BATCH_ROWS
+    shard_roots: dict[str, str] | None = None  # datastore folder per shard (default: ``root``)
+
+    def froot(self, shard_id: str) -> str:
+        return (self.shard_roots or {}).get(shard_id, self.root)
 
     @property
     def key(self) -> str:
@@ -179,7 +195,7 @@ class ScoreJob:
         stats_uri = score_stats_uri(self.root, self.key, shard_id)
         if storage.exists(stats_uri, self.spec):
             return datastore.read_npz(stats_uri, self.spec)
-        uri = datastore.feature_uri(self.root, shard_id)
+        uri = datastore.feature_uri(self.froot(shard_id), shard_id)
         order = list(self.order)
         n_k, n_v = len(order), self.directions.shape[0]
         sums = np.zeros((n_k, n_v))
@@ -194,7 +210,7 @@ class ScoreJob:
         schema = pa.schema([("id", pa.string()), ("domain", pa.string()), ("n_tokens", pa.int32()),
                             ("scores", pa.list_(pa.float32(), n_v))])
         with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in iter_shard_feature_batches(self.root, shard_id, self.spec, _COLUMNS, self.batch_rows):
+            for batch in iter_shard_feature_batches(self.froot(shard_id), shard_id, self.spec, _COLUMNS, self.batch_rows):
                 scores = per_example_scores(batch_features(batch, uri), self.directions)
                 codes = domain_codes(batch.column("domain"), order)
                 n_tok = batch.column("n_tokens").to_numpy(zero_copy_only=False).astype(np.int64)

@@ -27,7 +27,7 @@ from operators.features.featurize import AdamState, FeatureBatch, FeaturizeSpec,
 from operators.model.loading import LoadedModel, ModelSource, load_adam_moments
 from operators.model.tokenize import TokenBatch, iter_token_batches, prepare_tokenizer, tokenize_texts
 from workflows.jobs.examples import ExampleSource, iter_task_rows
-from workflows.run.plan import ShardTask
+from workflows.run.plan import ShardTask, feature_root
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class FeaturizeJob:
     featurize: FeaturizeSpec
     collect_kfac: bool
     root: str
+    store: str = ""  # the featurizer's datastore folder; each task's features go under its shard key
 
 
 def adam_state_for(loaded: LoadedModel, featurizer: GradientFeaturizer) -> AdamState:
@@ -75,6 +76,7 @@ class ShardFeaturizer:
         self.device = device
         self.worker = worker
         self.root = job.root  # the plan's root (a checkpoint's sub-root when averaging)
+        # a task's features go to feature_root(job.store, root, task): its datastore folder
         self.max_rows: int | None = None  # learned after a CUDA out-of-memory error
         self.loaded = job.model.load(device)
         self.tokenizer = prepare_tokenizer(self.loaded.tokenizer)
@@ -139,7 +141,8 @@ class ShardFeaturizer:
         Streams: a background thread reads, samples and tokenizes the next chunk of rows while this
         thread runs forward+backward, and full feature parts are written by the part writer's thread.
         """
-        existing = datastore.read_completion(self.root, task.shard_id, self.storage)
+        root = feature_root(self.job.store, self.root, task)
+        existing = datastore.read_completion(root, task.shard_id, self.storage)
         if existing is not None:
             return existing
         started = time.time()
@@ -147,7 +150,7 @@ class ShardFeaturizer:
         dim = featurizer.output_dim
         fp = featurizer.describe()["fingerprint"]
         writer = datastore.FeaturePartWriter(
-            self.root, task.shard_id, dim, fp, datastore.part_rows_for(dim, self.job.featurize.part_rows),
+            root, task.shard_id, dim, fp, datastore.part_rows_for(dim, self.job.featurize.part_rows),
             self.storage)
         stats: dict[str, dict[str, int]] = {}
         counts: dict[str, int] = {}
@@ -187,12 +190,12 @@ class ShardFeaturizer:
             writer.abort()
             raise
         if kfac:
-            datastore.write_npz_atomic(datastore.kfac_uri(self.root, task.shard_id),
+            datastore.write_npz_atomic(datastore.kfac_uri(root, task.shard_id),
                                        _kfac_arrays(kfac), self.storage)
         finished = time.time()
         record = datastore.CompletionRecord(
             shard_id=task.shard_id, source_uri=task.uri, role=task.role, target_name=task.target_name,
-            output_uri=datastore.feature_uri(self.root, task.shard_id), n_examples=sum(counts.values()),
+            output_uri=datastore.feature_uri(root, task.shard_id), n_examples=sum(counts.values()),
             n_tokens=sum(tokens.values()), domain_counts=counts, domain_tokens=tokens, feature_dim=dim,
             projector_fingerprint=fp, worker=self.worker, attempt=attempt, started_at=_iso(started),
             finished_at=_iso(finished), duration_s=round(finished - started, 4),
@@ -200,8 +203,10 @@ class ShardFeaturizer:
             domain_rows_all=stats.get("rows", {}), domain_bytes_all=stats.get("bytes", {}),
             domain_tokens_untruncated=stats.get("tokens_untruncated", {}),
             domain_bytes_featurized=stats.get("bytes_featurized", {}), skipped_nonfinite=skipped,
+            part_bytes=[n for n, _ in writer.digests], part_sha256=[h for _, h in writer.digests],
+            source_key=task.key,
         )
-        datastore.write_completion(self.root, record, self.storage)
+        datastore.write_completion(root, record, self.storage)
         return record
 
     def _token_batches(self, task: ShardTask, stats: dict[str, dict[str, int]]) -> Iterator[TokenBatch]:

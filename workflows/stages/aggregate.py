@@ -34,10 +34,11 @@ from operators.influence.group import (
 from operators.influence.precondition import GaussNewtonPreconditioner, IdentityPreconditioner, KFACPreconditioner
 from workflows.jobs.aggregate_shard import PreconditionerJob, ScoreJob
 from workflows.config import RunConfig
-from workflows.run.plan import Plan
+from workflows.run.plan import Plan, plan_completions
 from workflows.solvers import SOLVERS
 from workflows.stages.base import RunContext, Stage
 from workflows.stages.checkpoint_average import CheckpointSet, average_results
+from workflows.stages.featurize import repair_parts
 from workflows.stages.problem import build_problem, load_previous
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
     """Fold pass-1 statistics → (preconditioner, target sums, target tokens, target counts)."""
     kind = cfg.influence.preconditioner
     names = [t.name for t in cfg.targets]
-    job = PreconditionerJob(plan.root, cfg.storage, kind, tuple(names), cfg.featurize.loss_reduction)
+    job = PreconditionerJob(plan.root, cfg.storage, kind, tuple(names), cfg.featurize.loss_reduction,
+                            shard_roots=plan.shard_roots())
     items = [(t.shard_id, "target") for t in plan.target_tasks()]
     if kind == "kfac":
         if layout is None:
@@ -107,7 +109,7 @@ def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
 
 def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]:
     """Domains to mix (sorted, or as listed in corpus.domains) and their featurized token counts."""
-    done = datastore.list_completions(plan.root, cfg.storage)
+    done = plan_completions(plan, cfg.storage)
     tokens: dict[str, int] = {}
     rows: dict[str, int] = {}
     for task in plan.corpus_tasks():
@@ -150,7 +152,7 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
     pre, t_sums, t_tokens, t_counts = _pass1(cfg, plan, kfac_layout, workers)
     directions = pre.solve(token_weighted_means(t_sums, t_tokens, targets), relative_damping=spec.relative_damping)
     job = ScoreJob(plan.root, cfg.storage, tuple(order), np.asarray(directions, dtype=np.float64),
-                   spec.bootstrap, spec.seed)
+                   spec.bootstrap, spec.seed, shard_roots=plan.shard_roots())
     shards = [t.shard_id for t in plan.corpus_tasks()]
     sums = np.zeros((len(order), len(targets)))
     counts = np.zeros(len(order), dtype=np.int64)
@@ -214,12 +216,14 @@ class AggregateStage(Stage):
         cfg, cset = ctx.cfg, ctx.checkpoints
         ctx.previous_uri, ctx.previous = load_previous(cfg, ctx.pins["previous_manifest"])
         order, _ = domain_order(cfg, cset.newest)
-        available = datastore.estimated_tokens_available(datastore.list_completions(cset.newest.root, cfg.storage))
+        available = datastore.estimated_tokens_available(plan_completions(cset.newest, cfg.storage))
         template = build_problem(cfg, order, available, ctx.previous, ctx.model_uri)
         proxy = SOLVERS.configured(cfg.mixture.solver, cfg.mixture.options).bootstrap_solver(cfg.mixture.options)
         layout = ctx.featurizer.get("featurizer", {}).get("kfac_layout")
-        ctx.influence = average_influence(cfg, cset, order, layout,
-                                          extra=lambda gi, se: proxy.solve(template.with_gi(gi, se)).weights)
+        # a feature part whose checksum fails is featurized again, then the aggregation reruns
+        ctx.influence = repair_parts(ctx, lambda: average_influence(
+            cfg, ctx.checkpoints, order, layout,
+            extra=lambda gi, se: proxy.solve(template.with_gi(gi, se)).weights))
         ctx.problem = template.with_gi(ctx.influence.gi, ctx.influence.gi_se)
 
     def load(self, ctx: RunContext) -> None:

@@ -26,6 +26,7 @@ from operators.io import storage
 from operators.model.checkpoints import list_checkpoints, parse_step
 from operators.errors import ConfigError, InfluMixError
 from operators.influence.group import combine_targets, normalize_per_target
+from workflows.run.keys import featurizer_store
 from workflows.run.plan import Plan, check_or_record_plan
 
 if TYPE_CHECKING:
@@ -62,9 +63,10 @@ class CheckpointSet:
                                 for u, s, p in zip(self.checkpoints, self.steps, self.plans)]}
 
 
-def _sub_plan(plan: Plan, step: int | None, index: int) -> Plan:
+def _sub_plan(plan: Plan, step: int | None, index: int, store: str) -> Plan:
+    """A checkpoint's plan: its own run sub-root, features in that checkpoint's datastore folder."""
     name = f"ckpt-{step}" if step is not None else f"ckpt-{index}"
-    return replace(plan, root=storage.join(plan.root, name))
+    return replace(plan, root=storage.join(plan.root, name), store=store)
 
 
 def _chosen(cfg: RunConfig, model_uri: str) -> list[tuple[int | None, str]]:
@@ -110,7 +112,7 @@ def plan_checkpoints(cfg: RunConfig, plan: Plan, model_uri: str) -> CheckpointSe
             raise InfluMixError(
                 f"run {plan.run_id} pinned checkpoints {[u for _, u in pinned]} ({uri}) but now resolves "
                 f"{[u for _, u in chosen]}: the checkpoint root moved on. Start a new run (run_id=...).")
-    plans = tuple(_sub_plan(plan, step, i) for i, (step, _) in enumerate(chosen))
+    plans = tuple(_sub_plan(plan, step, i, featurizer_store(cfg, ckpt)) for i, (step, ckpt) in enumerate(chosen))
     cset = CheckpointSet(tuple(u for _, u in chosen), tuple(s for s, _ in chosen), plans)
     for sub in plans:
         check_or_record_plan(sub, cfg.storage)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 from operators.features import datastore
 
@@ -15,10 +17,11 @@ from workflows.jobs.featurize_shard import FeaturizeJob, ShardFeaturizer
 from workflows.run.integrity import check_unique_ids
 from workflows.stages.base import RunContext, Stage, StageNotRun
 from workflows.stages.checkpoint_average import featurize_all, plan_checkpoints
-from workflows.run.plan import Plan
+from workflows.run.plan import Plan, plan_completions
 from cluster.progress import Progress
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 FEATURIZER_FILE = "featurizer.json"
 
 
@@ -36,10 +39,10 @@ class FeaturizerFactory:
         return ShardFeaturizer(self.job, device, worker)
 
 
-def featurize_job(cfg: RunConfig, model_uri: str, root: str) -> FeaturizeJob:
-    """The slice of the run config a featurizing worker needs."""
+def featurize_job(cfg: RunConfig, model_uri: str, root: str, store: str = "") -> FeaturizeJob:
+    """The slice of the run config a featurizing worker needs (``store``: the datastore folder)."""
     return FeaturizeJob(examples=ExampleSource.of(cfg), model=model_source(cfg, model_uri), featurize=cfg.featurize,
-                        collect_kfac=cfg.influence.preconditioner == "kfac", root=root)
+                        collect_kfac=cfg.influence.preconditioner == "kfac", root=root, store=store)
 
 
 def model_source(cfg: RunConfig, model_uri: str) -> ModelSource:
@@ -54,16 +57,22 @@ def check_workers_agree(workers: list[dict]) -> str:
     return next(iter(prints.values()))
 
 
+def featurizer_uri(plan: Plan) -> str:
+    """featurizer.json of the plan's datastore (the run root for plans without one)."""
+    return storage.join(plan.store or plan.root, FEATURIZER_FILE)
+
+
 def record_featurizer(plan: Plan, worker: dict, spec: storage.StorageSpec) -> dict:
     """Write featurizer.json once; later attempts must match it (same model + projector)."""
-    uri = storage.join(plan.root, FEATURIZER_FILE)
+    uri = featurizer_uri(plan)
     if storage.exists(uri, spec):
         recorded = storage.read_json(uri, spec)
         if recorded["fingerprint"] != worker["fingerprint"]:
             raise InfluMixError(
-                f"run {plan.run_id} was featurized with model/projector {recorded['fingerprint']} but the "
-                f"workers now load {worker['fingerprint']}; the checkpoint changed under the same run id. "
-                "Start a new run (run_id=...)."
+                f"the features at {plan.store or plan.root} were made with model/projector "
+                f"{recorded['fingerprint']} but the workers now load {worker['fingerprint']}: the checkpoint "
+                "changed in place although its files list the same names, sizes and versions. Move the "
+                f"stale datastore folder {plan.store or plan.root} aside and rerun."
             )
         return recorded
     info = {k: worker[k] for k in ("fingerprint", "model", "featurizer")}
@@ -77,13 +86,14 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None, requ
     from cluster.actor_pool import ShardPool
     from cluster.runtime import worker_layout
 
-    done = datastore.list_completions(plan.root, cfg.storage)
+    done = reusable_completions(plan, cfg.storage)
     todo = [t for t in plan.tasks if t.shard_id not in done]
-    log.info("run %s: %d shards, %d already complete, %d to featurize", plan.run_id, len(plan.tasks),
-             len(plan.tasks) - len(todo), len(todo))
-    featurizer_uri = storage.join(plan.root, FEATURIZER_FILE)
-    if not todo and storage.exists(featurizer_uri, cfg.storage):
-        return storage.read_json(featurizer_uri, cfg.storage)
+    log.info("run %s: %d shards, %d reused from the datastore %s, %d to featurize", plan.run_id,
+             len(plan.tasks), len(plan.tasks) - len(todo), plan.store or plan.root, len(todo))
+    summary = {"shards": len(plan.tasks), "reused": len(plan.tasks) - len(todo),
+               "featurized": [t.shard_id for t in todo], "store": plan.store or plan.root}
+    if not todo and storage.exists(featurizer_uri(plan), cfg.storage):
+        return {**storage.read_json(featurizer_uri(plan), cfg.storage), "datastore": summary}
     if require_done:
         raise StageNotRun(f"run {plan.run_id}: {len(todo)} of {len(plan.tasks)} shards are not featurized "
                           f"under {plan.root}; run the featurize stage first")
@@ -96,8 +106,8 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None, requ
 
     progress = Progress("featurize", len(plan.tasks), already_done=len(plan.tasks) - len(todo),
                         interval_s=cfg.cluster.progress_interval_s, sink=sink)
-    pool = ShardPool(FeaturizerFactory(featurize_job(cfg, model_uri, plan.root)), worker_layout(cfg.cluster), cfg.cluster,
-                     plan.run_id)
+    pool = ShardPool(FeaturizerFactory(featurize_job(cfg, model_uri, plan.root, plan.store)),
+                     worker_layout(cfg.cluster), cfg.cluster, plan.run_id)
     try:
         workers = pool.start()
         check_workers_agree(workers)
@@ -112,7 +122,67 @@ def run_featurize(cfg: RunConfig, plan: Plan, model_uri: str, metrics=None, requ
                             f"up to {cfg.cluster.shard_attempts} attempts; completed shards are kept, fix the "
                             f"input and rerun to resume):\n{lines}")
     info["workers"] = workers
+    info["datastore"] = summary
     return info
+
+
+def reusable_completions(plan: Plan, spec: storage.StorageSpec) -> dict[str, datastore.CompletionRecord]:
+    """Completion records of the plan's shards whose parts have the recorded sizes. A shard with a
+    missing or resized part loses its record (one warning naming the part) and is featurized again."""
+    roots = plan.shard_roots()
+    done = plan_completions(plan, spec)
+    for sid, record in list(done.items()):
+        bad = datastore.check_part_sizes(record, spec)
+        if bad is not None:
+            log.warning("feature part %s: %s; featurizing shard %s again", bad.part_uri, bad.reason, sid)
+            datastore.invalidate(roots[sid], sid, spec)
+            del done[sid]
+    return done
+
+
+#: How many times one stage repairs corrupt feature parts before giving up.
+MAX_REPAIRS = 3
+
+
+def repair_parts(ctx: RunContext, fn: Callable[[], T]) -> T:
+    """``fn()``; when it meets a feature part that fails its check (:class:`FeaturePartCorrupt`, also
+    raised inside Ray tasks), drop that shard's record with one warning naming the part, featurize it
+    again and call ``fn`` again."""
+    for attempt in range(MAX_REPAIRS + 1):
+        try:
+            return fn()
+        except datastore.FeaturePartCorrupt as exc:
+            cause = exc if getattr(exc, "part_uri", None) else getattr(exc, "cause", exc)
+            if attempt == MAX_REPAIRS:  # one line, not Ray's wrapped traceback
+                raise datastore.FeaturePartCorrupt(
+                    getattr(cause, "part_uri", "?"), getattr(cause, "shard_id", "?"),
+                    f"{getattr(cause, 'reason', cause)} again after {MAX_REPAIRS} repairs") from None
+            _invalidate_part(ctx, cause)
+            ctx.featurizer = featurize_all(
+                ctx.checkpoints, lambda p, uri: run_featurize(ctx.cfg, p, uri, ctx.metrics))
+    raise AssertionError("unreachable")
+
+
+def _invalidate_part(ctx: RunContext, exc: BaseException) -> None:
+    part, sid = getattr(exc, "part_uri", None), getattr(exc, "shard_id", None)
+    plans = ctx.checkpoints.plans if ctx.checkpoints else (ctx.plan,)
+    found = False
+    for plan in plans:
+        roots = plan.shard_roots()
+        if sid in roots and part and part.startswith(roots[sid].rstrip("/") + "/"):
+            log.warning("feature part %s: %s; featurizing shard %s again", part, exc.reason, sid)
+            datastore.invalidate(roots[sid], sid, ctx.cfg.storage)
+            found = True
+    if not found:  # the error did not say which part: check every shard's checksums
+        for plan in plans:
+            roots = plan.shard_roots()
+            for shard, record in plan_completions(plan, ctx.cfg.storage).items():
+                for bad in datastore.verify_shard(roots[shard], record, ctx.cfg.storage)[:1]:
+                    log.warning("feature part %s: %s; featurizing shard %s again", bad.part_uri, bad.reason, shard)
+                    datastore.invalidate(roots[shard], shard, ctx.cfg.storage)
+                    found = True
+    if not found:
+        raise exc
 
 
 class FeaturizeStage(Stage):
@@ -126,7 +196,9 @@ class FeaturizeStage(Stage):
         ctx.checkpoints = plan_checkpoints(cfg, ctx.plan, ctx.model_uri)  # [model_uri] unless averaging
         ctx.featurizer = featurize_all(
             ctx.checkpoints, lambda p, uri: run_featurize(cfg, p, uri, ctx.metrics, require_done=require_done))
-        check_unique_ids(cfg, ctx.checkpoints.newest)
+        repair_parts(ctx, lambda: check_unique_ids(cfg, ctx.checkpoints.newest))
+        if not require_done:
+            ctx.save_record(self.name, {"datastore": ctx.featurizer.get("datastore", {})})
 
     def load(self, ctx: RunContext) -> None:
         self.run(ctx, require_done=True)

@@ -19,7 +19,8 @@ from operators.io.storage.registry import BACKENDS, backend_for, clear_filesyste
 __all__ = [
     "BACKENDS", "Storage", "StorageError", "StorageNotFoundError", "StorageSpec", "backend_for",
     "check_reachable", "clear_filesystem_cache", "delete", "delete_if_match", "exists", "filesystem_for",
-    "join", "list_file_infos", "list_files", "local_path", "makedirs", "put_if_absent", "put_if_match",
+    "join", "list_file_infos", "list_file_versions", "list_files", "local_path", "makedirs", "put_if_absent",
+    "put_if_match",
     "read_bytes", "read_json", "read_many", "read_text", "read_versioned", "storage_for",
     "write_bytes_atomic", "write_json_atomic", "write_text_atomic",
 ]
@@ -79,6 +80,12 @@ def list_file_infos(uri_or_glob: str, suffixes: tuple[str, ...] | None = None,
                     spec: StorageSpec | None = None) -> list[tuple[str, int | None]]:
     """Like :func:`list_files` but returns ``(uri, size_bytes)`` pairs."""
     return storage_for(uri_or_glob, spec).list_file_infos(uri_or_glob, suffixes)
+
+
+def list_file_versions(uri_or_glob: str, suffixes: tuple[str, ...] | None = None,
+                       spec: StorageSpec | None = None) -> list[tuple[str, int | None, str | None]]:
+    """Like :func:`list_files` but returns ``(uri, size_bytes, version)`` (ETag or mtime; may be None)."""
+    return storage_for(uri_or_glob, spec).list_file_versions(uri_or_glob, suffixes)
 
 
 def list_files(uri_or_glob: str, suffixes: tuple[str, ...] | None = None,

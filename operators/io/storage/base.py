@@ -57,6 +57,22 @@ def content_version(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: fsspec info keys that change with an object's content, most specific first.
+_VERSION_KEYS = ("VersionId", "ETag", "etag", "generation", "md5Hash", "mtime", "LastModified",
+                 "last_modified", "updated", "created")
+
+
+def file_version(info: dict) -> str | None:
+    """The content version an fsspec ``info`` dict carries (see :meth:`Storage.list_file_versions`)."""
+    for key in _VERSION_KEYS:
+        value = info.get(key)
+        if value not in (None, ""):
+            if key == "mtime" and isinstance(value, float):
+                return f"mtime:{int(round(value * 1e9))}"
+            return f"{key}:{str(value).strip(chr(34))}"
+    return None
+
+
 def is_hidden(path: str) -> bool:
     """True for a basename starting with ``.`` (in-flight temp files, lock files); never listed."""
     return posixpath.basename(path.replace(os.sep, "/")).startswith(".")
@@ -182,8 +198,15 @@ class Storage(abc.ABC):
     def list_file_infos(self, uri_or_glob: str,
                         suffixes: tuple[str, ...] | None = None) -> list[tuple[str, int | None]]:
         """Like :meth:`list_files` but returns ``(uri, size_bytes)`` pairs."""
+        return [(uri, size) for uri, size, _ in self.list_file_versions(uri_or_glob, suffixes)]
+
+    def list_file_versions(self, uri_or_glob: str, suffixes: tuple[str, ...] | None = None
+                           ) -> list[tuple[str, int | None, str | None]]:
+        """Like :meth:`list_files` but returns ``(uri, size_bytes, version)``: the version is what
+        the backend says changes with the content (ETag / version id / generation on object stores,
+        the modification time locally), or None when it says nothing."""
         fs, path = self.fs, self.path(uri_or_glob)
-        found: dict[str, int | None] = {}
+        found: dict[str, dict] = {}
         with self._wrap("listing", uri_or_glob):
             if any(ch in path for ch in _GLOB_CHARS):
                 roots = sorted(fs.glob(path))
@@ -193,10 +216,11 @@ class Storage(abc.ABC):
                 if fs.isdir(root):
                     for p, info in fs.find(root, detail=True).items():
                         if info.get("type", "file") == "file" and not p.endswith("/"):
-                            found[p] = info.get("size")
+                            found[p] = info
                 else:
-                    found[root] = fs.info(root).get("size")
-        return [(self.uri(p), int(size) if size is not None else None) for p, size in sorted(found.items())
+                    found[root] = fs.info(root)
+        return [(self.uri(p), int(info["size"]) if info.get("size") is not None else None, file_version(info))
+                for p, info in sorted(found.items())
                 if not is_hidden(p) and (not suffixes or p.endswith(tuple(suffixes)))]
 
     def list_files(self, uri_or_glob: str, suffixes: tuple[str, ...] | None = None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -168,3 +169,49 @@ def test_estimated_tokens_available() -> None:
     assert est == {"a": 50 + 300, "b": 0, "c": 7}
     target = new.model_copy(update={"role": "target"})
     assert ds.estimated_tokens_available({"x": target}) == {}
+
+
+def test_parts_check_themselves(run_root) -> None:
+    """The record lists each part's size and sha256; a short part fails the size check, a part with other
+    bytes of the same size fails the checksum when read; both name the part and survive pickling (Ray)."""
+    import pickle
+
+    spec, root = run_root
+    table, feats = _table()
+    writer = ds.FeaturePartWriter(root, "s", 6, "fp-abc", part_rows=4, storage=spec)
+    writer.add(table.column("id").to_pylist(), table.column("domain").to_pylist(),
+               table.column("n_tokens").to_numpy(), table.column("loss").to_numpy(), feats)
+    parts = writer.close()
+    digests = writer.digests
+    assert len(digests) == len(parts) == 3
+    for (uri, _), (size, digest) in zip(parts, digests):
+        data = st.read_bytes(uri, spec)
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == digest
+    record = _record("s").model_copy(update={
+        "parts": [u for u, _ in parts], "part_rows": [r for _, r in parts], "output_uri": ds.feature_uri(root, "s"),
+        "part_bytes": [n for n, _ in digests], "part_sha256": [h for _, h in digests]})
+    ds.write_completion(root, record, spec)
+    assert ds.read_completions({"s": root, "missing": root}, spec) == {"s": record}
+    assert ds.check_part_sizes(record, spec) is None and ds.verify_shard(root, record, spec) == []
+    assert pa.Table.from_batches(list(iter_shard_feature_batches(root, "s", spec, table.column_names))).equals(table)
+
+    first, second = parts[0][0], parts[1][0]
+    good = st.read_bytes(second, spec)
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF
+    st.write_bytes_atomic(second, bytes(flipped), spec)
+    assert ds.check_part_sizes(record, spec) is None  # same size: only the checksum can tell
+    with pytest.raises(ds.FeaturePartCorrupt, match="sha256") as err:
+        list(iter_shard_feature_batches(root, "s", spec, ["features"]))
+    assert err.value.part_uri == second and err.value.shard_id == "s"
+    again = pickle.loads(pickle.dumps(err.value))
+    assert (again.part_uri, again.shard_id, str(again)) == (second, "s", str(err.value))
+
+    st.write_bytes_atomic(first, st.read_bytes(first, spec)[:50], spec)
+    bad = ds.check_part_sizes(record, spec)
+    assert bad is not None and bad.part_uri == first and "50 bytes" in bad.reason
+    assert [b.part_uri for b in ds.verify_shard(root, record, spec)] == [first]
+    st.delete(first, spec)
+    assert ds.check_part_sizes(record, spec).reason == "not found"
+    ds.invalidate(root, "s", spec)
+    assert ds.read_completion(root, "s", spec) is None

@@ -152,7 +152,7 @@ def test_nonfinite_features_are_skipped_and_counted(model_cache, tmp_path, monke
     cfg = fast_config(str(tmp_path / "out"), model_cache, "run_id=nan")
     plan = build_plan(cfg)
     task = plan.corpus_tasks()[0]
-    worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), run_root(cfg)), "cpu", "w")
+    worker = ShardFeaturizer(featurize_job(cfg, resolve_model_uri(cfg), plan.root, plan.store), "cpu", "w")
     real = worker.featurizer.featurize
     calls = []
 

@@ -13,7 +13,8 @@ def test_plan_lists_corpus_and_target_shards_deterministically(tmp_path):
     cfg = fast_config(str(tmp_path), str(tmp_path / "cache"))
     a, b = build_plan(cfg), build_plan(cfg)
     assert a.plan_hash == b.plan_hash and a.tasks == b.tasks
-    assert a.root == run_root(cfg) and a.root.endswith(f"runs/{cfg.resolved_run_id()}")
+    assert a.root == run_root(cfg) and a.root.endswith(f"runs/{a.run_id}") and a.run_id.startswith("default-")
+    assert a.store.startswith(str(tmp_path)) and all(t.key for t in a.tasks)
     assert len(a.corpus_tasks()) == 15
     assert {t.target_name for t in a.target_tasks()} == {t.name for t in cfg.targets}
     assert all(t.shard_id.startswith(f"target-{t.target_name}-") for t in a.target_tasks())

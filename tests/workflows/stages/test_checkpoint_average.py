@@ -61,8 +61,9 @@ def test_average_equals_mean_of_per_checkpoint_gi(ray_cluster, model_cache, tmp_
     assert infl.counts == singles[0].counts == singles[1].counts  # the same sampled examples
     assert infl.bootstrap and infl.bootstrap["score_low"].shape == (len(order),)
     assert infl.preconditioner["averaged_over"] == 2
-    for sub in cset.plans:  # each checkpoint's features under its own sub-root
-        assert os.path.isdir(os.path.join(sub.root, "features")) and os.path.isfile(os.path.join(sub.root, "plan.json"))
+    assert len({sub.store for sub in cset.plans}) == 2  # each checkpoint's features in its own datastore folder
+    for sub in cset.plans:  # ... and its own run sub-root
+        assert os.path.isdir(os.path.join(sub.store, "shards")) and os.path.isfile(os.path.join(sub.root, "plan.json"))
 
     # pinned: a resume resolves the same two; a newer checkpoint under the same run id is refused
     pinned = storage.read_json(storage.join(plan.root, CHECKPOINTS_FILE))
