@@ -53,6 +53,7 @@ def heavy_mixture(reference: np.ndarray, k: int, share: float, lower: np.ndarray
     if rest.sum() <= 0:
         rest = np.ones_like(ref)
         rest[k] = 0.0
+    share = min(share, float(np.asarray(upper, dtype=np.float64)[k]))
     w = rest / rest.sum() * (1.0 - share)
     w[k] = share
     return project_bounded_simplex(w, np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64))
