@@ -253,7 +253,7 @@ def run_scenario(
         "tokens_next_stage": cfg.mixture.budget.tokens_next_stage,
         "refresh": {"run_id": result.run_id, "weights": dict(result.weights), "wall_s": round(refresh_s, 2),
                     "published_source": (result.report.get("validation") or {}).get("published"),
-                    "validation": result.report.get("validation")},
+                    "validation": result.report.get("validation"), "cost": result.report.get("cost")},
         "testbed": report,
         "testbed_wall_s": round(testbed_s, 2),
         "target_losses": target_half_losses(cfg, resolve_model_uri(cfg)),
