@@ -1,6 +1,6 @@
 """Mixture testbed: train the tiny model on candidate mixtures, print regret vs a grid and acceptance.
 
-    python benchmarks/mixture_testbed.py [--scenario all|oop_small|oop|mixed|default] [--steps N]
+    python benchmarks/mixture_testbed.py [--scenario all|default|NAME [NAME ...]] [--steps N]
                                          [--seeds 0 1 2] [--grid 13] [--split test] [--json FILE]
 
 Scenarios (default ``all``; docs/MIXTURE.md §4, ``benchmarks/testbed/scenarios.py``): ``oop_small`` (target
@@ -168,8 +168,8 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", default="all", choices=["all", *SCENARIOS, "default"],
-                        help="harder-testbed scenario, all three (default), or the embedded default")
+    parser.add_argument("--scenario", default=["all"], nargs="+", choices=["all", *SCENARIOS, "default"],
+                        help="harder-testbed scenarios (one or more), all of them (default), or the embedded default")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per mixture and seed (default: the scenario's "
                              "tokens_next_stage budget; 40 for --scenario default)")
@@ -188,10 +188,12 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the full report to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    if args.scenario != "default":
+    if args.scenario != ["default"]:
+        if "default" in args.scenario:
+            parser.error("--scenario default runs alone")
         args.grid = args.grid or 13
         args.per_domain = args.per_domain or 100_000
-        run_scenarios(args, list(SCENARIOS) if args.scenario == "all" else [args.scenario])
+        run_scenarios(args, list(SCENARIOS) if "all" in args.scenario else list(dict.fromkeys(args.scenario)))
         return
     args.steps = args.steps or 40
     args.grid = args.grid or 11
