@@ -68,3 +68,20 @@ def extrapolate(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     if v.shape[-1] != w.size:
         raise ConfigError(f"values have {v.shape[-1]} probe points, weights {w.size}")
     return v @ w
+
+
+def stage_interval(gains: np.ndarray, weights: np.ndarray, confidence: float = 0.9) -> dict:
+    """Stage-horizon gain and interval from bootstrap replicates of a gain trajectory.
+
+    ``gains`` (B, P): replicate gains (seeds AND reference examples resampled) at the probe points. Two
+    horizon models bracket the stage: ``flat`` (the gain stops changing after the probe: the last point)
+    and ``log-linear`` (:func:`extrapolation_weights`). The point estimate is their mean; the interval
+    runs from the lower quantile of the smaller to the upper quantile of the larger, so it holds both
+    the statistical noise (which seeds, which target examples) and the model uncertainty."""
+    g = np.asarray(gains, dtype=np.float64)
+    flat, loglin = g[:, -1], extrapolate(g, weights)
+    q = (1 - confidence) / 2
+    low = float(np.quantile(np.minimum(flat, loglin), q))
+    high = float(np.quantile(np.maximum(flat, loglin), 1 - q))
+    return {"gain": float(0.5 * (flat.mean() + loglin.mean())), "ci": [low, high],
+            "flat": float(flat.mean()), "log_linear": float(loglin.mean())}

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from operators.mixture.decision import budget_pool_sizes, decide, predicted_vs_measured
-from operators.mixture.horizon import extrapolate, extrapolation_weights, probe_points, stage_steps
+from operators.mixture.horizon import (
+    extrapolate,
+    extrapolation_weights,
+    probe_points,
+    stage_interval,
+    stage_steps,
+)
 from workflows.config import RunConfig, ValidationSpec
 from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
 from workflows.jobs.probes import MixtureProber, measure_trajectories
@@ -128,26 +134,50 @@ class Objective:
 
 
 def _measure(prober: MixtureProber, objective: Objective, kept: dict, seeds: list[int], layout
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(ΔL (M, S, P) by the objective, per-target ΔL (M, S, P, V))."""
+             ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(ΔL (M, S, P) by the objective, per-target ΔL (M, S, P, V), raw (before (M, S, n), after (M, S, P, n)))."""
     before, after = measure_trajectories(prober, [w for w, _ in kept.values()], seeds, layout)
     b = before[:, :, None, :]
     values = objective(b, after)
     per_target, _ = objective.per_target(b, after)
-    return values, per_target
+    return values, per_target, (before, after)
+
+
+def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], coef: np.ndarray,
+               confidence: float, n_boot: int = 400, seed: int = 0) -> dict[str, dict]:
+    """Per candidate, the stage-horizon gain over the reference and its interval
+    (operators/mixture/horizon.stage_interval) from a two-way bootstrap: seeds and validation examples are
+    both resampled, because which few target examples a split holds moves a gain by more than seed noise."""
+    before, after = raw
+    s, n = before.shape[1], before.shape[2]
+    r = names.index("reference")
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        si, ei = rng.integers(0, s, s), rng.integers(0, n, n)
+        sub = Objective(objective.tokens[ei], objective.labels[ei], objective.weights, objective.balance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = sub(before[:, si][:, :, None, ei], after[:, si][:, :, :, ei]).mean(axis=1)  # (M, P)
+        if np.all(np.isfinite(vals)):  # a replicate without some target's examples is skipped
+            reps.append(vals[r][None, :] - vals)
+    G = np.array(reps)
+    return {name: stage_interval(G[:, m, :], coef, confidence) for m, name in enumerate(names)}
 
 
 def _horizon_rows(decision: dict, stage: dict, points: list[int], used: float) -> None:
-    """Put the stage-horizon gain and CI beside each candidate's probe-horizon gain."""
+    """Put the stage-horizon gain and interval beside each candidate's probe-horizon gain."""
     for name, row in decision["candidates"].items():
-        st = stage["candidates"].get(name)
+        st = stage.get(name)
         if st is not None:
-            row.update({"stage_gain": st["gain"], "stage_ci": st["ci"], "stage_se": st["se"]})
+            row.update({"stage_gain": st["gain"], "stage_ci": st["ci"],
+                        "stage_models": {"flat": st["flat"], "log_linear": st["log_linear"]}})
     decision["horizons"] = {
         "probe_steps": points[-1], "probe_points": points, "stage_steps": used,
         "probe_label": f"probe-horizon gain ({points[-1]}-step probes, measured)",
         "stage_label": (f"stage-horizon gain (extrapolated to {used:.0f} steps from {points[-1]}-step probes "
-                        f"measured at steps {points})")}
+                        f"measured at steps {points})"),
+        "stage_model": ("mean of flat (no change after the probe) and log-linear growth; the interval spans "
+                        "both, over seeds and validation examples")}
 
 
 def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem,
@@ -173,7 +203,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     coef, used = extrapolation_weights(points, horizon, spec.horizon_max_ratio)
     prober = MixtureProber(model, problem.domains, {s: pools for s in seeds + fresh}, ref, spec.steps,
                            spec.batch_size, spec.probe, points=points)
-    values, per_target = _measure(prober, objective, kept, seeds, layout)
+    values, per_target, raw = _measure(prober, objective, kept, seeds, layout)
     rounds = {"first": len(kept)}
     surrogate_report: dict = {"fitted": False, "reason": "explore.surrogate = 0"}
     if spec.explore.surrogate > 0:
@@ -184,9 +214,10 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         extra, _ = dedupe({**kept, **extra})
         extra = {n: v for n, v in extra.items() if n not in kept}
         if extra:
-            v2, t2 = _measure(prober, objective, extra, seeds, layout)
+            v2, t2, raw2 = _measure(prober, objective, extra, seeds, layout)
             kept.update(extra)
             values, per_target = np.concatenate([values, v2]), np.concatenate([per_target, t2])
+            raw = (np.concatenate([raw[0], raw2[0]]), np.concatenate([raw[1], raw2[1]]))
     rounds["second"] = len(kept) - rounds["first"]
     names = list(kept)
     eligible = [n for n, (_, src) in kept.items() if src != "baseline" or spec.baselines_eligible]
@@ -194,7 +225,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     stage_delta = {n: extrapolate(values[i], coef) for i, n in enumerate(names)}
     decision = decide(probe_delta if spec.decide_at == "probe" else stage_delta, "reference", eligible,
                       spec.margin)
-    stage = decide(stage_delta, "reference", eligible, spec.margin)
+    stage = stage_rows(raw, objective, names, coef, decision["confidence"], seed=spec.seed)
     probe = decision if spec.decide_at == "probe" else decide(probe_delta, "reference", eligible, spec.margin)
     if spec.decide_at == "stage":  # the candidate rows show the measured probe horizon either way
         for name, row in decision["candidates"].items():
@@ -240,17 +271,18 @@ def _confirm(prober: MixtureProber, objective: Objective, kept: dict, decision: 
     rows = decision["candidates"]
     ranked = sorted((n for n in eligible if n != "reference"), key=lambda n: (rows[n]["mean_delta"], n))
     top = ["reference", *ranked[: spec.confirm_top]]
-    values, _ = _measure(prober, objective, {n: kept[n] for n in top}, fresh, layout)
+    values, _, raw = _measure(prober, objective, {n: kept[n] for n in top}, fresh, layout)
     probe_delta = {n: values[i, :, -1] for i, n in enumerate(top)}
     stage_delta = {n: extrapolate(values[i], coef) for i, n in enumerate(top)}
     fresh_probe = decide(probe_delta, "reference", top, spec.margin)
-    fresh_stage = decide(stage_delta, "reference", top, spec.margin)
-    chosen = fresh_probe if spec.decide_at == "probe" else fresh_stage
+    chosen = fresh_probe if spec.decide_at == "probe" else decide(stage_delta, "reference", top, spec.margin)
+    stage = stage_rows(raw, objective, top, coef, fresh_probe["confidence"], seed=spec.seed + 1)
     for name in top:  # the published candidate's numbers come from seeds that did not choose it
         rows[name]["confirmed"] = {
             "gain": fresh_probe["candidates"][name]["gain"], "ci": fresh_probe["candidates"][name]["ci"],
-            "z": fresh_probe["candidates"][name]["z"], "stage_gain": fresh_stage["candidates"][name]["gain"],
-            "stage_ci": fresh_stage["candidates"][name]["ci"]}
+            "z": fresh_probe["candidates"][name]["z"], "stage_gain": stage[name]["gain"],
+            "stage_ci": stage[name]["ci"], "stage_models": {"flat": stage[name]["flat"],
+                                                            "log_linear": stage[name]["log_linear"]}}
     return {"seeds": fresh, "candidates": top, "best": chosen["best"], "published": chosen["published"],
             "improvement_found": chosen["improvement_found"], "seed_std": chosen["seed_std"],
             "df": chosen["df"], "first_round_best": decision["best"]}

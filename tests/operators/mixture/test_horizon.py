@@ -45,3 +45,19 @@ def test_extrapolation_is_bounded_and_never_backwards() -> None:
     assert used == 16.0
     with pytest.raises(ConfigError, match="increasing"):
         extrapolation_weights([8, 8], 100.0)
+
+
+def test_stage_interval_spans_flat_and_log_linear_models() -> None:
+    from operators.mixture.horizon import stage_interval
+
+    c, _ = extrapolation_weights([4, 8, 16], 160.0)
+    rng = np.random.default_rng(0)
+    growing = np.array([0.02, 0.04, 0.06]) + rng.normal(0, 0.002, (500, 3))
+    out = stage_interval(growing, c)
+    assert out["flat"] == pytest.approx(0.06, abs=1e-3) and out["log_linear"] > 0.1
+    assert out["ci"][0] < out["flat"] < out["gain"] < out["log_linear"] < out["ci"][1]
+    assert out["gain"] == pytest.approx(0.5 * (out["flat"] + out["log_linear"]))
+    # a flat trajectory: both models agree and the interval is only the noise
+    flat = np.array([0.05, 0.05, 0.05]) + rng.normal(0, 0.002, (500, 3))
+    tight = stage_interval(flat, c)
+    assert tight["ci"][0] < 0.05 < tight["ci"][1] and tight["ci"][1] - tight["ci"][0] < 0.05

@@ -104,3 +104,23 @@ def test_objective_weights_each_targets_own_per_token_change() -> None:
     delta, base = nats.per_target(before, after)
     np.testing.assert_allclose(delta[0], [-0.2, -0.1])
     np.testing.assert_allclose(base, [2.0, 5.0])
+
+
+def test_stage_rows_bootstrap_seeds_and_examples() -> None:
+    from operators.mixture.horizon import extrapolation_weights
+    from workflows.stages.validate import stage_rows
+
+    rng = np.random.default_rng(0)
+    n, S = 40, 2
+    tokens = np.full(n, 10.0)
+    before = np.full((2, S, n), 30.0)
+    drop = np.array([1.0, 2.0, 3.0])  # summed-loss drop per example at steps 4, 8, 16 for the candidate
+    after = np.broadcast_to(before[:, :, None, :], (2, S, 3, n)).copy()
+    after[1] -= drop[None, :, None] + rng.normal(0, 0.5, (S, 3, n))
+    coef, _ = extrapolation_weights([4, 8, 16], 160.0)
+    rows = stage_rows((before, after), Objective(tokens, np.zeros(n, dtype=int), np.array([1.0])),
+                      ["reference", "cand"], coef, 0.9, n_boot=200)
+    assert rows["reference"]["gain"] == 0 and rows["reference"]["ci"] == [0.0, 0.0]
+    c = rows["cand"]
+    assert c["flat"] == pytest.approx(0.3, abs=0.02) and c["log_linear"] > c["flat"]
+    assert c["ci"][0] < c["flat"] and c["ci"][1] > c["log_linear"]
