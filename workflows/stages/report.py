@@ -38,7 +38,8 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
         conf = pub.get("confirmed") or {}
         sg, sci = conf.get("stage_gain", pub["stage_gain"]), conf.get("stage_ci", pub["stage_ci"])
         lines += [f"- {hz['stage_label']}: {sg:+.4f} nats [{sci[0]:+.4f}, {sci[1]:+.4f}]"
-                  + (" (fresh confirmation seeds)" if conf else ""),
+                  + (" (fresh confirmation seeds)" if conf else "")
+                  + (f"; {hz['stage_model']}" if hz.get("stage_model") else ""),
                   f"- {probe_label}: {pub['gain']:+.4f} nats", ""]
     lines += [f"{len(v['seeds'])} seeds × {v['steps']} steps × batch {v['batch_size']} from the checkpoint; "
               f"target loss on the held-out `{v['split']}` split ({v['reference_examples']} examples), never used "
