@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: b
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 from benchmarks.testbed.harness import compare, run_testbed
-from benchmarks.testbed.scenarios import GOALS, PUBLISHED, SCENARIOS, run_scenario
+from benchmarks.testbed.scenarios import GOALS, PUBLISHED, SCENARIOS, rescore_scenario, run_scenario
 
 
 def print_table(report: dict, steps: int, batch_size: int) -> None:
@@ -127,12 +127,20 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
     out = tempfile.mkdtemp(prefix="influmix-testbed-")
     cache = args.cache_dir or tempfile.mkdtemp(prefix="influmix-testbed-cache-")
     results = []
+    saved = {}
+    if args.rescore:
+        with open(args.rescore, encoding="utf-8") as f:
+            saved = {r["scenario"]: r for r in json.load(f)}
+        names = [n for n in names if n in saved] if names != list(SCENARIOS) else list(saved)
     for name in names:
         started = time.perf_counter()
-        res = run_scenario(name, f"{out}/{name}", cache_dir=cache, overrides=args.set, steps=args.steps,
-                           batch_size=args.batch_size, seeds=args.seeds, grid_size=args.grid,
-                           per_domain=args.per_domain, reference_examples=args.reference_examples,
-                           split=args.split)
+        if name in saved:
+            res = rescore_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)
+        else:
+            res = run_scenario(name, f"{out}/{name}", cache_dir=cache, overrides=args.set, steps=args.steps,
+                               batch_size=args.batch_size, seeds=args.seeds, grid_size=args.grid,
+                               per_domain=args.per_domain, reference_examples=args.reference_examples,
+                               split=args.split)
         results.append(res)
         rep = res["testbed"]
         st = rep["settings"]
@@ -186,6 +194,9 @@ def main() -> None:
     parser.add_argument("--tikmix-m", action="store_true", help="also evaluate TiKMiX-M (--scenario default)")
     parser.add_argument("--cache-dir", default=None, help="model cache (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the full report to this file")
+    parser.add_argument("--rescore", default=None, metavar="JSON", help=(
+        "a saved --json report: re-run only the refreshes of its scenarios and re-score them against its "
+        "ground truth (fails if a published mixture changed)"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.scenario != ["default"]:

@@ -46,7 +46,7 @@ from workflows.config import RunConfig, load_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Scenario", "SCENARIOS", "GOALS", "scenario_config", "acceptance", "run_scenario",
+__all__ = ["Scenario", "SCENARIOS", "GOALS", "scenario_config", "acceptance", "run_scenario", "rescore_scenario",
            "target_half_losses", "budget_steps", "candidate_mixtures"]
 
 #: Acceptance goals (docs/MIXTURE.md §4): gain over uniform in seed std, regret vs the grid's best in nats.
@@ -260,3 +260,29 @@ def run_scenario(
         "acceptance": acceptance(report, PUBLISHED, "uniform", stage_ci=published_stage_ci(result.report),
                                  refresh_steps=(result.report.get("cost") or {}).get("total")),
     }
+
+
+def rescore_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = None,
+                     overrides: Sequence[str] = ()) -> dict:
+    """Re-run only the refresh of a saved :func:`run_scenario` result and re-score it against the saved
+    ground truth, for a change that touches what validation REPORTS but not what it publishes (e.g. the
+    stage-horizon interval). ConfigError if the published mixture is not the saved one: then the
+    testbed must be run again."""
+    from workflows.mixture_refresh import run_mixture_refresh
+
+    name = saved["scenario"]
+    cfg = scenario_config(name, output_uri, cache_dir, overrides)
+    started = time.perf_counter()
+    result = run_mixture_refresh(cfg)
+    old = saved["refresh"]["weights"]
+    drift = max(abs(float(result.weights[d]) - float(old[d])) for d in old)
+    if set(result.weights) != set(old) or drift > 1e-9:
+        raise ConfigError(f"rescore {name}: the published mixture changed (max |Δw| {drift:.2g}); run the "
+                          "testbed again instead")
+    out = dict(saved)
+    out["refresh"] = {**saved["refresh"], "run_id": result.run_id, "wall_s": round(time.perf_counter() - started, 2),
+                      "validation": result.report.get("validation"), "cost": result.report.get("cost"),
+                      "rescored": True}
+    out["acceptance"] = acceptance(saved["testbed"], PUBLISHED, "uniform", stage_ci=published_stage_ci(result.report),
+                                   refresh_steps=(result.report.get("cost") or {}).get("total"))
+    return out
