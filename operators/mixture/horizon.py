@@ -8,7 +8,8 @@ log-linear in t, ``ΔL(t) = a + b·log t`` (least squares over the points). The 
 length is a fixed linear combination ``Σ_p c_p ΔL(t_p)`` of the measured points
 (:func:`extrapolation_weights`), so it applies per seed and the usual paired t-interval
 (operators/mixture/decision.py) gives its CI; the noise it adds shows up there. The horizon is bounded:
-it never extrapolates beyond ``max_ratio`` × the longest probe.
+it never extrapolates beyond ``max_ratio`` × the longest probe. :func:`stage_interval` brackets the
+stage with three horizon models (trend continues, stops, reverses) over bootstrap replicates.
 """
 
 from __future__ import annotations
@@ -73,15 +74,20 @@ def extrapolate(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def stage_interval(gains: np.ndarray, weights: np.ndarray, confidence: float = 0.9) -> dict:
     """Stage-horizon gain and interval from bootstrap replicates of a gain trajectory.
 
-    ``gains`` (B, P): replicate gains (seeds AND reference examples resampled) at the probe points. Two
-    horizon models bracket the stage: ``flat`` (the gain stops changing after the probe: the last point)
-    and ``log-linear`` (:func:`extrapolation_weights`). The point estimate is their mean; the interval
-    runs from the lower quantile of the smaller to the upper quantile of the larger, so it holds both
-    the statistical noise (which seeds, which target examples) and the model uncertainty."""
+    ``gains`` (B, P): replicate gains (seeds AND reference examples resampled) at the probe points. A
+    gain measured over a short probe may keep its trend over the stage, stop changing, or shrink as the
+    reference catches up; three horizon models bracket the stage: ``log_linear``
+    (:func:`extrapolation_weights`), ``flat`` (the last point) and ``reversed`` (the log-linear change
+    mirrored: 2·flat − log_linear). The point estimate leans on the measured trend: the mean of flat and
+    log-linear; the interval runs from the
+    lower quantile of the smallest to the upper quantile of the largest, so it holds both the
+    statistical noise (which seeds, which target examples) and the horizon-model uncertainty."""
     g = np.asarray(gains, dtype=np.float64)
     flat, loglin = g[:, -1], extrapolate(g, weights)
+    mirrored = 2.0 * flat - loglin
+    models = np.stack([flat, loglin, mirrored])
     q = (1 - confidence) / 2
-    low = float(np.quantile(np.minimum(flat, loglin), q))
-    high = float(np.quantile(np.maximum(flat, loglin), 1 - q))
-    return {"gain": float(0.5 * (flat.mean() + loglin.mean())), "ci": [low, high],
-            "flat": float(flat.mean()), "log_linear": float(loglin.mean())}
+    low = float(np.quantile(models.min(axis=0), q))
+    high = float(np.quantile(models.max(axis=0), 1 - q))
+    return {"gain": float(0.5 * (flat.mean() + loglin.mean())), "ci": [low, high], "flat": float(flat.mean()),
+            "log_linear": float(loglin.mean()), "reversed": float(mirrored.mean())}

@@ -170,14 +170,14 @@ def _horizon_rows(decision: dict, stage: dict, points: list[int], used: float) -
         st = stage.get(name)
         if st is not None:
             row.update({"stage_gain": st["gain"], "stage_ci": st["ci"],
-                        "stage_models": {"flat": st["flat"], "log_linear": st["log_linear"]}})
+                        "stage_models": {k: st[k] for k in ("flat", "log_linear", "reversed")}})
     decision["horizons"] = {
         "probe_steps": points[-1], "probe_points": points, "stage_steps": used,
         "probe_label": f"probe-horizon gain ({points[-1]}-step probes, measured)",
         "stage_label": (f"stage-horizon gain (extrapolated to {used:.0f} steps from {points[-1]}-step probes "
                         f"measured at steps {points})"),
-        "stage_model": ("mean of flat (no change after the probe) and log-linear growth; the interval spans "
-                        "both, over seeds and validation examples")}
+        "stage_model": ("the probe's log-linear trend may continue, stop or reverse over the stage: the "
+                        "interval spans all three, over seeds and validation examples")}
 
 
 def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem,
@@ -281,8 +281,8 @@ def _confirm(prober: MixtureProber, objective: Objective, kept: dict, decision: 
         rows[name]["confirmed"] = {
             "gain": fresh_probe["candidates"][name]["gain"], "ci": fresh_probe["candidates"][name]["ci"],
             "z": fresh_probe["candidates"][name]["z"], "stage_gain": stage[name]["gain"],
-            "stage_ci": stage[name]["ci"], "stage_models": {"flat": stage[name]["flat"],
-                                                            "log_linear": stage[name]["log_linear"]}}
+            "stage_ci": stage[name]["ci"],
+            "stage_models": {k: stage[name][k] for k in ("flat", "log_linear", "reversed")}}
     return {"seeds": fresh, "candidates": top, "best": chosen["best"], "published": chosen["published"],
             "improvement_found": chosen["improvement_found"], "seed_std": chosen["seed_std"],
             "df": chosen["df"], "first_round_best": decision["best"]}

@@ -55,7 +55,8 @@ def test_stage_interval_spans_flat_and_log_linear_models() -> None:
     growing = np.array([0.02, 0.04, 0.06]) + rng.normal(0, 0.002, (500, 3))
     out = stage_interval(growing, c)
     assert out["flat"] == pytest.approx(0.06, abs=1e-3) and out["log_linear"] > 0.1
-    assert out["ci"][0] < out["flat"] < out["gain"] < out["log_linear"] < out["ci"][1]
+    assert out["reversed"] == pytest.approx(2 * out["flat"] - out["log_linear"])
+    assert out["ci"][0] < out["reversed"] < out["flat"] < out["log_linear"] < out["ci"][1]
     assert out["gain"] == pytest.approx(0.5 * (out["flat"] + out["log_linear"]))
     # a flat trajectory: both models agree and the interval is only the noise
     flat = np.array([0.05, 0.05, 0.05]) + rng.normal(0, 0.002, (500, 3))
