@@ -40,6 +40,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks.testbed
 
+from operators.errors import ConfigError
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 from benchmarks.testbed.harness import compare, run_testbed
@@ -135,7 +136,11 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
     for name in names:
         started = time.perf_counter()
         if name in saved:
-            res = rescore_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)
+            try:
+                res = rescore_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)
+            except ConfigError as exc:  # the saved result stands, marked as not re-scored
+                print(f"\n[{name}] not re-scored: {exc}")
+                res = {**saved[name], "refresh": {**saved[name]["refresh"], "rescored": False}}
         else:
             res = run_scenario(name, f"{out}/{name}", cache_dir=cache, overrides=args.set, steps=args.steps,
                                batch_size=args.batch_size, seeds=args.seeds, grid_size=args.grid,
