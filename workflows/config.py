@@ -79,7 +79,9 @@ class InfluenceSpec(_Spec):
 
     preconditioner: Literal["identity", "gauss_newton", "kfac"] = "gauss_newton"
     relative_damping: float = Field(default=0.1, gt=0)
-    normalize: Literal["loss", "zscore", "max", "none"] = "loss"
+    normalize: Literal["balanced", "loss", "zscore", "max", "none"] = Field(default="balanced", description=(
+        "per-target scale of group influence before targets[].weight combines them; balanced: each target "
+        "on its own scale (operators/influence/group.py)"))
     bootstrap: int = Field(default=200, ge=0)
     confidence: float = Field(default=0.9, gt=0, lt=1)
     seed: int = 0
@@ -107,6 +109,34 @@ class BudgetSpec(_Spec):
     repetition_scale: float = Field(default=15.4, gt=0, description="R* of the repeated-data value decay")
 
 
+class ExploreSpec(_Spec):
+    """Validation candidates away from the influence answer (workflows/stages/explore.py)."""
+
+    generators: list[str] = Field(default=["dirichlet", "heavy", "per_target"], description=(
+        "first-round exploration generators by name (workflows/stages/explore.py EXPLORERS)"))
+    dirichlet: int = Field(default=6, ge=0, description="RegMix-style Dirichlet mixtures around the reference")
+    concentrations: list[float] = Field(default=[0.5, 1.0, 2.0, 4.0], description=(
+        "Dirichlet concentration per domain (× K × reference); one drawn per sample; small = sparse"))
+    heavy_share: float = Field(default=0.65, gt=0, lt=1, description=(
+        "weight of a domain-heavy mixture on its domain (capped by the bounds), the rest by reference"))
+    heavy_max: int = Field(default=8, ge=0, description=(
+        "most domain-heavy mixtures (domains with positive evidence, highest score upper bound first)"))
+    surrogate: int = Field(default=4, ge=0, description=(
+        "second round: mixtures proposed by a surrogate fitted on every first-round probe (0: none)"))
+    surrogate_kappa: float = Field(default=0.5, ge=0, description="surrogate picks by mean − kappa·std")
+    surrogate_min_cv_r2: float = Field(default=0.0, description=(
+        "no surrogate proposals unless its leave-one-out R² exceeds this"))
+    min_l1: float = Field(default=0.1, ge=0, description=(
+        "an exploration mixture closer than this (L1) to another candidate is dropped"))
+
+    @field_validator("concentrations")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v or any(c <= 0 for c in v):
+            raise ValueError(f"concentrations must be positive and not empty, got {v}")
+        return v
+
+
 class ValidationSpec(_Spec):
     """Pre-publish check: short probe trainings from the checkpoint on the validation split."""
 
@@ -130,6 +160,29 @@ class ValidationSpec(_Spec):
     baselines_eligible: bool = Field(default=True, description="a baseline that measures best may be published")
     probe: ProbeSpec = ProbeSpec(lr=1e-3, reference_batch_size=64)
     seed: int = 0
+    explore: ExploreSpec = ExploreSpec()
+    horizon_fractions: list[float] = Field(default=[0.25, 0.5, 1.0], description=(
+        "probe trajectory points as fractions of `steps`; the loss change is extrapolated log-linearly "
+        "from them to the next stage's length (operators/mixture/horizon.py)"))
+    horizon_max_ratio: float = Field(default=16.0, ge=1, description=(
+        "never extrapolate beyond this many times the probe length"))
+    decide_at: Literal["probe", "stage"] = Field(default="probe", description=(
+        "horizon whose gains pick and confirm the published mixture: the measured probe horizon, or the "
+        "extrapolated stage horizon (noisier)"))
+    confirm_seeds: int = Field(default=3, ge=0, description=(
+        "fresh seeds re-measuring the best candidates and the reference before publishing (0: no "
+        "confirmation; the seeds that chose a candidate then also publish it)"))
+    confirm_top: int = Field(default=3, ge=1, description="best first-round candidates re-measured on fresh seeds")
+    target_balance: Literal["nats", "relative"] = Field(default="nats", description=(
+        "several targets: nats = Σ targets[].weight × each target's own per-token loss change; relative = "
+        "the same with each change divided by that target's loss before training"))
+
+    @field_validator("horizon_fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < x <= 1.0 for x in v):
+            raise ValueError(f"horizon fractions must lie in (0, 1], got {v}")
+        return v
 
     @field_validator("line_points")
     @classmethod

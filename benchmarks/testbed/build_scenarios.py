@@ -5,7 +5,8 @@ message catalogues that a Debian machine already holds (``/usr/share/locale/<lan
 concatenates consecutive translated messages (msgstr) of one catalogue into 200-1200 character
 chunks with the chunking helpers of :mod:`workflows.assets.build_corpus`, selects examples with the
 same seeded hash, and writes three natural-language pool domains (one of them small), three target
-sets (two languages outside the pool, one mixed code + natural-language target), ``SOURCES.md`` and
+sets (two languages outside the pool, one mixed code + natural-language target) plus two derived from
+them (:data:`DERIVED_TARGETS`: code alone; code + Portuguese), ``SOURCES.md`` and
 ``CHECKSUMS.json``.  The scenario pool is the shipped default corpus (``data/corpus``) plus these
 domains; the scenario configs are ``workflows/configs/scenario_*.yaml``.  Selection and ordering
 depend only on file contents and the seed.
@@ -200,7 +201,24 @@ def build(out: Path) -> dict[str, str]:
     write_table(out / "targets" / f"{MIXED_TARGET}.parquet", rows, ["id", "domain", "text"])
     print(f"{MIXED_TARGET}: {len(code)} code + {len(fr)} fr", file=sys.stderr)
     write_sources(out, picked)
+    derive_targets(out)
     return write_checksums(out)
+
+
+#: Targets derived from the ones above (no new text): the code half of the mixed target alone (an easy,
+#: saturated target), and that code half mixed with the first half of target_pt (an under-learned language).
+DERIVED_TARGETS = {"target_code": ("code",), "target_code_pt": ("code", "pt")}
+
+
+def derive_targets(out: Path) -> None:
+    """Write :data:`DERIVED_TARGETS` from ``out/targets``: byte-deterministic given those files."""
+    mixed = pq.read_table(out / "targets" / f"{MIXED_TARGET}.parquet").to_pylist()
+    pt = pq.read_table(out / "targets" / "target_pt.parquet").to_pylist()
+    halves = {"code": [r for r in mixed if r["domain"] == "code"], "pt": pt[: MIXED_HALVES["code"]]}
+    for name, parts in DERIVED_TARGETS.items():
+        rows = [r for half in parts for r in halves[half]]
+        write_table(out / "targets" / f"{name}.parquet", rows, ["id", "domain", "text"])
+        print(f"{name}: {' + '.join(f'{len(halves[h])} {h}' for h in parts)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,7 +133,7 @@ def _zscore(gi: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     return np.where(flat, 0.0, centred / np.where(flat, 1.0, std))
 
 
-Normalization = Literal["loss", "zscore", "max", "none"]
+Normalization = Literal["balanced", "loss", "zscore", "max", "none"]
 
 
 def _loss_scale(gi: np.ndarray) -> np.ndarray:
@@ -144,11 +144,22 @@ def _loss_scale(gi: np.ndarray) -> np.ndarray:
     return np.where(scale <= tiny, 1.0, scale)
 
 
-def normalize_per_target(gi: np.ndarray, method: Normalization = "loss",
+def _target_scale(gi: np.ndarray) -> np.ndarray:
+    """One scale per target: its across-domain std (1 for a flat target)."""
+    scale = np.sqrt(gi.var(axis=-2, keepdims=True))
+    tiny = 1e-12 * np.maximum(np.abs(gi).max(axis=(-2, -1), keepdims=True), np.finfo(np.float64).tiny)
+    return np.where(scale <= tiny, 1.0, scale)
+
+
+def normalize_per_target(gi: np.ndarray, method: Normalization = "balanced",
                          reference: np.ndarray | None = None) -> np.ndarray:
     """Put the (K, V) group-influence matrix (or a stack of them) on the solver's scale.
 
-    * ``loss`` (default): every entry is divided by ONE scale shared by all targets, so each target
+    * ``balanced`` (default): each target is divided by its OWN across-domain std, so ``targets[].weight``
+      is honoured on each target's own scale: a target whose raw effects are large (a hard target, large
+      gradients) cannot take the mixture from an equally weighted easy one. With one target it equals
+      ``loss``.
+    * ``loss``: every entry is divided by ONE scale shared by all targets, so each target
       keeps its weight in nats: a hard target (high per-token loss, large gradients) moves the
       mixture more than an easy one, exactly as it moves a trainer's token-weighted target loss.
     * ``zscore``: BIDS-style per-target z-scores across domains; every target counts the same
@@ -168,10 +179,12 @@ def normalize_per_target(gi: np.ndarray, method: Normalization = "loss",
         return _zscore(gi, ref)
     if method == "loss":
         return gi / _loss_scale(ref)
+    if method == "balanced":
+        return gi / _target_scale(ref)
     if method == "max":
         top = ref.max(axis=-2, keepdims=True)
         return gi / np.where(np.abs(top) < 1e-300, 1.0, np.abs(top))
-    raise ConfigError(f"influence normalize must be one of loss|zscore|max|none, got {method!r}")
+    raise ConfigError(f"influence normalize must be one of balanced|loss|zscore|max|none, got {method!r}")
 
 
 def _normalised_weights(weights: np.ndarray | Sequence[float], n_targets: int) -> np.ndarray:
@@ -200,7 +213,7 @@ def bootstrap_intervals(
     boot_gi: np.ndarray,
     target_weights: np.ndarray | Sequence[float],
     confidence: float = 0.9,
-    normalize: Normalization = "loss",
+    normalize: Normalization = "balanced",
     extra: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Percentile CIs from replicate group influence (B, K, V).

@@ -7,6 +7,8 @@
   weights (continuing its AdamW state); returns the optimizer.
 * ``probe_mixture``: short-horizon mixture probe (TiKMiX-M labels): ``train_on_mixture`` on a copy
   of the model, return the reference ΔL.
+* ``probe_trajectory``: the same probe, each reference example's summed loss before training and at
+  several step counts along it (validation: per-target losses and the stage-horizon extrapolation).
 
 Loss convention (shared with the featurizer): causal next-token loss, targets
 ``input_ids[:, 1:]``, logits ``[:, :-1]``, mask ``attention_mask[:, 1:]`` (right padding).
@@ -16,7 +18,7 @@ Dropout is disabled (eval mode) during probe steps so that probes are determinis
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -37,6 +39,7 @@ __all__ = [
     "reference_token_sums",
     "OneStepProber",
     "probe_mixture",
+    "probe_trajectory",
     "train_on_mixture",
 ]
 
@@ -318,6 +321,7 @@ def train_on_mixture(
     spec: ProbeSpec,
     seed: int,
     optimizer_state: dict | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> torch.optim.Optimizer:
     """Train ``model`` IN PLACE for ``steps`` mixture batches; return the optimizer (its state continues).
 
@@ -328,8 +332,9 @@ def train_on_mixture(
     run's domain counts match the weights to within one example. ``optimizer_state`` (a torch
     AdamW/SGD ``state_dict``, e.g. :func:`operators.model.loading.checkpoint_adam_state` or the previous
     call's ``optimizer.state_dict()``) is continued, with its param groups; the spec sets lr, betas and
-    weight decay unless the state's own are kept (``spec.hyperparameters``). Steps
-    run in eval mode (no dropout), so the same seed gives the same model.
+    weight decay unless the state's own are kept (``spec.hyperparameters``). Steps run in eval mode (no
+    dropout), so the same seed gives the same model. ``after_step(i)`` is called after step i (1-based),
+    e.g. to measure the model along the way.
     """
     if steps < 0 or batch_size < 1:
         raise ConfigError(f"train_on_mixture: need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
@@ -339,7 +344,7 @@ def train_on_mixture(
     streams = [DomainStream(domain_pools[d][0].shape[0], seed, d) for d in names]
     schedule = blend_schedule(probs, steps * batch_size).reshape(steps, batch_size)
     with _eval_mode(model):
-        for slots in schedule:
+        for step, slots in enumerate(schedule, start=1):
             rows: list[tuple[Tensor, Tensor]] = []
             for k in sorted(slots.tolist()):
                 ids, mask = domain_pools[names[k]]
@@ -347,6 +352,8 @@ def train_on_mixture(
                 rows.append((ids[i : i + 1], mask[i : i + 1]))
             batch_ids, batch_mask = _pad_cat(rows)
             _train_step(model, opt, params, batch_ids, batch_mask, spec.grad_clip)
+            if after_step is not None:
+                after_step(step)
     return opt
 
 
@@ -380,3 +387,40 @@ def probe_mixture(
     train_on_mixture(work, domain_pools, weights, steps, batch_size, spec, seed, optimizer_state)
     after = ref_loss(work, reference_ids, reference_mask, spec.reference_batch_size)
     return after - before
+
+
+def probe_trajectory(
+    model: nn.Module,
+    domain_pools: dict[str, tuple[Tensor, Tensor]],
+    weights: dict[str, float],
+    points: Sequence[int],
+    batch_size: int,
+    reference_ids: Tensor,
+    reference_mask: Tensor,
+    spec: ProbeSpec,
+    seed: int,
+    optimizer_state: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train a copy of ``model`` for ``max(points)`` mixture batches → (before (n,), after (P, n)): each
+    reference example's summed token loss before training and after each of the step counts ``points``.
+
+    Batches are drawn as in :func:`train_on_mixture`; the last row minus ``before``, summed and divided
+    by the reference's token count, is :func:`probe_mixture`'s ΔL. ``model`` is not mutated."""
+    pts = sorted({int(p) for p in points})
+    if not pts or pts[0] < 1 or batch_size < 1:
+        raise ConfigError(f"probe_trajectory: need step counts >= 1 and batch_size >= 1, got {list(points)}, "
+                          f"{batch_size}")
+    _check_batch(reference_ids, reference_mask, "reference set")
+    _normalised_weights(domain_pools, weights)
+    bs = spec.reference_batch_size
+    before = reference_token_sums(model, reference_ids, reference_mask, bs)
+    work = copy.deepcopy(model)
+    after: dict[int, np.ndarray] = {}
+    wanted = set(pts)
+
+    def measure(step: int) -> None:
+        if step in wanted:
+            after[step] = reference_token_sums(work, reference_ids, reference_mask, bs)
+
+    train_on_mixture(work, domain_pools, weights, pts[-1], batch_size, spec, seed, optimizer_state, measure)
+    return before, np.stack([after[p] for p in pts])

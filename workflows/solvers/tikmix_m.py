@@ -18,6 +18,10 @@ class TikmixM(Solver):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         candidates: int = Field(default=24, ge=4, description="Latin Hypercube candidates (w_D is added)")
+        explore: int = Field(default=8, ge=0, description=(
+            "extra labelled Dirichlet mixtures around the reference, beyond the box around w_D"))
+        explore_heavy: bool = Field(default=True, description=(
+            "also label a 0.65-heavy mixture for each domain with a positive score"))
         scale_low: float = Field(default=0.5, gt=0, le=1, description="box: scale_low·w_D per domain")
         scale_high: float = Field(default=2.0, ge=1, description="box: scale_high·w_D per domain")
         seeds: int = Field(default=3, ge=2, description="probe seeds per candidate (label noise is measured)")

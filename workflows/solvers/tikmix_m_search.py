@@ -1,7 +1,9 @@
 """TiKMiX-M: probe-labelled local search around TiKMiX-D's answer (docs/ALGORITHMS.md §7).
 
 1. Centre w_D = the ``tikmix_d`` solver's answer on the same problem; candidates = Latin Hypercube
-   samples of the box [0.5·w_D, 2·w_D] ∩ bounds (operators/mixture/search.py), plus w_D itself.
+   samples of the box [0.5·w_D, 2·w_D] ∩ bounds (operators/mixture/search.py), plus w_D itself, plus
+   exploration mixtures away from it (Dirichlet around the reference, domain-heavy mixtures for domains
+   with a positive score), so the search is not confined to the first-order answer's neighbourhood.
 2. Labels = −ΔL of short training probes from the checkpoint, scored on the VALIDATION split of the
    targets (never the influence split), ``seeds`` seeds shared by all candidates; budget-scaled pools as
    in the validation stage, drawn afresh for every seed (which examples a probe sees is part of the
@@ -24,6 +26,7 @@ import time
 
 import numpy as np
 
+from operators.mixture.explore import dirichlet_around, heavy_mixture, positive_evidence
 from operators.mixture.regression import MixtureRegressor
 from operators.mixture.search import (
     annealed_search,
@@ -51,6 +54,17 @@ def _pools(examples: ExampleSource, plan: Plan, problem: MixtureProblem, tokeniz
     return {d: (pools[d][0][:n], pools[d][1][:n]) for d, n in zip(problem.domains, sizes.tolist()) if d in pools}
 
 
+def exploration_mixtures(problem: MixtureProblem, opts) -> list[np.ndarray]:
+    """Labelled mixtures beyond the box around w_D (operators/mixture/explore.py): ``explore`` Dirichlet
+    mixtures around the reference and, with ``explore_heavy``, one domain-heavy mixture per domain with a
+    positive score. The search then covers the region they span too."""
+    out = list(dirichlet_around(problem.reference, opts.explore, opts.seed + 1, problem.lower, problem.upper))
+    if opts.explore_heavy:
+        out += [heavy_mixture(problem.reference, k, 0.65, problem.lower, problem.upper)
+                for k in np.flatnonzero(positive_evidence(problem.scores))]
+    return out
+
+
 def search_mixture(W: np.ndarray, y: np.ndarray, scores: np.ndarray, domains: list[str], start: np.ndarray,
                    opts) -> tuple[np.ndarray | None, MixtureRegressor, dict]:
     """Fit, check held-out skill, search the covered box by LCB → (w_M or None when unskilled, fit, report)."""
@@ -76,7 +90,8 @@ def run_tikmix_m(ctx: SolveContext, problem: MixtureProblem, opts) -> tuple[np.n
     plan, layout = ctx.plan, ctx.layout
     w_d = SOLVERS.configured("tikmix_d", ctx.options).solve(problem).weights
     box_lo, box_hi = perturbation_box(w_d, problem.lower, problem.upper, opts.scale_low, opts.scale_high)
-    W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed)])
+    W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed),
+                   *exploration_mixtures(problem, opts)])
     tokenizer = ctx.model.tokenizer()
     ref = reference_set(ctx.examples, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
     # cross-fitting: the search sees one half of the validation examples, the confirmation the other half,

@@ -22,6 +22,7 @@ from operators.manifest.schema import (
     Selection,
     TargetEntry,
 )
+from operators.mixture.cost import grid_cost, refresh_cost
 from operators.model.checkpoints import parse_step
 from operators.influence.group import combine_targets, normalize_per_target
 from operators.influence.shrinkage import shrink
@@ -187,9 +188,37 @@ def _validation_summary(validation: dict | None) -> dict:
     if not validation:
         return {"enabled": False}
     pub = validation["candidates"][validation["published"]]
-    return {"enabled": True, "published": validation["published"], "best": validation["best"],
-            "improvement_found": validation["improvement_found"], "gain_nats": pub["gain"],
-            "gain_ci": pub["ci"], "seed_std": validation["seed_std"], "split": validation["split"]}
+    out = {"enabled": True, "published": validation["published"], "best": validation["best"],
+           "improvement_found": validation["improvement_found"], "gain_nats": pub["gain"],
+           "gain_ci": pub["ci"], "seed_std": validation["seed_std"], "split": validation["split"]}
+    horizons = validation.get("horizons")
+    if horizons and "stage_gain" in pub:
+        confirmed = pub.get("confirmed") or {}
+        out.update({"gain_horizon": horizons["probe_label"],
+                    "stage_gain_nats": confirmed.get("stage_gain", pub["stage_gain"]),
+                    "stage_gain_ci": confirmed.get("stage_ci", pub["stage_ci"]),
+                    "stage_gain_horizon": horizons["stage_label"]})
+    return out
+
+
+def cost_report(cfg: RunConfig, infl: InfluenceResult, validation: dict | None, solved: dict) -> dict:
+    """The refresh's cost in training-step equivalents beside a RegMix-style grid (operators/mixture/cost.py):
+    the grid trains as many mixtures as validation measured, each for the whole stage, one seed each."""
+    spec = cfg.mixture.validation
+    featurized = int(sum(infl.counts.values()) + sum(infl.target_counts.values()))
+    v = validation or {}
+    probe_steps, evals = int(v.get("probe_steps_total", 0)), int(v.get("reference_evals", 0))
+    m = getattr(solved.get("tikmix_m"), "report", None) or {}
+    if m.get("labels"):
+        probe_steps += (len(m["labels"]) * len(m["seeds"]) + 2 * len((m.get("confirmation") or {}).get("seeds", [])))\
+            * int(m["steps"])
+    out = refresh_cost(featurized, spec.batch_size, probe_steps, evals, int(v.get("reference_examples", 0)))
+    horizon = (v.get("horizons") or {}).get("stage_steps")
+    if horizon:
+        n = len(v.get("candidates", {}))
+        out.update({"grid_mixtures": n, "stage_steps": horizon, "grid": grid_cost(n, horizon),
+                    "ratio": round(out["total"] / grid_cost(n, horizon), 3) if n else None})
+    return out
 
 
 def problem_report(problem: MixtureProblem, weights: np.ndarray) -> dict:
@@ -243,6 +272,7 @@ class PublishStage(Stage):
         if ctx.validation is not None:
             report["validation"] = {k: v for k, v in ctx.validation.items() if k != "published_weights"}
         report["problem"] = problem_report(problem, weights)
+        report["cost"] = cost_report(cfg, infl, ctx.validation, ctx.solved)
         report["checkpoints"] = ctx.checkpoints.describe()
         if ctx.preflight:
             report["preflight"] = ctx.preflight

@@ -26,24 +26,47 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
 
 def _validation_lines(v: dict, domains: list[str]) -> list[str]:
     pub = v["candidates"][v["published"]]
-    verdict = (f"**improvement found**: published `{v['published']}`, {pub['gain']:+.4f} nats "
+    hz = v.get("horizons") or {}
+    probe_label = hz.get("probe_label", f"probe-horizon gain ({v['steps']}-step probes)")
+    verdict = (f"**improvement found**: published `{v['published']}`, {probe_label} {pub['gain']:+.4f} nats "
                f"[{pub['ci'][0]:+.4f}, {pub['ci'][1]:+.4f}] vs the reference"
                if v["improvement_found"] else
                f"**NO IMPROVEMENT FOUND**: no candidate beat the reference by {v['margin']} standard errors; "
                f"published the reference (best measured: `{v['best']}`)")
-    lines = ["", "## Validation before publishing", "", verdict, "",
-             f"{len(v['seeds'])} seeds × {v['steps']} steps × batch {v['batch_size']} from the checkpoint; "
-             f"target loss on the held-out `{v['split']}` split ({v['reference_examples']} examples), never used "
-             f"for influence. Paired noise σ {v['seed_std']:.4f} nats (candidates × seeds residual; each seed feeds "
-             f"every candidate the same examples per domain); gains are vs the reference, "
-             f"{int(v['confidence'] * 100)}% t-intervals.", "",
-             "| candidate | source | mean ΔL | gain vs reference | CI | z | predicted (score units) | max epochs |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines = ["", "## Validation before publishing", "", verdict, ""]
+    if hz and "stage_gain" in pub:
+        conf = pub.get("confirmed") or {}
+        sg, sci = conf.get("stage_gain", pub["stage_gain"]), conf.get("stage_ci", pub["stage_ci"])
+        lines += [f"- {hz['stage_label']}: {sg:+.4f} nats [{sci[0]:+.4f}, {sci[1]:+.4f}]"
+                  + (" (fresh confirmation seeds)" if conf else "")
+                  + (f"; {hz['stage_model']}" if hz.get("stage_model") else ""),
+                  f"- {probe_label}: {pub['gain']:+.4f} nats", ""]
+    lines += [f"{len(v['seeds'])} seeds × {v['steps']} steps × batch {v['batch_size']} from the checkpoint; "
+              f"target loss on the held-out `{v['split']}` split ({v['reference_examples']} examples), never used "
+              f"for influence. Paired noise σ {v['seed_std']:.4f} nats (candidates × seeds residual; each seed feeds "
+              f"every candidate the same examples per domain); gains are vs the reference, "
+              f"{int(v['confidence'] * 100)}% t-intervals. Several targets: {v.get('target_balance', 'n/a')}.", ""]
+    rounds = v.get("rounds")
+    if rounds:
+        lines += [f"Candidates: {rounds['first']} in the first round (solvers, line points, baselines, exploration), "
+                  f"{rounds['second']} proposed by the surrogate ({(v.get('surrogate') or {}).get('reason', '')}); "
+                  f"{v.get('probes', 0)} probes in all.", ""]
+    conf = v.get("confirmation")
+    if conf:
+        lines += [f"Confirmation on fresh seeds {conf['seeds']}: {', '.join(f'`{c}`' for c in conf['candidates'])} "
+                  f"re-measured; first-round best `{conf['first_round_best']}`, best on fresh seeds `{conf['best']}`"
+                  f" → published `{conf['published']}`.", ""]
+    stage_col = f"stage-horizon gain ({hz['stage_steps']:.0f} steps, extrapolated)" if hz else "stage-horizon gain"
+    lines += [f"| candidate | source | mean ΔL | {probe_label} | CI | z | {stage_col} | stage CI | "
+              "predicted (score units) | max epochs |",
+              "| --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |"]
     for name, row in sorted(v["candidates"].items(), key=lambda kv: kv[1]["mean_delta"]):
         mark = " **(published)**" if name == v["published"] else ""
         epochs = max(row.get("planned_epochs", {}).values(), default=0.0)
+        sci = row.get("stage_ci")
+        stage = (f"{row['stage_gain']:+.4f} | [{sci[0]:+.4f}, {sci[1]:+.4f}]" if sci else " | ")
         lines.append(f"| {name}{mark} | {row.get('source', '')} | {row['mean_delta']:.4f} | {row['gain']:+.4f} | "
-                     f"[{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}] | {row['z']:+.1f} | "
+                     f"[{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}] | {row['z']:+.1f} | {stage} | "
                      f"{row.get('predicted_score_gain', 0.0):+.3f} | {epochs:.2f} |")
     pvm = v.get("predicted_vs_measured", {})
     if pvm.get("pearson") is not None:
@@ -52,6 +75,17 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
     if v.get("aliases"):
         lines += ["", "Identical candidates measured once: "
                   + ", ".join(f"`{a}` = `{b}`" for a, b in v["aliases"].items())]
+    return lines
+
+
+def _cost_lines(cost: dict) -> list[str]:
+    lines = ["", "## Compute (training-step equivalents)", "",
+             f"Refresh: {cost['total']:.0f} steps of batch {cost['batch_size']} (featurize {cost['featurize']:.0f}, "
+             f"probes {cost['probes']:.0f})."]
+    if cost.get("grid"):
+        lines.append(f"A RegMix-style grid training the same {cost['grid_mixtures']} mixtures for the whole stage "
+                     f"({cost['stage_steps']:.0f} steps each, one seed): {cost['grid']:.0f} steps; the refresh costs "
+                     f"{cost['ratio']:.2f} of it.")
     return lines
 
 
@@ -115,6 +149,8 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
     domains = [d.name for d in manifest.domains]
     if report.get("validation"):
         lines += _validation_lines(report["validation"], domains)
+    if report.get("cost"):
+        lines += _cost_lines(report["cost"])
     if report.get("solvers"):
         lines += _mixtures_table("Solvers", report["solvers"], domains)
     if report.get("baselines"):

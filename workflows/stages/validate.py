@@ -1,11 +1,18 @@
 """Validate before publishing: train short probes from the checkpoint on each candidate mixture.
 
 Candidates: the reference (previous mixture, else the prior), every solver's answer, points on the line
-between the reference and the primary solver's answer, and the baselines. Every candidate is trained
-for ``validation.steps`` steps × ``validation.seeds`` seeds (Ray tasks, one per worker slot; the
-checkpoint's AdamW state is continued when it has one) and scored on the VALIDATION split of the
-targets, which influence never saw. Probe pools are budget-scaled by default, so a domain that the next
-stage would repeat 10 times is repeated about 10 times in the probe too. The decision rule is in
+between the reference and the primary solver's answer, the baselines, and exploration mixtures away
+from the influence answer (workflows/stages/explore.py: Dirichlet around the reference, domain-heavy
+mixtures, each target's own optimum). Every candidate is trained for ``validation.steps`` steps ×
+``validation.seeds`` seeds (Ray tasks, one per worker slot; the checkpoint's AdamW state is continued
+when it has one) and scored on the VALIDATION split of the targets, which influence never saw, at
+several points of the probe (``horizon_fractions``). A surrogate fitted on those results proposes a
+second round. Each candidate's gain is reported at the probe horizon (measured) and at the stage
+horizon (extrapolated, operators/mixture/horizon.py). The best candidates and the reference are then
+re-measured on fresh seeds (``confirm_seeds``), and the best of those is published only if it beats
+the reference there by ``margin`` standard errors. Several targets are combined as
+``target_balance`` says. Probe pools are budget-scaled by default, so a domain that the next stage
+would repeat 10 times is repeated about 10 times in the probe too. The decision rule is in
 operators/mixture/decision.py.
 """
 
@@ -13,14 +20,26 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+import torch
+import torch.nn.functional as F
+
 from operators.mixture.decision import budget_pool_sizes, decide, predicted_vs_measured
+from operators.mixture.horizon import (
+    extrapolate,
+    extrapolation_weights,
+    probe_points,
+    stage_interval,
+    stage_steps,
+)
 from workflows.config import RunConfig, ValidationSpec
 from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
-from workflows.jobs.probes import MixtureProber, measure
+from workflows.jobs.probes import MixtureProber, measure_trajectories
 from workflows.stages.base import RunContext, Stage
+from workflows.stages.explore import ExploreInput, exploration_candidates, surrogate_round
 from workflows.stages.featurize import model_source
 from workflows.run.plan import Plan
 from workflows.solvers.base import MixtureProblem
@@ -67,44 +86,181 @@ def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer) -> tu
     return scaled, {d: int(p[0].shape[0]) for d, p in scaled.items()}
 
 
+def labelled_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int
+                       ) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
+    """The validation reference set (the same examples as ``reference_set`` mixes by target weight) and
+    each example's target index."""
+    src = ExampleSource.of(cfg)
+    weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
+    counts = np.maximum(1, np.round(total * weights / weights.sum()).astype(int))
+    parts = [reference_set(src, plan, tokenizer, total=int(n), seed=seed, target=t.name, split="validation")
+             for t, n in zip(cfg.targets, counts.tolist())]
+    width = max(i.shape[1] for i, _ in parts)
+    pad = tokenizer.pad_token_id
+    ids = torch.cat([F.pad(i, (0, width - i.shape[1]), value=pad) for i, _ in parts])
+    mask = torch.cat([F.pad(m, (0, width - m.shape[1]), value=0) for _, m in parts])
+    labels = np.concatenate([np.full(i.shape[0], v) for v, (i, _) in enumerate(parts)])
+    return (ids, mask), labels
+
+
+@dataclass
+class Objective:
+    """Turns per-example summed losses into the decision's ΔL (nats; lower is better), see
+    :func:`objective_values`."""
+
+    tokens: np.ndarray  # (n,) target tokens per reference example
+    labels: np.ndarray  # (n,) target index per example
+    weights: np.ndarray  # (V,) target weights, sum 1
+    balance: str = "nats"
+
+    def per_target(self, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ΔL per target (..., V), base loss per target (V,)) from before (..., n) and after (..., n)."""
+        V = self.weights.size
+        onehot = (self.labels[:, None] == np.arange(V)[None, :]).astype(np.float64)  # (n, V)
+        tok_v = self.tokens @ onehot
+        delta = ((after - before) @ onehot) / tok_v
+        base = (before.reshape(-1, before.shape[-1])[0] @ onehot) / tok_v
+        return delta, base
+
+    def __call__(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """One target: the token-weighted mean change over the reference set. Several: Σ_v λ_v ΔL_v (each
+        target's own per-token change), or with ``relative`` Σ_v λ_v ΔL_v / L_v × Σ_v λ_v L_v."""
+        if self.weights.size == 1:
+            return (after - before).sum(axis=-1) / self.tokens.sum()
+        delta, base = self.per_target(before, after)
+        if self.balance == "relative":
+            return (delta / base) @ self.weights * float(base @ self.weights)
+        return delta @ self.weights
+
+
+def _measure(prober: MixtureProber, objective: Objective, kept: dict, seeds: list[int], layout
+             ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(ΔL (M, S, P) by the objective, per-target ΔL (M, S, P, V), raw (before (M, S, n), after (M, S, P, n)))."""
+    before, after = measure_trajectories(prober, [w for w, _ in kept.values()], seeds, layout)
+    b = before[:, :, None, :]
+    values = objective(b, after)
+    per_target, _ = objective.per_target(b, after)
+    return values, per_target, (before, after)
+
+
+def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], coef: np.ndarray,
+               confidence: float, n_boot: int = 400, seed: int = 0) -> dict[str, dict]:
+    """Per candidate, the stage-horizon gain over the reference and its interval
+    (operators/mixture/horizon.stage_interval) from a two-way bootstrap: seeds and validation examples are
+    both resampled, because which few target examples a split holds moves a gain by more than seed noise."""
+    before, after = raw
+    s, n = before.shape[1], before.shape[2]
+    r = names.index("reference")
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        si, ei = rng.integers(0, s, s), rng.integers(0, n, n)
+        sub = Objective(objective.tokens[ei], objective.labels[ei], objective.weights, objective.balance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = sub(before[:, si][:, :, None, ei], after[:, si][:, :, :, ei]).mean(axis=1)  # (M, P)
+        if np.all(np.isfinite(vals)):  # a replicate without some target's examples is skipped
+            reps.append(vals[r][None, :] - vals)
+    G = np.array(reps)
+    return {name: stage_interval(G[:, m, :], coef, confidence) for m, name in enumerate(names)}
+
+
+def _horizon_rows(decision: dict, stage: dict, points: list[int], used: float) -> None:
+    """Put the stage-horizon gain and interval beside each candidate's probe-horizon gain."""
+    for name, row in decision["candidates"].items():
+        st = stage.get(name)
+        if st is not None:
+            row.update({"stage_gain": st["gain"], "stage_ci": st["ci"],
+                        "stage_models": {k: st[k] for k in ("flat", "log_linear", "reversed")}})
+    decision["horizons"] = {
+        "probe_steps": points[-1], "probe_points": points, "stage_steps": used,
+        "probe_label": f"probe-horizon gain ({points[-1]}-step probes, measured)",
+        "stage_label": (f"stage-horizon gain (extrapolated to {used:.0f} steps from {points[-1]}-step probes "
+                        f"measured at steps {points})"),
+        "stage_model": ("the probe's log-linear trend may continue, stop or reverse over the stage: the "
+                        "interval spans all three, over seeds and validation examples")}
+
+
 def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureProblem,
                    solved: dict[str, np.ndarray], baselines: dict[str, np.ndarray], primary: str,
-                   layout) -> dict:
+                   layout, score_high: np.ndarray | None = None) -> dict:
     """Measure every candidate; return the report section with the decision (see module docstring)."""
     spec = cfg.mixture.validation
     t0 = time.monotonic()
-    kept, alias = dedupe(build_candidates(spec, problem, solved, baselines, primary))
+    base = build_candidates(spec, problem, solved, baselines, primary)
+    inp = ExploreInput(problem, spec.explore, primary, cfg.mixture.options, score_high, spec.seed)
+    explored = exploration_candidates(inp, base)
+    kept, alias = dedupe({**base, **explored})
     model = model_source(cfg, model_uri)
     tokenizer = model.tokenizer()
     pools, pool_sizes = _pools(cfg, plan, problem, tokenizer)
-    ref = reference_set(ExampleSource.of(cfg), plan, tokenizer, total=spec.reference_examples, seed=spec.seed,
-                        split="validation")
+    ref, labels = labelled_reference(cfg, plan, tokenizer, spec.reference_examples, spec.seed)
+    objective = Objective(ref[1][:, 1:].sum(dim=1).double().numpy(), labels, problem.target_weights,
+                          spec.target_balance)
     seeds = [spec.seed + i for i in range(spec.seeds)]
-    prober = MixtureProber(model, problem.domains, {s: pools for s in seeds}, ref, spec.steps, spec.batch_size,
-                           spec.probe)
-    values = measure(prober, [w for w, _ in kept.values()], seeds, layout)
-    delta = dict(zip(kept, values))
+    fresh = [spec.seed + 1000 + i for i in range(spec.confirm_seeds)]
+    points = probe_points(spec.steps, spec.horizon_fractions)
+    horizon = stage_steps(problem.budget.tokens_next_stage, spec.batch_size, cfg.featurize.max_length)
+    coef, used = extrapolation_weights(points, horizon, spec.horizon_max_ratio)
+    prober = MixtureProber(model, problem.domains, {s: pools for s in seeds + fresh}, ref, spec.steps,
+                           spec.batch_size, spec.probe, points=points)
+    values, per_target, raw = _measure(prober, objective, kept, seeds, layout)
+    rounds = {"first": len(kept)}
+    surrogate_report: dict = {"fitted": False, "reason": "explore.surrogate = 0"}
+    if spec.explore.surrogate > 0:
+        at = values[:, :, -1] if spec.decide_at == "probe" else extrapolate(values, coef)
+        ref_mean = at[list(kept).index("reference")].mean()
+        gains = ref_mean - at.mean(axis=1)
+        extra, surrogate_report = surrogate_round(inp, np.array([w for w, _ in kept.values()]), gains)
+        extra, _ = dedupe({**kept, **extra})
+        extra = {n: v for n, v in extra.items() if n not in kept}
+        if extra:
+            v2, t2, raw2 = _measure(prober, objective, extra, seeds, layout)
+            kept.update(extra)
+            values, per_target = np.concatenate([values, v2]), np.concatenate([per_target, t2])
+            raw = (np.concatenate([raw[0], raw2[0]]), np.concatenate([raw[1], raw2[1]]))
+    rounds["second"] = len(kept) - rounds["first"]
+    names = list(kept)
     eligible = [n for n, (_, src) in kept.items() if src != "baseline" or spec.baselines_eligible]
-    decision = decide(delta, "reference", eligible, spec.margin)
+    probe_delta = {n: values[i, :, -1] for i, n in enumerate(names)}
+    stage_delta = {n: extrapolate(values[i], coef) for i, n in enumerate(names)}
+    decision = decide(probe_delta if spec.decide_at == "probe" else stage_delta, "reference", eligible,
+                      spec.margin)
+    stage = stage_rows(raw, objective, names, coef, decision["confidence"], seed=spec.seed)
+    probe = decision if spec.decide_at == "probe" else decide(probe_delta, "reference", eligible, spec.margin)
+    if spec.decide_at == "stage":  # the candidate rows show the measured probe horizon either way
+        for name, row in decision["candidates"].items():
+            row.update({k: probe["candidates"][name][k] for k in ("mean_delta", "std", "gain", "se", "ci", "z")})
+    _horizon_rows(decision, stage, points, used)
+    confirmation = None
+    if fresh:
+        confirmation = _confirm(prober, objective, kept, decision, eligible, fresh, coef, spec, layout)
+        decision.update({"best": confirmation["best"], "published": confirmation["published"],
+                         "improvement_found": confirmation["improvement_found"]})
     scores = problem.scores
     predicted = {n: float((w - problem.reference) @ scores) for n, (w, _) in kept.items()}
-    measured = {n: decision["candidates"][n]["gain"] for n in kept}
-    for name, (w, source) in kept.items():
+    measured = {n: probe["candidates"][n]["gain"] for n in kept}
+    for i, (name, (w, source)) in enumerate(kept.items()):
         decision["candidates"][name].update({
             "source": source, "weights": dict(zip(problem.domains, np.round(w, 6).tolist())),
             "predicted_score_gain": predicted[name],
+            "per_target_delta": dict(zip(problem.targets, per_target[i, :, -1].mean(axis=0).round(6).tolist())),
             "planned_epochs": {d: round(e, 3) for d, e in problem.epochs(w).items()}})
+    n_probes = len(kept) * len(seeds) + (len(confirmation["candidates"]) * len(fresh) if confirmation else 0)
     decision.update({
         "aliases": alias, "seeds": seeds, "steps": spec.steps, "batch_size": spec.batch_size,
         "pool_sizes": pool_sizes, "budget_scaled_pools": spec.budget_scaled_pools,
-        "reference_examples": int(ref[0].shape[0]), "split": "validation",
-        "predicted_vs_measured": predicted_vs_measured(predicted, measured),
+        "reference_examples": int(ref[0].shape[0]), "split": "validation", "decide_at": spec.decide_at,
+        "target_balance": spec.target_balance if len(problem.targets) > 1 else "single target",
+        "rounds": rounds, "surrogate": surrogate_report, "confirmation": confirmation,
+        "probes": n_probes, "probe_steps_total": n_probes * spec.steps,
+        "reference_evals": n_probes * len(points), "predicted_vs_measured": predicted_vs_measured(predicted, measured),
         "wall_s": round(time.monotonic() - t0, 2)})
     decision["published_weights"] = kept[decision["published"]][0]
-    log.info("validation: published %s (gain %.4f nats, %s); best %s", decision["published"],
-             decision["candidates"][decision["published"]]["gain"],
-             "improvement found" if decision["improvement_found"] else "no improvement found",
-             decision["best"])
+    pub = decision["candidates"][decision["published"]]
+    log.info("validation: published %s (probe-horizon gain %.4f nats, stage-horizon %.4f [%.4f, %.4f]; %s); "
+             "%d candidates, %d probes", decision["published"], pub["gain"], pub.get("stage_gain", 0.0),
+             *pub.get("stage_ci", [0.0, 0.0]), "improvement found" if decision["improvement_found"] else
+             "no improvement found", len(kept), n_probes)
     return decision
 
 
@@ -125,6 +281,30 @@ def probe_optimizer_report(cfg: RunConfig, optimizer: dict) -> dict:
     return out
 
 
+def _confirm(prober: MixtureProber, objective: Objective, kept: dict, decision: dict, eligible: list[str],
+             fresh: list[int], coef: np.ndarray, spec: ValidationSpec, layout) -> dict:
+    """Re-measure the reference and the ``confirm_top`` best eligible candidates on fresh seeds; the best of
+    them there is published when it beats the reference by ``margin`` standard errors of the fresh table."""
+    rows = decision["candidates"]
+    ranked = sorted((n for n in eligible if n != "reference"), key=lambda n: (rows[n]["mean_delta"], n))
+    top = ["reference", *ranked[: spec.confirm_top]]
+    values, _, raw = _measure(prober, objective, {n: kept[n] for n in top}, fresh, layout)
+    probe_delta = {n: values[i, :, -1] for i, n in enumerate(top)}
+    stage_delta = {n: extrapolate(values[i], coef) for i, n in enumerate(top)}
+    fresh_probe = decide(probe_delta, "reference", top, spec.margin)
+    chosen = fresh_probe if spec.decide_at == "probe" else decide(stage_delta, "reference", top, spec.margin)
+    stage = stage_rows(raw, objective, top, coef, fresh_probe["confidence"], seed=spec.seed + 1)
+    for name in top:  # the published candidate's numbers come from seeds that did not choose it
+        rows[name]["confirmed"] = {
+            "gain": fresh_probe["candidates"][name]["gain"], "ci": fresh_probe["candidates"][name]["ci"],
+            "z": fresh_probe["candidates"][name]["z"], "stage_gain": stage[name]["gain"],
+            "stage_ci": stage[name]["ci"],
+            "stage_models": {k: stage[name][k] for k in ("flat", "log_linear", "reversed")}}
+    return {"seeds": fresh, "candidates": top, "best": chosen["best"], "published": chosen["published"],
+            "improvement_found": chosen["improvement_found"], "seed_std": chosen["seed_std"],
+            "df": chosen["df"], "first_round_best": decision["best"]}
+
+
 class ValidateStage(Stage):
     """Short probe trainings of every candidate on the validation split, and the publish decision;
     ``stages/validate.json``."""
@@ -135,10 +315,12 @@ class ValidateStage(Stage):
         return ctx.cfg.mixture.validation.enabled
 
     def run(self, ctx: RunContext) -> None:
+        boot = ctx.influence.bootstrap if ctx.influence is not None else {}
+        high = boot.get("score_high")
         decision = run_validation(ctx.cfg, ctx.plan, ctx.model_uri, ctx.problem,
                                   {n: r.weights for n, r in ctx.solved.items()},
                                   {n: r.weights for n, r in ctx.baselines.items()}, ctx.cfg.mixture.solver,
-                                  ctx.layout)
+                                  ctx.layout, score_high=None if high is None else np.asarray(high))
         optimizer = ctx.preflight.get("model", {}).get("optimizer")
         if optimizer:  # what the probes continued: the checkpoint's AdamW moments or a fresh AdamW
             decision["probe_optimizer"] = probe_optimizer_report(ctx.cfg, optimizer)

@@ -29,11 +29,12 @@ def _report(means: dict[str, float], stds: dict[str, float], grid: list[str], n:
 
 
 def test_scenario_configs_resolve(tmp_path) -> None:
-    assert set(SCENARIOS) == {"oop_small", "oop", "mixed"}
+    assert set(SCENARIOS) == {"oop_small", "oop", "mixed", "saturated", "two_targets"}
     for name in SCENARIOS:
         cfg = scenario_config(name, str(tmp_path / name))
         assert len(cfg.corpus.paths) == 2 and cfg.corpus.paths[1].endswith("scenarios/corpus")
-        assert len(cfg.targets) == 1 and "scenarios/targets" in cfg.targets[0].paths[0]
+        assert len(cfg.targets) == (2 if name == "two_targets" else 1)
+        assert all("scenarios/targets" in t.paths[0] for t in cfg.targets)
         budget = cfg.mixture.budget.tokens_next_stage
         assert budget and budget_steps(cfg, 8) * 8 * cfg.featurize.max_length == budget
         assert cfg.sampling.rate == pytest.approx(0.2)  # fast refresh settings
@@ -59,6 +60,18 @@ def test_acceptance_arithmetic() -> None:
                                stds, grid), PUBLISHED)
     assert close["gain_std"] >= 1 and not close["worse_beyond_noise"] and close["regret"] > GOALS["regret"]
     assert not close["passed"]
+    # no evaluated mixture beats uniform by 1.5 std: a published mixture within noise of uniform passes
+    flat = acceptance(_report({"published": -0.071, "uniform": -0.07, "heavy:a": -0.075, "heavy:b": -0.06},
+                              stds, grid), PUBLISHED)
+    assert not flat["gain_required"] and flat["gain_std"] < 1 and flat["passed"]
+    # the regret counts every evaluated mixture (a baseline beating the grid too), coverage and cost
+    rep = _report({"published": -0.10, "uniform": -0.07, "heavy:a": -0.09, "heavy:b": -0.05,
+                   "baseline:dsir": -0.13}, dict.fromkeys(["published", "baseline:dsir", *grid], 0.01), grid)
+    rep["settings"] = {"steps": 160}
+    a = acceptance(rep, PUBLISHED, stage_ci=[0.0, 0.05], refresh_steps=480.0)
+    assert a["regret"] == pytest.approx(0.03) and a["best_any"] == "baseline:dsir" and not a["passed"]
+    assert a["covered"] == [True] * 3 and a["grid_steps"] == 3 * 160 * 3
+    assert a["cost_ratio"] == pytest.approx(480 / 1440) and a["cost_ratio_one_seed"] == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="'missing'"):
         acceptance(_report({"uniform": 0.0, "heavy:a": 0.0, "heavy:b": 0.0}, dict.fromkeys(grid, 0.01), grid),
                    "missing")

@@ -100,6 +100,23 @@ def test_loss_normalisation_keeps_each_targets_nats_scale() -> None:
     np.testing.assert_allclose(normalize_per_target(gi, "max").max(axis=0), 1.0)
 
 
+def test_balanced_normalisation_honours_weights_on_each_targets_scale() -> None:
+    """`balanced` (the default) divides each target by its own across-domain std: equally weighted
+    targets count equally whatever their raw scale; with one target it equals `loss`."""
+    easy = np.array([0.01, 0.00, 0.00])
+    hard = np.array([0.05, 0.10, 0.00])
+    gi = np.stack([easy, hard], axis=1)
+    bal = normalize_per_target(gi, "balanced")
+    np.testing.assert_allclose(bal.std(axis=0), 1.0)
+    np.testing.assert_allclose(bal * gi.std(axis=0), gi, atol=1e-15)
+    assert np.argmax(combine_targets(bal, [1.0, 1.0])) == 0  # the easy target's favourite is not drowned
+    assert np.argmax(combine_targets(bal, [1.0, 9.0])) == 1  # weights still decide
+    one = gi[:, :1]
+    np.testing.assert_allclose(normalize_per_target(one, "balanced"), normalize_per_target(one, "loss"))
+    np.testing.assert_allclose(normalize_per_target(np.zeros((3, 2)), "balanced"), 0.0)
+    assert normalize_per_target(gi) is not None and np.allclose(normalize_per_target(gi), bal)
+
+
 def test_combine_targets_normalises_weights() -> None:
     gi = np.array([[1.0, -1.0], [0.0, 2.0], [-1.0, -1.0]])
     np.testing.assert_allclose(combine_targets(gi, [1.0, 3.0]), gi @ np.array([0.25, 0.75]))

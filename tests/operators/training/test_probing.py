@@ -15,6 +15,7 @@ from operators.training.probing import (
     ProbeSpec,
     causal_lm_loss,
     probe_mixture,
+    probe_trajectory,
     train_on_mixture,
     reference_loss,
 )
@@ -249,3 +250,23 @@ def test_probe_spec_is_frozen_and_strict() -> None:
         ProbeSpec(learning_rate=1.0)  # type: ignore[call-arg]
     with pytest.raises(Exception):
         ProbeSpec(betas=(0.9, 1.5))
+
+
+def test_probe_trajectory_matches_probes_of_each_length() -> None:
+    """One trajectory gives each reference example's loss at every requested step count: the same as
+    separate probes of those lengths with the same seed (same batches), and the model is not mutated."""
+    model = tiny_llama(2)
+    before_state = copy.deepcopy(model.state_dict())
+    pools = {"count": counting(16, seed=30), "noise": noise(16, seed=31, length=SEQ - 4)}
+    ref = counting(8, seed=32)
+    spec = ProbeSpec(lr=1e-2, reference_batch_size=8)
+    mix = {"count": 0.6, "noise": 0.4}
+    before, after = probe_trajectory(model, pools, mix, [2, 4], 4, ref[0], ref[1], spec, seed=7)
+    assert before.shape == (8,) and after.shape == (2, 8)
+    tokens = float(ref[1][:, 1:].sum())
+    for row, steps in zip(after, (2, 4)):
+        single = probe_mixture(model, pools, mix, steps, 4, ref[0], ref[1], spec, seed=7)
+        assert (row - before).sum() / tokens == pytest.approx(single, abs=1e-6)
+    assert state_equal(model.state_dict(), before_state)
+    with pytest.raises(ConfigError, match="step counts"):
+        probe_trajectory(model, pools, mix, [0, 4], 4, ref[0], ref[1], spec, seed=7)

@@ -17,7 +17,7 @@ from workflows.stages.solve import solve_context
 pytestmark = pytest.mark.slow
 
 TINY = {"candidates": 6, "seeds": 2, "steps": 2, "batch_size": 4, "reference_examples": 16, "max_pool": 16,
-        "confirm_seeds": 2, "samples": 256, "iterations": 3, "bootstrap": 8}
+        "confirm_seeds": 2, "samples": 256, "iterations": 3, "bootstrap": 8, "explore": 2}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,16 @@ def test_searched_mixture_stays_in_covered_box_and_falls_back_when_not_better(se
     W = np.array(rep["candidates"])
     np.testing.assert_allclose(W[0], w_d)  # the centre is TiKMiX-D's answer
     box_lo, box_hi = np.array(rep["box"]["lower"]), np.array(rep["box"]["upper"])
-    assert in_box(W, box_lo, box_hi).all()
+    assert in_box(W[:7], box_lo, box_hi).all()  # w_D and the Latin Hypercube inside the box around it
+    positive = int((problem.scores > 0).sum())
+    assert len(W) == 7 + 2 + positive  # exploration: 2 Dirichlet + one heavy mixture per positive domain
+    assert not in_box(W[7:], box_lo, box_hi).all()  # ... which reach beyond that box
     assert np.all(box_lo >= 0.5 * w_d - 1e-12) and np.all(box_hi <= 2 * w_d + 1e-12)
     w_m = np.array([rep["tikmix_m"][d] for d in problem.domains])
     lo, hi = np.array(rep["covered_box"]["lower"]), np.array(rep["covered_box"]["upper"])
     assert in_box(w_m, lo, hi)[0] and w_m.sum() == pytest.approx(1.0)
     # labels: seeds × candidates measured on the validation split, with their noise
-    assert np.array(rep["label_deltas"]).shape == (7, 2) and rep["split"] == "validation"
+    assert np.array(rep["label_deltas"]).shape == (len(W), 2) and rep["split"] == "validation"
     assert rep["label_noise"]["seed_std"] > 0 and rep["regressor"]["n_bootstrap"] > 0
     # an impossible margin: w_M cannot beat w_D, so TiKMiX-D's answer is returned
     assert rep["fell_back"] and "did not beat" in rep["reason"]

@@ -20,7 +20,8 @@ DOMAINS = ["changelog", "code", "config", "docs", "legal"]
 def setup(tmp_path_factory, model_cache):
     cfg = fast_config(str(tmp_path_factory.mktemp("validate")), model_cache, "mixture.validation.steps=10",
                       "mixture.validation.seeds=2", "mixture.validation.line_points=[0.5]",
-                      "mixture.validation.reference_examples=48")
+                      "mixture.validation.reference_examples=48", "mixture.validation.explore.generators=[]",
+                      "mixture.validation.explore.surrogate=0")
     plan = build_plan(cfg)
     problem = build_problem(cfg, DOMAINS, {d: 100_000 for d in DOMAINS}, None)
     return cfg, plan, resolve_model_uri(cfg), problem
@@ -40,6 +41,11 @@ def test_a_harmful_solution_is_not_published(setup):
     assert out["split"] == "validation" and out["seed_std"] > 0
     np.testing.assert_allclose(out["published_weights"], good)
     assert rows["good"]["ci"][0] <= rows["good"]["gain"] <= rows["good"]["ci"][1]
+    # confirmed on fresh seeds before publishing; both horizons reported
+    assert out["confirmation"]["published"] == "good" and "confirmed" in rows["good"]
+    assert set(out["confirmation"]["seeds"]).isdisjoint(out["seeds"])
+    assert out["horizons"]["probe_points"] == [2, 5, 10] and out["horizons"]["stage_steps"] >= 10
+    assert rows["good"]["stage_ci"][0] <= rows["good"]["stage_gain"] <= rows["good"]["stage_ci"][1]
 
 
 @pytest.mark.slow

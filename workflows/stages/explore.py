@@ -1,0 +1,116 @@
+"""Exploration candidates for validation, by name (``mixture.validation.explore.generators``).
+
+Every candidate derived from first-order influence shares its ranking of domains; when that ranking is
+wrong for a whole stage, validation needs mixtures with other rankings to repair it. Generators:
+
+* ``dirichlet``: RegMix-style Dirichlet mixtures around the reference (seeded, inside the bounds);
+* ``heavy``: one domain-heavy mixture (``heavy_share`` on it, the rest by reference) per domain with
+  any positive evidence (a positive score or a positive upper end of its bootstrap CI);
+* ``per_target``: with several target sets, the primary solver's answer for each target alone.
+
+A second round (:func:`surrogate_round`) fits a surrogate on every first-round probe and measures the
+mixtures it predicts best (operators/mixture/surrogate.py). Adding a generator: a class with ``name``
+and ``generate`` here, registered with ``@EXPLORERS.register``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+
+from operators.mixture.explore import dirichlet_around, far_enough, heavy_mixture, positive_evidence
+from operators.mixture.surrogate import propose
+from operators.registry import Registry
+from workflows.config import ExploreSpec
+from workflows.solvers import SOLVERS, MixtureProblem
+
+Candidates = dict[str, tuple[np.ndarray, str]]
+
+
+@dataclass(frozen=True)
+class ExploreInput:
+    """What a generator may use: the problem, the solved mixtures, the score CI's upper ends (or None),
+    the primary solver's name, the solvers' configured options and a seed."""
+
+    problem: MixtureProblem
+    spec: ExploreSpec
+    primary: str
+    options: dict
+    score_high: np.ndarray | None = None
+    seed: int = 0
+
+
+class Explorer(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def generate(self, inp: ExploreInput) -> Candidates:
+        """name → (weights, where it came from)."""
+
+
+EXPLORERS: Registry[type[Explorer]] = Registry("exploration generator", key=lambda cls: cls.name)
+
+
+@EXPLORERS.register
+class DirichletExplorer(Explorer):
+    name = "dirichlet"
+
+    def generate(self, inp: ExploreInput) -> Candidates:
+        p = inp.problem
+        W = dirichlet_around(p.reference, inp.spec.dirichlet, inp.seed, p.lower, p.upper, inp.spec.concentrations)
+        return {f"explore:dirichlet{i}": (w, "exploration: Dirichlet around the reference") for i, w in enumerate(W)}
+
+
+@EXPLORERS.register
+class HeavyExplorer(Explorer):
+    name = "heavy"
+
+    def generate(self, inp: ExploreInput) -> Candidates:
+        p = inp.problem
+        evidence = positive_evidence(p.scores, inp.score_high)
+        key = inp.score_high if inp.score_high is not None else p.scores
+        order = [k for k in np.argsort(-np.asarray(key), kind="stable") if evidence[k]][: inp.spec.heavy_max]
+        return {f"explore:heavy:{p.domains[k]}": (
+            heavy_mixture(p.reference, int(k), inp.spec.heavy_share, p.lower, p.upper),
+            f"exploration: {inp.spec.heavy_share:g} on {p.domains[k]} (positive evidence)") for k in order}
+
+
+@EXPLORERS.register
+class PerTargetExplorer(Explorer):
+    name = "per_target"
+
+    def generate(self, inp: ExploreInput) -> Candidates:
+        p = inp.problem
+        if len(p.targets) < 2:
+            return {}
+        solver = SOLVERS.configured(inp.primary, inp.options).bootstrap_solver(inp.options)
+        out: Candidates = {}
+        for v, target in enumerate(p.targets):
+            alone = replace(p, target_weights=np.eye(len(p.targets))[v])
+            out[f"explore:target:{target}"] = (solver.solve(alone).weights, f"exploration: {solver.name} for {target} alone")
+        return out
+
+
+def exploration_candidates(inp: ExploreInput, existing: Candidates) -> Candidates:
+    """Every configured generator's mixtures, without those within ``min_l1`` of an existing candidate or
+    of an earlier exploration mixture."""
+    out: Candidates = {}
+    measured = [w for w, _ in existing.values()]
+    for name in inp.spec.generators:
+        for cname, (w, source) in EXPLORERS.get(name)().generate(inp).items():
+            if len(far_enough(w[None, :], np.array(measured), inp.spec.min_l1)):
+                out[cname] = (w, source)
+                measured.append(w)
+    return out
+
+
+def surrogate_round(inp: ExploreInput, W: np.ndarray, gains: np.ndarray) -> tuple[Candidates, dict]:
+    """Mixtures a surrogate fitted on (W, measured gains) predicts best, and its report."""
+    p = inp.problem
+    X, report = propose(W, gains, p.scores, p.lower, p.upper, inp.spec.surrogate, seed=inp.seed,
+                        kappa=inp.spec.surrogate_kappa, min_cv_r2=inp.spec.surrogate_min_cv_r2,
+                        min_l1=inp.spec.min_l1, domain_names=p.domains)
+    return {f"explore:surrogate{i}": (w, "exploration: surrogate proposal (round 2)") for i, w in enumerate(X)}, report
