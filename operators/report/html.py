@@ -85,6 +85,14 @@ def _validation_figure(candidates: Mapping[str, Mapping[str, Any]], published: s
         lo, hi = c.get("ci", [c["gain"], c["gain"]])
         ax.plot([lo, hi], [i, i], color=colour, lw=3, alpha=0.6)
         ax.plot(c["gain"], i, "o", color=colour)
+        if c.get("confirmed"):
+            conf = c["confirmed"]
+            ax.plot(conf["ci"], [i + 0.25] * 2, color=_ORANGE, lw=2)
+            ax.plot(conf["gain"], i + 0.25, "D", color=_ORANGE, ms=5)
+    if any(candidates[n].get("confirmed") for n in names):
+        ax.plot([], [], "o", color=_BLUE, label="first round (chose the finalists)")
+        ax.plot([], [], "D", color=_ORANGE, label="confirmed on fresh seeds")
+        ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(names)), [f"{n}  (published)" if n == published else n for n in names])
     ax.invert_yaxis()
@@ -124,11 +132,24 @@ def gain_sentence(validation: Mapping[str, Any] | None) -> str:
     if pub == validation.get("reference"):
         return (f"No candidate beat the reference by the margin in {steps}-step probes on held-out validation "
                 f"examples, so the reference mixture was kept.")
-    lo, hi = c.get("ci", [None, None])
-    return (f"Published <b>{html.escape(pub)}</b>: in {steps}-step training probes from the checkpoint it lowered "
-            f"the validation target loss by {c['gain']:.4f} nats against the reference "
-            f"(CI [{lo:.4f}, {hi:.4f}], over seeds and examples). It is a short-horizon gain; the full stage's "
-            f"gain can be larger or smaller.")
+    confirmed = c.get("confirmed")
+    probe = confirmed or c
+    lo, hi = probe.get("ci", [float("nan")] * 2)
+    where = ("on fresh seeds that did not choose it" if confirmed
+             else "on the probes that also chose it (not selection-corrected)")
+    text = (f"Published <b>{html.escape(pub)}</b>: in {steps}-step training probes from the checkpoint, measured "
+            f"{where}, it lowered the validation target loss by {probe['gain']:.4f} nats against the reference "
+            f"(CI [{lo:.4f}, {hi:.4f}]).")
+    stage_gain = probe.get("stage_gain", c.get("stage_gain"))
+    stage_ci = probe.get("stage_ci", c.get("stage_ci"))
+    horizon = (validation.get("horizons") or {}).get("stage_steps") if isinstance(validation.get("horizons"), dict) else None
+    if stage_gain is not None and stage_ci:
+        text += (f" Extrapolated to the whole next stage{f' ({horizon:.0f} steps)' if horizon else ''}: "
+                 f"{stage_gain:.4f} nats (CI [{stage_ci[0]:.4f}, {stage_ci[1]:.4f}], which spans the horizon "
+                 f"models).")
+    else:
+        text += " It is a short-horizon gain; the full stage's gain can be larger or smaller."
+    return text
 
 
 def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
@@ -165,6 +186,12 @@ def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
     if evidence.get("kept"):
         kept = ", ".join(f"{d} {max(v):.2f}" for d, v in evidence["kept"].items())
         rows.append(("evidence kept", html.escape(kept)))
+    compute = report.get("cost") or {}
+    if compute.get("total"):
+        rows.append(("compute", html.escape(
+            f"{compute['total']:.0f} training-step equivalents (featurize {compute.get('featurize', 0):.0f}, "
+            f"probes {compute.get('probes', 0):.0f}); a {compute.get('grid_mixtures', '?')}-mixture grid of "
+            f"full stages would cost {compute.get('grid', 0):.0f} (ratio {compute.get('ratio', 0):.2f})")))
     timings = report.get("timings_s", {})
     if timings:
         rows.append(("time", html.escape(", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))))
