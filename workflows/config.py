@@ -141,6 +141,9 @@ class ValidationSpec(_Spec):
     """Pre-publish check: short probe trainings from the checkpoint on the validation split."""
 
     enabled: bool = True
+    cache_probes: bool = Field(default=True, description=(
+        "keep probe results in the feature datastore, addressed by their inputs (checkpoint, examples, "
+        "settings, mixture, seed): a later refresh of the same checkpoint reuses every probe it repeats"))
     steps: int = Field(default=16, ge=1, description="optimizer steps per probe")
     batch_size: int = Field(default=8, ge=1)
     seeds: int = Field(default=2, ge=2, description=(

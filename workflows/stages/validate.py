@@ -37,7 +37,8 @@ from operators.mixture.horizon import (
 )
 from workflows.config import RunConfig, ValidationSpec
 from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
-from workflows.jobs.probes import MixtureProber, measure_trajectories
+from workflows.jobs.probes import MixtureProber, ProbeCache, measure_trajectories
+from operators.io import storage
 from workflows.stages.base import RunContext, Stage
 from workflows.stages.explore import ExploreInput, exploration_candidates, surrogate_round
 from workflows.stages.featurize import model_source
@@ -133,10 +134,10 @@ class Objective:
         return delta @ self.weights
 
 
-def _measure(prober: MixtureProber, objective: Objective, kept: dict, seeds: list[int], layout
-             ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def _measure(prober: MixtureProber, objective: Objective, kept: dict, seeds: list[int], layout,
+             cache: ProbeCache | None = None) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """(ΔL (M, S, P) by the objective, per-target ΔL (M, S, P, V), raw (before (M, S, n), after (M, S, P, n)))."""
-    before, after = measure_trajectories(prober, [w for w, _ in kept.values()], seeds, layout)
+    before, after = measure_trajectories(prober, [w for w, _ in kept.values()], seeds, layout, cache)
     b = before[:, :, None, :]
     values = objective(b, after)
     per_target, _ = objective.per_target(b, after)
@@ -203,7 +204,9 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     coef, used = extrapolation_weights(points, horizon, spec.horizon_max_ratio)
     prober = MixtureProber(model, problem.domains, {s: pools for s in seeds + fresh}, ref, spec.steps,
                            spec.batch_size, spec.probe, points=points)
-    values, per_target, raw = _measure(prober, objective, kept, seeds, layout)
+    cache = ProbeCache(storage.join(plan.store or plan.root, "probes"), cfg.storage, prober) \
+        if spec.cache_probes else None
+    values, per_target, raw = _measure(prober, objective, kept, seeds, layout, cache)
     rounds = {"first": len(kept)}
     surrogate_report: dict = {"fitted": False, "reason": "explore.surrogate = 0"}
     if spec.explore.surrogate > 0:
@@ -214,7 +217,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         extra, _ = dedupe({**kept, **extra})
         extra = {n: v for n, v in extra.items() if n not in kept}
         if extra:
-            v2, t2, raw2 = _measure(prober, objective, extra, seeds, layout)
+            v2, t2, raw2 = _measure(prober, objective, extra, seeds, layout, cache)
             kept.update(extra)
             values, per_target = np.concatenate([values, v2]), np.concatenate([per_target, t2])
             raw = (np.concatenate([raw[0], raw2[0]]), np.concatenate([raw[1], raw2[1]]))
@@ -233,7 +236,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     _horizon_rows(decision, stage, points, used)
     confirmation = None
     if fresh:
-        confirmation = _confirm(prober, objective, kept, decision, eligible, fresh, coef, spec, layout)
+        confirmation = _confirm(prober, objective, kept, decision, eligible, fresh, coef, spec, layout, cache)
         decision.update({"best": confirmation["best"], "published": confirmation["published"],
                          "improvement_found": confirmation["improvement_found"]})
     scores = problem.scores
@@ -254,6 +257,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         "rounds": rounds, "surrogate": surrogate_report, "confirmation": confirmation,
         "probes": n_probes, "probe_steps_total": n_probes * spec.steps,
         "reference_evals": n_probes * len(points), "predicted_vs_measured": predicted_vs_measured(predicted, measured),
+        "probe_cache": None if cache is None else {"reused": cache.hits, "trained": cache.misses},
         "wall_s": round(time.monotonic() - t0, 2)})
     decision["published_weights"] = kept[decision["published"]][0]
     pub = decision["candidates"][decision["published"]]
@@ -282,13 +286,14 @@ def probe_optimizer_report(cfg: RunConfig, optimizer: dict) -> dict:
 
 
 def _confirm(prober: MixtureProber, objective: Objective, kept: dict, decision: dict, eligible: list[str],
-             fresh: list[int], coef: np.ndarray, spec: ValidationSpec, layout) -> dict:
+             fresh: list[int], coef: np.ndarray, spec: ValidationSpec, layout, cache: ProbeCache | None = None
+             ) -> dict:
     """Re-measure the reference and the ``confirm_top`` best eligible candidates on fresh seeds; the best of
     them there is published when it beats the reference by ``margin`` standard errors of the fresh table."""
     rows = decision["candidates"]
     ranked = sorted((n for n in eligible if n != "reference"), key=lambda n: (rows[n]["mean_delta"], n))
     top = ["reference", *ranked[: spec.confirm_top]]
-    values, _, raw = _measure(prober, objective, {n: kept[n] for n in top}, fresh, layout)
+    values, _, raw = _measure(prober, objective, {n: kept[n] for n in top}, fresh, layout, cache)
     probe_delta = {n: values[i, :, -1] for i, n in enumerate(top)}
     stage_delta = {n: extrapolate(values[i], coef) for i, n in enumerate(top)}
     fresh_probe = decide(probe_delta, "reference", top, spec.margin)
