@@ -3,8 +3,8 @@
 Every candidate derived from first-order influence shares its ranking of domains; when that ranking is
 wrong for a whole stage, validation needs mixtures with other rankings to repair it. Generators:
 
-* ``dirichlet``: RegMix-style Dirichlet mixtures around the reference (seeded, inside the bounds);
-* ``heavy``: one domain-heavy mixture (``heavy_share`` on it, the rest by reference) per domain with
+* ``dirichlet``: RegMix-style Dirichlet mixtures around the fixed prior (seeded, inside the bounds);
+* ``heavy``: one domain-heavy mixture (``heavy_share`` on it, the rest by the prior) per domain with
   any positive evidence (a positive score or a positive upper end of its bootstrap CI);
 * ``per_target``: with several target sets, the primary solver's answer for each target alone.
 
@@ -60,8 +60,10 @@ class DirichletExplorer(Explorer):
 
     def generate(self, inp: ExploreInput) -> Candidates:
         p = inp.problem
-        W = dirichlet_around(p.reference, inp.spec.dirichlet, inp.seed, p.lower, p.upper, inp.spec.concentrations)
-        return {f"explore:dirichlet{i}": (w, "exploration: Dirichlet around the reference") for i, w in enumerate(W)}
+        # around the fixed prior, not the moving reference: the same exploration every refresh of a
+        # checkpoint, so its probes are reused from the probe cache
+        W = dirichlet_around(p.prior, inp.spec.dirichlet, inp.seed, p.lower, p.upper, inp.spec.concentrations)
+        return {f"explore:dirichlet{i}": (w, "exploration: Dirichlet around the prior") for i, w in enumerate(W)}
 
 
 @EXPLORERS.register
@@ -74,7 +76,7 @@ class HeavyExplorer(Explorer):
         key = inp.score_high if inp.score_high is not None else p.scores
         order = [k for k in np.argsort(-np.asarray(key), kind="stable") if evidence[k]][: inp.spec.heavy_max]
         return {f"explore:heavy:{p.domains[k]}": (
-            heavy_mixture(p.reference, int(k), inp.spec.heavy_share, p.lower, p.upper),
+            heavy_mixture(p.prior, int(k), inp.spec.heavy_share, p.lower, p.upper),
             f"exploration: {inp.spec.heavy_share:g} on {p.domains[k]} (positive evidence)") for k in order}
 
 
