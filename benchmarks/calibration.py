@@ -86,10 +86,11 @@ def run_null(splits: int, workdir: Path, cache_dir: str | None, extra: list[str]
         validation = report.get("validation") or {}
         published = validation.get("published", "tikmix_d")
         cand = validation.get("candidates", {}).get(published, {})
-        claimed = bool(validation) and published != "reference" and cand.get("ci", [0, 0])[0] > 0
+        shown = cand.get("confirmed") or cand  # the numbers the report gives for the published mixture
+        claimed = bool(validation) and published != "reference" and shown.get("ci", [0, 0])[0] > 0
         rows.append({"split": seed, "solver_tv": _tv(solver, prior),
                      "published_tv": _tv(result.weights, problem["reference_weights"]), "published": published,
-                     "claimed": claimed, "gain": cand.get("gain"), "ci": cand.get("ci"),
+                     "claimed": claimed, "gain": shown.get("gain"), "ci": shown.get("ci"),
                      "max_weight": max(result.weights.values()), "wall_s": time.monotonic() - t0})
         r = rows[-1]
         print(f"split {seed}: solver TV {r['solver_tv']:.3f}  published {published} TV {r['published_tv']:.3f}  "

@@ -175,7 +175,9 @@ class ValidationSpec(_Spec):
     confirm_seeds: int = Field(default=3, ge=0, description=(
         "fresh seeds re-measuring the best candidates and the reference before publishing (0: no "
         "confirmation; the seeds that chose a candidate then also publish it)"))
-    confirm_top: int = Field(default=3, ge=1, description="best first-round candidates re-measured on fresh seeds")
+    confirm_top: int = Field(default=1, ge=1, description=(
+        "first-round candidates re-measured on fresh seeds and held-back examples; 1 (default) confirms the "
+        "single winner, so its published gain is free of the choice; more picks the best finalist again"))
     target_balance: Literal["nats", "relative"] = Field(default="nats", description=(
         "several targets: nats = Σ targets[].weight × each target's own per-token loss change; relative = "
         "the same with each change divided by that target's loss before training"))
