@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: Corpus shards read (their first record batch); more shards are sampled evenly.
 MAX_SHARDS = 64
 #: Rows read from each inspected shard.
-SAMPLE_ROWS = 2048
+SAMPLE_ROWS = 256
 FRESH = "fresh AdamW"
 
 

@@ -100,3 +100,15 @@ def test_average_checkpoints_pins_the_newest_n_for_run_and_refresh(tmp_path) -> 
     # single-checkpoint runs keep their pins exactly as before
     assert set(pin_run(cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"average_checkpoints": 1})}))[1]) == {"checkpoint", "previous_manifest"}
+
+
+def test_checkpoint_list_must_agree_with_average(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="model.checkpoints lists 2 checkpoints but average_checkpoints=1"):
+        fast_config(str(tmp_path / "out"), str(tmp_path / "c"), f"model.checkpoints=[{tmp_path}/a,{tmp_path}/b]")
+    with pytest.raises(ConfigError, match="either model.checkpoint_root"):
+        fast_config(str(tmp_path / "out"), str(tmp_path / "c"), f"model.checkpoints=[{tmp_path}/a,{tmp_path}/b]",
+                    "model.average_checkpoints=2", f"model.checkpoint_root={tmp_path}")
+    listed = fast_config(str(tmp_path / "out"), str(tmp_path / "c"), f"model.checkpoints=[{tmp_path}/a,{tmp_path}/b]",
+                         "model.average_checkpoints=2")
+    pinned, pins = pin_run(listed)
+    assert pinned.model.path == f"{tmp_path}/b" and pins["checkpoints"] == [f"{tmp_path}/a", f"{tmp_path}/b"]
