@@ -133,6 +133,9 @@ def test_damaged_parts_of_unfinished_run_are_repaired(store):
     lines = _repair_lines(err)
     assert len(lines) == 2, lines
     assert truncated in lines[0] and flipped in lines[1] and "sha256" in lines[1]
+    record = _featurized(plan.root)  # the featurize stage redid the short part, the aggregation the other
+    assert record["featurized"] == [plan.corpus_tasks()[0].shard_id]
+    assert record["repaired"] == [plan.target_tasks()[0].shard_id]
     assert "Traceback" not in err
     assert _cli("verify", plan.root)[0] == 0
 

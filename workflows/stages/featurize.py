@@ -158,8 +158,12 @@ def repair_parts(ctx: RunContext, fn: Callable[[], T]) -> T:
                     getattr(cause, "part_uri", "?"), getattr(cause, "shard_id", "?"),
                     f"{getattr(cause, 'reason', cause)} again after {MAX_REPAIRS} repairs") from None
             _invalidate_part(ctx, cause)
+            before = ctx.featurizer.get("datastore", {})
             ctx.featurizer = featurize_all(
                 ctx.checkpoints, lambda p, uri: run_featurize(ctx.cfg, p, uri, ctx.metrics))
+            repaired = ctx.featurizer.get("datastore", {}).get("featurized", [])
+            ctx.featurizer["datastore"] = {**before, "repaired": [*before.get("repaired", []), *repaired]}
+            ctx.save_record(FeaturizeStage.name, {"datastore": ctx.featurizer["datastore"]})
     raise AssertionError("unreachable")
 
 
@@ -186,8 +190,9 @@ def _invalidate_part(ctx: RunContext, exc: BaseException) -> None:
 
 
 class FeaturizeStage(Stage):
-    """Features of every corpus and target shard at each pinned checkpoint (``features/``, ``_done/``,
-    ``featurizer.json``), then the run-level duplicate-id check."""
+    """Features of every corpus and target shard at each pinned checkpoint, made or reused in the feature
+    datastore (``featurizer.json``, per shard ``features/``, ``_done/``), then the run-level duplicate-id
+    check. Its record ``stages/featurize.json`` says which shards it featurized, reused and repaired."""
 
     name = "featurize"
 
