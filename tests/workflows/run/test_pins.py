@@ -108,6 +108,9 @@ def test_checkpoint_list_must_agree_with_average(tmp_path) -> None:
     with pytest.raises(ConfigError, match="either model.checkpoint_root"):
         fast_config(str(tmp_path / "out"), str(tmp_path / "c"), f"model.checkpoints=[{tmp_path}/a,{tmp_path}/b]",
                     "model.average_checkpoints=2", f"model.checkpoint_root={tmp_path}")
+    for name in ("a", "b"):  # checkpoint folders with a file (the run id keys on the checkpoint's files)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
     listed = fast_config(str(tmp_path / "out"), str(tmp_path / "c"), f"model.checkpoints=[{tmp_path}/a,{tmp_path}/b]",
                          "model.average_checkpoints=2")
     pinned, pins = pin_run(listed)
