@@ -19,6 +19,9 @@ from tests.workflows.helpers import fast_config
 DOMAINS = ["changelog", "code", "config", "docs", "legal"]
 
 
+pytestmark = pytest.mark.slow  # trains the tiny model
+
+
 @pytest.fixture(scope="module")
 def prober_parts(tmp_path_factory, model_cache):
     cfg = fast_config(str(tmp_path_factory.mktemp("probes")), model_cache, "mixture.validation.steps=2",

@@ -46,12 +46,13 @@ def test_pure_noise_keeps_the_mixture_within_tv_0_1_of_the_prior_in_90_percent_o
     with_shrinkage = _problem(tmp_path, model_cache, targets=targets)
     without = _problem(tmp_path, model_cache, "none", targets=targets)
     tv_shrunk, tv_raw = [], []
-    for _ in range(400):
+    for i in range(300):
         gi, se = _draw(rng, np.full(5, 1e-3), targets)
         tv_shrunk.append(_tv(solver.solve(with_shrinkage.with_gi(gi, se)).weights, with_shrinkage.prior))
-        tv_raw.append(_tv(solver.solve(without.with_gi(gi, se)).weights, without.prior))
+        if i < 60:  # enough to show the raw means move it
+            tv_raw.append(_tv(solver.solve(without.with_gi(gi, se)).weights, without.prior))
     assert np.mean(np.array(tv_shrunk) <= 0.1) >= 0.9, np.quantile(tv_shrunk, [0.5, 0.9])
-    assert np.mean(tv_raw) > 2 * np.mean(tv_shrunk)  # the raw means would have moved it: the test has teeth
+    assert np.mean(tv_raw) > 2 * np.mean(tv_shrunk[:60])  # the raw means would have moved it: the test has teeth
 
 
 def test_a_well_measured_effect_still_moves_the_mixture(tmp_path, model_cache):
