@@ -23,7 +23,7 @@ import pytest
 
 from tests.workflows.helpers import fast_overrides
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
