@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from cluster.spec import ClusterSpec
 log = logging.getLogger(__name__)
 #: Where private local clusters keep their session files (short: Ray's socket paths must stay < 108 bytes).
 PRIVATE_TEMP_ROOT = "/tmp"
+_PRIVATE_DIRS: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ def init_ray(spec: ClusterSpec, runtime_env: dict | None = None) -> bool:
     # "local" starts a cluster of our own even when another `ray start` cluster runs on this host (a plain
     # ray.init() would join that one), with its own temp dir so no session files are shared.
     temp_dir = tempfile.mkdtemp(prefix=f"influmix-ray-{os.getpid()}-", dir=PRIVATE_TEMP_ROOT)
+    _PRIVATE_DIRS.append(temp_dir)
     ray.init(
         address="local",
         _temp_dir=temp_dir,
@@ -90,3 +93,15 @@ def gcs_address() -> str | None:
     if not ray.is_initialized():
         return None
     return ray.get_runtime_context().gcs_address
+
+
+def shutdown_ray(keep_logs: bool = False) -> None:
+    """Stop the Ray this process started; its private session files are removed unless ``keep_logs`` (a
+    failed run keeps them for debugging, and says where)."""
+    ray.shutdown()
+    while _PRIVATE_DIRS:
+        path = _PRIVATE_DIRS.pop()
+        if keep_logs:
+            log.info("Ray session files of this run kept in %s", path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)

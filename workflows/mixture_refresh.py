@@ -8,6 +8,7 @@ a stage, ``start`` begins at one (earlier stages only load their outputs from st
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -164,9 +165,9 @@ def _run_stages(cfg: RunConfig, plan: Plan, model_uri: str, pins: dict, lease, l
         if watch is not None:
             watch.stop()
         if started_ray:
-            import ray
+            from cluster.runtime import shutdown_ray
 
-            ray.shutdown()
+            shutdown_ray(keep_logs=sys.exc_info()[0] is not None)
 
 
 def _finished(cfg: RunConfig, plan: Plan) -> RefreshResult | None:

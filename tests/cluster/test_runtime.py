@@ -38,3 +38,17 @@ def test_auto_or_an_address_joins(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     assert runtime.init_ray(ClusterSpec(address="auto")) is False
     assert seen["address"] == "auto" and "_temp_dir" not in seen
+
+
+def test_a_private_cluster_leaves_no_session_files_after_a_clean_shutdown(monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "PRIVATE_TEMP_ROOT", str(tmp_path))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    runtime.init_ray(ClusterSpec())
+    runtime.shutdown_ray(keep_logs=True)  # a failed run keeps them
+    assert len(list(tmp_path.iterdir())) == 1
+    runtime.init_ray(ClusterSpec())
+    runtime.shutdown_ray()
+    assert len(list(tmp_path.iterdir())) == 1  # the clean run's folder is gone
