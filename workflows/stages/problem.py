@@ -52,22 +52,31 @@ def load_previous(cfg: RunConfig, pinned_uri: object = _UNPINNED) -> tuple[str |
 MAX_CHAIN = 100
 
 
-def consumed_tokens(cfg: RunConfig, domains: list[str], previous: Manifest | None) -> tuple[np.ndarray, dict]:
+def consumed_tokens(cfg: RunConfig, domains: list[str], previous: Manifest | None,
+                    model_uri: str | None = None) -> tuple[np.ndarray, dict]:
     """Tokens earlier stages drew from each domain: Σ over the chain of previous manifests of weight ×
     that stage's token budget. The chain follows ``provenance.previous_manifest_uri`` and stops (with a
-    warning) at a manifest without a budget or one it cannot read."""
+    warning) at a manifest without a budget or one it cannot read. A manifest made from the checkpoint
+    this refresh starts from (``model_uri``) planned a stage that has not been trained yet (a re-analysis
+    of the same checkpoint): it is skipped."""
     consumed = np.zeros(len(domains))
     stages: list[str] = []
+    skipped: list[str] = []
     manifest, seen = previous, set()
-    while manifest is not None and len(stages) < MAX_CHAIN:
-        tokens = (manifest.budget or {}).get("tokens_next_stage")
-        if not tokens:
+    while manifest is not None and len(stages) + len(skipped) < MAX_CHAIN:
+        same_checkpoint = model_uri is not None and \
+            manifest.provenance.model_path.rstrip("/") == str(model_uri).rstrip("/")
+        tokens = None if same_checkpoint else (manifest.budget or {}).get("tokens_next_stage")
+        if same_checkpoint:
+            skipped.append(manifest.provenance.run_id)
+        elif not tokens:
             log.warning("previous manifest of run %s records no token budget; tokens consumed before it are "
                         "not counted", manifest.provenance.run_id)
             break
-        w = weights_of(manifest)
-        consumed += np.array([w.get(d, 0.0) for d in domains]) * float(tokens)
-        stages.append(manifest.provenance.run_id)
+        else:
+            w = weights_of(manifest)
+            consumed += np.array([w.get(d, 0.0) for d in domains]) * float(tokens)
+            stages.append(manifest.provenance.run_id)
         uri = manifest.provenance.previous_manifest_uri
         if not uri or uri in seen:
             break
@@ -77,7 +86,7 @@ def consumed_tokens(cfg: RunConfig, domains: list[str], previous: Manifest | Non
         except (OSError, ValueError, storage.StorageError) as exc:
             log.warning("cannot read earlier manifest %s (%s); tokens consumed before it are not counted", uri, exc)
             break
-    return consumed, {"stages": stages, "tokens": dict(zip(domains, consumed.tolist()))}
+    return consumed, {"stages": stages, "same_checkpoint": skipped, "tokens": dict(zip(domains, consumed.tolist()))}
 
 
 def resolve_budget(cfg: RunConfig, domains: list[str], available: dict[str, int],
@@ -143,7 +152,7 @@ def build_problem(cfg: RunConfig, domains: list[str], available: dict[str, int],
     matrix: call ``.with_gi(infl.gi)`` once influence is aggregated."""
     domains = list(domains)
     prev_weights = weights_of(previous) if previous is not None else None
-    consumed, chain = consumed_tokens(cfg, domains, previous)
+    consumed, chain = consumed_tokens(cfg, domains, previous, model_uri)
     budget, relaxed = feasible_budget(cfg, domains, resolve_budget(cfg, domains, available, model_uri, consumed))
     lower, upper = problem_bounds(cfg, domains, budget)
     tokens = {d: int(budget.tokens_available[i]) for i, d in enumerate(domains)}

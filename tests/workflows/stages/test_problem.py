@@ -82,3 +82,13 @@ def test_planned_epochs_include_what_the_chain_of_earlier_stages_drew(tmp_path, 
     missing = _stage_manifest("r3", {d: 0.2 for d in DOMAINS}, 50_000, str(tmp_path / "gone.json"))
     chain = build_problem(cfg, DOMAINS, {d: 100_000 for d in DOMAINS}, missing).info["consumed_by_earlier_stages"]
     assert chain["stages"] == ["r3"]  # the unreadable earlier manifest stops the chain, with a warning
+
+
+def test_a_manifest_of_the_same_checkpoint_planned_a_stage_not_yet_trained(tmp_path, model_cache):
+    cfg = fast_config(str(tmp_path), model_cache, "mixture.budget.tokens_next_stage=100000")
+    earlier = _stage_manifest("r1", {d: 0.2 for d in DOMAINS}, 200_000, None)  # model_path "/m"
+    again = build_problem(cfg, DOMAINS, {d: 100_000 for d in DOMAINS}, earlier, model_uri="/m")
+    assert again.info["consumed_by_earlier_stages"]["same_checkpoint"] == ["r1"]
+    assert sum(again.info["consumed_by_earlier_stages"]["tokens"].values()) == 0
+    later = build_problem(cfg, DOMAINS, {d: 100_000 for d in DOMAINS}, earlier, model_uri="/m2")
+    assert later.info["consumed_by_earlier_stages"]["stages"] == ["r1"]
