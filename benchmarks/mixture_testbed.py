@@ -44,7 +44,7 @@ from operators.errors import ConfigError
 from workflows.config import load_config
 from workflows.mixture_refresh import run_mixture_refresh
 from benchmarks.testbed.harness import compare, run_testbed
-from benchmarks.testbed.scenarios import GOALS, PUBLISHED, SCENARIOS, rescore_scenario, run_scenario
+from benchmarks.testbed.scenarios import GOALS, PUBLISHED, SCENARIOS, rescore_scenario, retest_scenario, run_scenario
 
 
 def print_table(report: dict, steps: int, batch_size: int) -> None:
@@ -129,13 +129,17 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
     cache = args.cache_dir or tempfile.mkdtemp(prefix="influmix-testbed-cache-")
     results = []
     saved = {}
-    if args.rescore:
-        with open(args.rescore, encoding="utf-8") as f:
+    if args.rescore or args.retest:
+        with open(args.rescore or args.retest, encoding="utf-8") as f:
             saved = {r["scenario"]: r for r in json.load(f)}
         names = [n for n in names if n in saved] if names != list(SCENARIOS) else list(saved)
     for name in names:
         started = time.perf_counter()
-        if name in saved:
+        if name in saved and args.retest:
+            res = retest_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)
+            print(f"\n[{name}] retest: uniform re-measured within {res['retest']['uniform_max_abs_diff']:.2g} nats "
+                  "of the saved ground truth")
+        elif name in saved:
             try:
                 res = rescore_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)
             except ConfigError as exc:  # the saved result stands, marked as not re-scored
@@ -199,6 +203,9 @@ def main() -> None:
     parser.add_argument("--tikmix-m", action="store_true", help="also evaluate TiKMiX-M (--scenario default)")
     parser.add_argument("--cache-dir", default=None, help="model cache (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the full report to this file")
+    parser.add_argument("--retest", default=None, metavar="JSON", help=(
+        "a saved --json report: re-run its refreshes with the current code and train only the published "
+        "mixture (and uniform, as a check) against its saved ground truth"))
     parser.add_argument("--rescore", default=None, metavar="JSON", help=(
         "a saved --json report: re-run only the refreshes of its scenarios and re-score them against its "
         "ground truth (fails if a published mixture changed)"))

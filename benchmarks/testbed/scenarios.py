@@ -46,7 +46,7 @@ from workflows.config import RunConfig, load_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Scenario", "SCENARIOS", "GOALS", "scenario_config", "acceptance", "run_scenario", "rescore_scenario",
+__all__ = ["retest_scenario", "Scenario", "SCENARIOS", "GOALS", "scenario_config", "acceptance", "run_scenario", "rescore_scenario",
            "target_half_losses", "budget_steps", "candidate_mixtures"]
 
 #: Acceptance goals (docs/MIXTURE.md §4): gain over uniform in seed std, regret vs the grid's best in nats.
@@ -284,5 +284,58 @@ def rescore_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None =
                       "validation": result.report.get("validation"), "cost": result.report.get("cost"),
                       "rescored": True}
     out["acceptance"] = acceptance(saved["testbed"], PUBLISHED, "uniform", stage_ci=published_stage_ci(result.report),
+                                   refresh_steps=(result.report.get("cost") or {}).get("total"))
+    return out
+
+
+def retest_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = None,
+                    overrides: Sequence[str] = (), reference_examples: int = 128) -> dict:
+    """Re-run the refresh of a saved :func:`run_scenario` result with the current code and train only its
+    (possibly new) published mixture, plus ``uniform`` again as a check, on the saved testbed's seeds, pools,
+    steps and test split; every other row (grid, baselines, solvers) keeps its saved ground truth, which
+    the same seeds and data reproduce (paired probes). ``retest.uniform_max_abs_diff`` reports how closely
+    the re-measured uniform row matches the saved one."""
+    import copy
+
+    from benchmarks.testbed.harness import compare, evaluate_mixtures
+    from operators.training.probing import ProbeSpec
+    from workflows.mixture_refresh import resolve_model_uri, run_mixture_refresh
+    from workflows.run.plan import build_plan
+
+    name = saved["scenario"]
+    cfg = scenario_config(name, output_uri, cache_dir, overrides)
+    started = time.perf_counter()
+    result = run_mixture_refresh(cfg)
+    refresh_s = time.perf_counter() - started
+    old = copy.deepcopy(saved["testbed"])
+    st = old["settings"]
+    domains = old["domains"]
+    published = {d: float(result.weights.get(d, 0.0)) for d in domains}
+    started = time.perf_counter()
+    fresh = evaluate_mixtures(cfg, build_plan(cfg), resolve_model_uri(cfg),
+                              {PUBLISHED: published, "uniform": old["mixtures"]["uniform"]["weights"]},
+                              st["steps"], st["batch_size"], st["seeds"], st["per_domain"], grid=["uniform"],
+                              probe=ProbeSpec(**st["probe"]), reference_examples=reference_examples,
+                              data_seed=st["data_seed"], full_corpus=st["full_corpus"],
+                              split=st["reference_split"], packed=st["packed"])
+    check = float(np.max(np.abs(np.array(fresh["mixtures"]["uniform"]["delta"])
+                                - np.array(old["mixtures"]["uniform"]["delta"]))))
+    old["mixtures"][PUBLISHED] = fresh["mixtures"][PUBLISHED]
+    best = min(old["grid"], key=lambda g: (old["mixtures"][g]["mean"], g))
+    for row in old["mixtures"].values():
+        row["regret"] = row["mean"] - old["mixtures"][best]["mean"]
+    old["best"], old["best_mean"] = best, old["mixtures"][best]["mean"]
+    old["seed_std"] = math.sqrt(float(np.mean([r["std"] ** 2 for r in old["mixtures"].values()])))
+    old["comparison"] = compare(old, PUBLISHED, "uniform")
+    out = dict(saved)
+    out["refresh"] = {"run_id": result.run_id, "weights": dict(result.weights), "wall_s": round(refresh_s, 2),
+                      "published_source": (result.report.get("validation") or {}).get("published"),
+                      "validation": result.report.get("validation"), "cost": result.report.get("cost"),
+                      "retested": True}
+    out["testbed"] = old
+    out["testbed_wall_s"] = round(time.perf_counter() - started, 2)
+    out["retest"] = {"uniform_max_abs_diff": check, "saved_uniform": old["mixtures"]["uniform"]["delta"],
+                     "remeasured_uniform": fresh["mixtures"]["uniform"]["delta"]}
+    out["acceptance"] = acceptance(old, PUBLISHED, "uniform", stage_ci=published_stage_ci(result.report),
                                    refresh_steps=(result.report.get("cost") or {}).get("total"))
     return out
