@@ -52,3 +52,15 @@ def test_gain_sentence_says_when_nothing_was_published_and_when_validation_was_o
     report, _ = _report(published="reference")
     assert "reference mixture was kept" in gain_sentence(report["validation"])
     assert "not measured" in gain_sentence(None)
+
+
+def test_headline_uses_the_fresh_confirmation_and_the_stage_horizon():
+    report, _ = _report()
+    row = report["validation"]["candidates"]["tikmix_d"]
+    row["confirmed"] = {"gain": 0.021, "ci": [0.004, 0.038], "stage_gain": 0.05, "stage_ci": [-0.01, 0.11]}
+    report["validation"]["horizons"] = {"stage_steps": 160}
+    text = gain_sentence(report["validation"])
+    assert "fresh seeds that did not choose it" in text and "0.0210" in text
+    assert "whole next stage (160 steps): 0.0500" in text
+    row.pop("confirmed")
+    assert "not selection-corrected" in gain_sentence(report["validation"])
