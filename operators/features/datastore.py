@@ -448,20 +448,28 @@ def list_completions(
     uris = st.list_files(st.join(root, "_done"), (".json",), storage)
     out: dict[str, CompletionRecord] = {}
     for uri, data in st.read_many(uris, storage).items():
-        if isinstance(data, StorageError):
-            log.warning("ignoring unreadable completion record %s: %s", uri, data)
-            continue
-        try:
-            record = _parse_record(uri, data)
-        except CorpusError as exc:
-            log.warning("ignoring %s", exc)
-            continue
-        expected = uri.rstrip("/").rsplit("/", 1)[-1][: -len(".json")]
-        if record.shard_id != expected:
-            log.warning("ignoring completion record %s: shard_id %r", uri, record.shard_id)
-            continue
-        out[record.shard_id] = record
+        record = _usable_record(uri, data, uri.rstrip("/").rsplit("/", 1)[-1][: -len(".json")])
+        if record is not None:
+            out[record.shard_id] = record
     return dict(sorted(out.items()))
+
+
+def _usable_record(uri: str, data: bytes | StorageError, shard_id: str) -> CompletionRecord | None:
+    """The completion record read from ``uri`` if it is valid and names ``shard_id``; else None (logged,
+    except for a record that does not exist)."""
+    if isinstance(data, StorageError):
+        if not isinstance(data, FileNotFoundError):
+            log.warning("ignoring unreadable completion record %s: %s", uri, data)
+        return None
+    try:
+        record = _parse_record(uri, data)
+    except CorpusError as exc:
+        log.warning("ignoring %s", exc)
+        return None
+    if record.shard_id != shard_id:
+        log.warning("ignoring completion record %s: shard_id %r", uri, record.shard_id)
+        return None
+    return record
 
 
 def read_completions(roots: dict[str, str], storage: StorageSpec | None = None) -> dict[str, CompletionRecord]:
@@ -470,19 +478,9 @@ def read_completions(roots: dict[str, str], storage: StorageSpec | None = None) 
     uris = {completion_uri(root, sid): sid for sid, root in roots.items()}
     out: dict[str, CompletionRecord] = {}
     for uri, data in st.read_many(list(uris), storage).items():
-        if isinstance(data, StorageError):
-            if not isinstance(data, FileNotFoundError):
-                log.warning("ignoring unreadable completion record %s: %s", uri, data)
-            continue
-        try:
-            record = _parse_record(uri, data)
-        except CorpusError as exc:
-            log.warning("ignoring %s", exc)
-            continue
-        if record.shard_id != uris[uri]:
-            log.warning("ignoring completion record %s: shard_id %r", uri, record.shard_id)
-            continue
-        out[record.shard_id] = record
+        record = _usable_record(uri, data, uris[uri])
+        if record is not None:
+            out[record.shard_id] = record
     return dict(sorted(out.items()))
 
 
