@@ -90,7 +90,7 @@ def _validation_figure(candidates: Mapping[str, Mapping[str, Any]], published: s
             ax.plot(conf["ci"], [i + 0.25] * 2, color=_ORANGE, lw=2)
             ax.plot(conf["gain"], i + 0.25, "D", color=_ORANGE, ms=5)
     if any(candidates[n].get("confirmed") for n in names):
-        ax.plot([], [], "o", color=_BLUE, label="first round (chose the finalists)")
+        ax.plot([], [], "o", color=_BLUE, label="first round (chooses)")
         ax.plot([], [], "D", color=_ORANGE, label="confirmed on fresh seeds")
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
