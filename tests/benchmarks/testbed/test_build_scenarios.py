@@ -47,16 +47,20 @@ def test_scenario_pool_and_targets(corpus) -> None:
     assert {d: len(v) for d, v in by_domain.items()} == bs.POOL
     assert min(bs.POOL.values()) <= 80 < max(bs.POOL.values())  # one small domain
     targets = _scenario_rows("targets")
-    assert set(targets) == {*bs.OOP_TARGETS, bs.MIXED_TARGET}
+    assert set(targets) == {*bs.OOP_TARGETS, bs.MIXED_TARGET, *bs.DERIVED_TARGETS}
     for name, (lang, n) in bs.OOP_TARGETS.items():
         assert len(targets[name]) == n >= 150 and {r["domain"] for r in targets[name]} == {lang}
         assert lang not in bs.POOL  # outside the pool
     mixed = [r["domain"] for r in targets[bs.MIXED_TARGET]]
     assert {d: mixed.count(d) for d in set(mixed)} == bs.MIXED_HALVES
     default_rows = [r for rows in corpus.values() for r in rows]
-    rows = [r for v in pool.values() for r in v] + [r for v in targets.values() for r in v]
+    own = {n: v for n, v in targets.items() if n not in bs.DERIVED_TARGETS}  # derived ones reuse these rows
+    rows = [r for v in pool.values() for r in v] + [r for v in own.values() for r in v]
     ids = [r["id"] for r in rows] + [r["id"] for r in default_rows]
     assert len(ids) == len(set(ids))
+    known = {r["id"]: r for v in own.values() for r in v}
+    for name in bs.DERIVED_TARGETS:  # derived targets hold exactly rows of the shipped targets
+        assert targets[name] and all(known[r["id"]] == r for r in targets[name])
     assert all(bc.MIN_CHARS <= len(r["text"]) <= bc.HARD_MAX for r in rows)
     pool_keys = {bc._dedup_key(r["text"]) for r in default_rows} | {
         bc._dedup_key(r["text"]) for v in pool.values() for r in v}

@@ -114,7 +114,7 @@ def test_losing_the_own_ray_cluster_mid_run_exits_5_with_one_line_and_frees_the_
     proc = _cli(out, model_cache, env=_env())
     try:
         session = _wait_for("the private cluster", lambda: _private_ray_dir(proc.pid), proc=proc)
-        _wait_for("featurization", lambda: glob.glob(str(out / "runs/*/features/*")), proc=proc)
+        _wait_for("featurization", lambda: glob.glob(str(out / "datastore/*/shards/*/features/*")), proc=proc)
         for pid, cmdline in _processes():
             if "gcs_server" in cmdline.split(" ", 1)[0] and session in cmdline:
                 os.kill(pid, signal.SIGKILL)
@@ -136,7 +136,7 @@ def test_a_driver_whose_lease_is_taken_over_stops_within_seconds_and_writes_noth
     out = tmp_path / "out"
     proc = _cli(out, model_cache, "cluster.lease_ttl_s=3", env=_env())
     try:
-        _wait_for("featurization", lambda: glob.glob(str(out / "runs/*/features/*")), proc=proc)
+        _wait_for("featurization", lambda: glob.glob(str(out / "datastore/*/shards/*/features/*")), proc=proc)
         lease = Path(glob.glob(str(out / "runs/*/_lease.json"))[0])
         record = json.loads(lease.read_text())
         record.update({"owner": "another-driver", "pid": 1, "expires_at": time.time() + 3600})
