@@ -59,7 +59,7 @@ def _wait_for(what: str, probe, timeout_s: float = 240.0, proc: subprocess.Popen
 
 
 def _private_ray_dir(pid: int) -> str | None:
-    found = glob.glob(f"/tmp/influmix-ray-{pid}-*/session_*")
+    found = [p for p in glob.glob(f"/tmp/influmix-ray-{pid}-*/session_*") if not p.endswith("session_latest")]
     return found[0] if found else None
 
 
