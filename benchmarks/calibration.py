@@ -13,7 +13,8 @@ and the other 120 become the target set. Each split runs a full refresh with the
   the false-claim rate (goal <= 10%).
 
 With ``--testbed-json`` (the JSON that ``benchmarks/mixture_testbed.py --json`` writes) it also prints,
-per scenario and seed, the refresh's reported gain and CI against the gain measured on the test split.
+per scenario and seed, the published mixture's stage-horizon interval against the gain over uniform
+measured on the test split, and the coverage.
 """
 
 from __future__ import annotations
@@ -111,15 +112,17 @@ def summarize_null(rows: list[dict]) -> dict:
     return out
 
 
-def coverage(testbed: dict) -> dict:
-    """Per scenario × seed: reported gain and CI vs the gain measured on the test split (probe horizon)."""
+def coverage(testbed: list[dict]) -> dict:
+    """Per scenario × seed of a ``mixture_testbed.py --json`` report: the published mixture's reported
+    stage-horizon interval against its gain over uniform measured on the test split, and the coverage."""
     cases = []
-    for name, scenario in testbed.get("scenarios", testbed).items():
-        rep = scenario.get("reported") or {}
-        ci = rep.get("gain_ci")
-        for seed, measured in (scenario.get("measured_gain_per_seed") or {}).items():
-            cases.append({"scenario": name, "seed": seed, "reported": rep.get("gain_nats"), "ci": ci,
-                          "measured": measured, "covered": bool(ci) and ci[0] <= measured <= ci[1]})
+    for scenario in testbed:
+        acc = scenario["acceptance"]
+        ci = acc.get("stage_ci")
+        for seed, measured, covered in zip(scenario["testbed"]["settings"]["seeds"], acc.get("measured_per_seed") or [],
+                                           acc.get("covered") or []):
+            cases.append({"scenario": scenario["scenario"], "seed": seed, "ci": ci, "measured": measured,
+                          "covered": bool(covered)})
     rate = sum(c["covered"] for c in cases) / len(cases) if cases else None
     return {"cases": cases, "coverage": rate}
 
@@ -148,7 +151,7 @@ def main() -> None:
         result["coverage"] = cov
         print("\nCOVERAGE (reported CI vs measured gain on the test split)")
         for c in cov["cases"]:
-            print(f"  {c['scenario']:<12} seed {c['seed']}: reported {c['reported']} CI {c['ci']} "
+            print(f"  {c['scenario']:<12} seed {c['seed']}: stage-horizon CI {c['ci']} "
                   f"measured {c['measured']:.4f} covered {c['covered']}")
         print(f"  coverage: {cov['coverage']}")
     if args.json:
