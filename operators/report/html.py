@@ -142,7 +142,7 @@ def gain_sentence(validation: Mapping[str, Any] | None) -> str:
             f"(CI [{lo:.4f}, {hi:.4f}]).")
     stage_gain = probe.get("stage_gain", c.get("stage_gain"))
     stage_ci = probe.get("stage_ci", c.get("stage_ci"))
-    horizon = (validation.get("horizons") or {}).get("stage_steps") if isinstance(validation.get("horizons"), dict) else None
+    horizon = (validation.get("horizons") or {}).get("stage_steps")
     if stage_gain is not None and stage_ci:
         text += (f" Extrapolated to the whole next stage{f' ({horizon:.0f} steps)' if horizon else ''}: "
                  f"{stage_gain:.4f} nats (CI [{stage_ci[0]:.4f}, {stage_ci[1]:.4f}], which spans the horizon "
