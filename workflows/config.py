@@ -119,7 +119,7 @@ class ExploreSpec(_Spec):
         "Dirichlet concentration per domain (× K × reference); one drawn per sample; small = sparse"))
     heavy_share: float = Field(default=0.65, gt=0, lt=1, description=(
         "weight of a domain-heavy mixture on its domain (capped by the bounds), the rest by reference"))
-    heavy_max: int = Field(default=8, ge=0, description=(
+    heavy_max: int = Field(default=6, ge=0, description=(
         "most domain-heavy mixtures (domains with positive evidence, highest score upper bound first)"))
     surrogate: int = Field(default=4, ge=0, description=(
         "second round: mixtures proposed by a surrogate fitted on every first-round probe (0: none)"))
@@ -172,9 +172,15 @@ class ValidationSpec(_Spec):
     decide_at: Literal["probe", "stage"] = Field(default="probe", description=(
         "horizon whose gains pick and confirm the published mixture: the measured probe horizon, or the "
         "extrapolated stage horizon (noisier)"))
-    confirm_seeds: int = Field(default=3, ge=0, description=(
-        "fresh seeds re-measuring the best candidates and the reference before publishing (0: no "
-        "confirmation; the seeds that chose a candidate then also publish it)"))
+    confirm_seeds: int = Field(default=6, ge=0, description=(
+        "fresh seeds re-measuring the best candidate and the reference before publishing (0: no "
+        "confirmation; the seeds that chose a candidate then also publish it). Seed noise dominates the "
+        "confirmation's error, so more seeds buy most of its power (docs/MIXTURE.md, publish rule)"))
+    rotate: Literal["checkpoint", "none"] = Field(default="checkpoint", description=(
+        "checkpoint: every new checkpoint draws its own validation examples and probe seeds (seeded by "
+        "the checkpoint's identity), so successive refreshes are not tuned to one fixed validation "
+        "sample; a re-analysis of the same checkpoint draws the same ones and reuses its probes. "
+        "none: always `seed`"))
     confirm_top: int = Field(default=1, ge=1, description=(
         "first-round candidates re-measured on fresh seeds and held-back examples; 1 (default) confirms the "
         "single winner, so its published gain is free of the choice; more picks the best finalist again"))

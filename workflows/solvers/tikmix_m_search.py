@@ -93,7 +93,8 @@ def run_tikmix_m(ctx: SolveContext, problem: MixtureProblem, opts) -> tuple[np.n
     W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed),
                    *exploration_mixtures(problem, opts)])
     tokenizer = ctx.model.tokenizer()
-    ref = reference_set(ctx.examples, plan, tokenizer, total=opts.reference_examples, seed=opts.seed, split="validation")
+    ref = reference_set(ctx.examples, plan, tokenizer, total=opts.reference_examples, seed=opts.seed,
+                        split="validation_select")  # validation confirms on the other half
     # cross-fitting: the search sees one half of the validation examples, the confirmation the other half,
     # so a mixture that only fits the particular examples it was chosen on does not pass
     search_ref, confirm_ref = (ref[0][0::2], ref[1][0::2]), (ref[0][1::2], ref[1][1::2])
@@ -112,7 +113,7 @@ def run_tikmix_m(ctx: SolveContext, problem: MixtureProblem, opts) -> tuple[np.n
                     "candidates": W.tolist(), "labels": y.tolist(), "label_deltas": delta.tolist(),
                     "seeds": seeds, "steps": opts.steps, "batch_size": opts.batch_size,
                     "pool_sizes": {d: int(p[0].shape[0]) for d, p in pools[seeds[0]].items()},
-                    "split": "validation",
+                    "split": "validation_select",
                     "reference_examples": {"search": int(search_ref[0].shape[0]),
                                            "confirm": int(confirm_ref[0].shape[0])},
                     "label_noise": noise, **fit}

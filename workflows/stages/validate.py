@@ -41,6 +41,8 @@ from workflows.config import RunConfig, ValidationSpec
 from workflows.jobs.examples import ExampleSource, domain_pools, reference_set
 from workflows.jobs.probes import MixtureProber, ProbeCache, measure_trajectories
 from operators.io import storage
+from operators.io.splits import SplitName
+from workflows.run.keys import BUILTIN_SCHEME, checkpoint_identity, digest
 from workflows.stages.base import RunContext, Stage
 from workflows.stages.explore import ExploreInput, exploration_candidates, surrogate_round
 from workflows.stages.featurize import model_source
@@ -89,21 +91,53 @@ def _pools(cfg: RunConfig, plan: Plan, problem: MixtureProblem, tokenizer) -> tu
     return scaled, {d: int(p[0].shape[0]) for d, p in scaled.items()}
 
 
-def labelled_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int
-                       ) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
-    """The validation reference set (the same examples as ``reference_set`` mixes by target weight) and
-    each example's target index."""
+def labelled_reference(cfg: RunConfig, plan: Plan, tokenizer, total: int, seed: int,
+                       split: SplitName = "validation") -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
+    """A validation reference set (the same examples as ``reference_set`` mixes by target weight, from
+    ``split``: the validation part or one of its halves) and each example's target index."""
     src = ExampleSource.of(cfg)
     weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
     counts = np.maximum(1, np.round(total * weights / weights.sum()).astype(int))
-    parts = [reference_set(src, plan, tokenizer, total=int(n), seed=seed, target=t.name, split="validation")
+    parts = [reference_set(src, plan, tokenizer, total=int(n), seed=seed, target=t.name, split=split)
              for t, n in zip(cfg.targets, counts.tolist())]
+    return _stack(parts, tokenizer.pad_token_id)
+
+
+def _stack(parts: list[tuple[torch.Tensor, torch.Tensor]], pad: int) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
+    """Right-pad (ids, mask) blocks to one width and concatenate; labels = the block index of each row."""
     width = max(i.shape[1] for i, _ in parts)
-    pad = tokenizer.pad_token_id
     ids = torch.cat([F.pad(i, (0, width - i.shape[1]), value=pad) for i, _ in parts])
     mask = torch.cat([F.pad(m, (0, width - m.shape[1]), value=0) for _, m in parts])
     labels = np.concatenate([np.full(i.shape[0], v) for v, (i, _) in enumerate(parts)])
     return (ids, mask), labels
+
+
+def rotation_seed(cfg: RunConfig, model_uri: str | None, spec: ValidationSpec) -> int:
+    """The seed of the validation examples and probe seeds: ``spec.seed``, or with ``rotate=checkpoint``
+    a hash of it and the checkpoint's identity, so each new checkpoint gets its own draw and a re-analysis
+    of the same checkpoint the same one."""
+    if spec.rotate == "none":
+        return spec.seed
+    identity = checkpoint_identity(cfg, None if model_uri is None or model_uri.startswith(BUILTIN_SCHEME)
+                                   else model_uri)
+    return int(digest({"seed": spec.seed, "checkpoint": identity}), 16) % (2**31 - 1)
+
+
+def validation_reference(cfg: RunConfig, plan: Plan, tokenizer, spec: ValidationSpec, seed: int
+                         ) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray, np.ndarray, np.ndarray | None]:
+    """(reference set, target index per example, select indices, confirm indices or None). With a
+    confirmation the two halves come from the two hash halves of the validation split
+    (operators/io/splits.py), so the examples that choose and those that confirm are disjoint by
+    construction (TiKMiX-M also chooses on the select half)."""
+    if not spec.confirm_seeds:
+        ref, labels = labelled_reference(cfg, plan, tokenizer, spec.reference_examples, seed)
+        return ref, labels, np.arange(labels.size), None
+    half = max(1, spec.reference_examples // 2)
+    (si, sm), sl = labelled_reference(cfg, plan, tokenizer, half, seed, "validation_select")
+    (ci, cm), cl = labelled_reference(cfg, plan, tokenizer, half, seed, "validation_confirm")
+    (ids, mask), block = _stack([(si, sm), (ci, cm)], tokenizer.pad_token_id)
+    labels = np.concatenate([sl, cl])
+    return (ids, mask), labels, np.flatnonzero(block == 0), np.flatnonzero(block == 1)
 
 
 @dataclass
@@ -175,17 +209,6 @@ def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: 
     return {name: stage_interval(G[:, m, :], coef, confidence) for m, name in enumerate(names)}
 
 
-def split_examples(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint halves of the validation reference examples, alternating within each target set: the
-    first chooses among candidates, the second confirms the choice (with fresh seeds)."""
-    select, confirm = [], []
-    for v in np.unique(labels):
-        idx = np.flatnonzero(labels == v)
-        select += idx[0::2].tolist()
-        confirm += idx[1::2].tolist()
-    return np.array(sorted(select)), np.array(sorted(confirm))
-
-
 def probe_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], confidence: float,
                blocks: int = 12) -> dict[str, dict]:
     """Per candidate, the probe-horizon gain over the reference and a t-interval whose standard error has
@@ -246,14 +269,23 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     kept, alias = dedupe({**base, **explored})
     model = model_source(cfg, model_uri)
     tokenizer = model.tokenizer()
+    phases: dict[str, float] = {}
+    lap = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal lap
+        now = time.monotonic()
+        phases[name] = round(now - lap, 2)
+        lap = now
+
     pools, pool_sizes = _pools(cfg, plan, problem, tokenizer)
-    ref, labels = labelled_reference(cfg, plan, tokenizer, spec.reference_examples, spec.seed)
+    draw = rotation_seed(cfg, model_uri, spec)
+    ref, labels, select_idx, confirm_idx = validation_reference(cfg, plan, tokenizer, spec, draw)
     full_objective = Objective(ref[1][:, 1:].sum(dim=1).double().numpy(), labels, problem.target_weights,
                                spec.target_balance)
-    select_idx, confirm_idx = split_examples(labels) if spec.confirm_seeds else (np.arange(labels.size), None)
     objective = full_objective.subset(select_idx)
-    seeds = [spec.seed + i for i in range(spec.seeds)]
-    fresh = [spec.seed + 1000 + i for i in range(spec.confirm_seeds)]
+    seeds = [draw + i for i in range(spec.seeds)]
+    fresh = [draw + 1000 + i for i in range(spec.confirm_seeds)]
     points = probe_points(spec.steps, spec.horizon_fractions)
     horizon = stage_steps(problem.budget.tokens_next_stage, spec.batch_size, cfg.featurize.max_length)
     coef, used = extrapolation_weights(points, horizon, spec.horizon_max_ratio)
@@ -261,7 +293,9 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
                            spec.batch_size, spec.probe, points=points)
     cache = ProbeCache(storage.join(plan.store or plan.root, "probes"), cfg.storage, prober) \
         if spec.cache_probes else None
+    phase("examples")
     values, per_target, raw = _measure(prober, objective, kept, seeds, layout, cache, select_idx)
+    phase("first_round")
     rounds = {"first": len(kept)}
     surrogate_report: dict = {"fitted": False, "reason": "explore.surrogate = 0"}
     if spec.explore.surrogate > 0:
@@ -277,6 +311,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
             values, per_target = np.concatenate([values, v2]), np.concatenate([per_target, t2])
             raw = (np.concatenate([raw[0], raw2[0]]), np.concatenate([raw[1], raw2[1]]))
     rounds["second"] = len(kept) - rounds["first"]
+    phase("surrogate_round")
     names = list(kept)
     eligible = [n for n, (_, src) in kept.items() if src != "baseline" or spec.baselines_eligible]
     probe_delta = {n: values[i, :, -1] for i, n in enumerate(names)}
@@ -295,6 +330,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
                                 spec, layout, cache, confirm_idx)
         decision.update({"best": confirmation["best"], "published": confirmation["published"],
                          "improvement_found": confirmation["improvement_found"]})
+    phase("confirmation")
     scores = problem.scores
     predicted = {n: float((w - problem.reference) @ scores) for n, (w, _) in kept.items()}
     measured = {n: probe["candidates"][n]["gain"] for n in kept}
@@ -309,12 +345,16 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         "aliases": alias, "seeds": seeds, "steps": spec.steps, "batch_size": spec.batch_size,
         "pool_sizes": pool_sizes, "budget_scaled_pools": spec.budget_scaled_pools,
         "reference_examples": int(ref[0].shape[0]), "split": "validation", "decide_at": spec.decide_at,
+        "examples": {"select": int(select_idx.size), "confirm": 0 if confirm_idx is None else int(confirm_idx.size),
+                     "draw_seed": draw, "rotate": spec.rotate,
+                     "halves": "validation_select / validation_confirm (disjoint by id hash)"
+                     if confirm_idx is not None else "validation"},
         "target_balance": spec.target_balance if len(problem.targets) > 1 else "single target",
         "rounds": rounds, "surrogate": surrogate_report, "confirmation": confirmation,
         "probes": n_probes, "probe_steps_total": n_probes * spec.steps,
         "reference_evals": n_probes * len(points), "predicted_vs_measured": predicted_vs_measured(predicted, measured),
         "probe_cache": None if cache is None else {"reused": cache.hits, "trained": cache.misses},
-        "wall_s": round(time.monotonic() - t0, 2)})
+        "wall_s": round(time.monotonic() - t0, 2), "phases_s": phases})
     decision["published_weights"] = kept[decision["published"]][0]
     pub = decision["candidates"][decision["published"]]
     log.info("validation: published %s (probe-horizon gain %.4f nats, stage-horizon %.4f [%.4f, %.4f]; %s); "

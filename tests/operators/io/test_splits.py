@@ -33,3 +33,14 @@ def test_split_depends_only_on_id_and_seed() -> None:
 def test_fractions_over_one_are_rejected() -> None:
     with pytest.raises(ValidationError, match="exceeds 1"):
         TargetSplitSpec(influence=0.8, validation=0.3)
+
+
+def test_validation_halves_are_disjoint_and_make_up_the_validation_part() -> None:
+    ids = [f"doc-{i}" for i in range(4000)]
+    table = pa.table({"id": ids, "text": ["x"] * len(ids)})
+    spec = TargetSplitSpec(influence=0.5, validation=0.25)
+    select = set(split_rows(table, spec, "validation_select").column("id").to_pylist())
+    confirm = set(split_rows(table, spec, "validation_confirm").column("id").to_pylist())
+    assert not select & confirm
+    assert select | confirm == set(split_rows(table, spec, "validation").column("id").to_pylist())
+    assert abs(len(select) - len(confirm)) < 0.1 * len(select | confirm)

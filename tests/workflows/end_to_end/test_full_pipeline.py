@@ -39,7 +39,7 @@ def test_kfac_influence_and_tikmix_m_choice(full_run):
     # Latin Hypercube candidates + TiKMiX-D's answer + Dirichlet exploration (+ up to one heavy mixture per
     # domain with positive evidence) beyond the box
     assert 8 + 1 + opts.explore <= len(report["labels"]) <= 8 + 1 + opts.explore + k * opts.explore_heavy
-    assert report["split"] == "validation" and report["label_noise"]["seed_std"] > 0
+    assert report["split"] == "validation_select" and report["label_noise"]["seed_std"] > 0
     assert np.isfinite(report["regressor"]["cv_rmse"])
     # TiKMiX-M returns its searched mixture only when it measured better, else TiKMiX-D's answer
     expected = report["tikmix_m"] if not report["fell_back"] else report["tikmix_d"]

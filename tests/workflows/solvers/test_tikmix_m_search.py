@@ -53,7 +53,7 @@ def test_searched_mixture_stays_in_covered_box_and_falls_back_when_not_better(se
     lo, hi = np.array(rep["covered_box"]["lower"]), np.array(rep["covered_box"]["upper"])
     assert in_box(w_m, lo, hi)[0] and w_m.sum() == pytest.approx(1.0)
     # labels: seeds × candidates measured on the validation split, with their noise
-    assert np.array(rep["label_deltas"]).shape == (len(W), 2) and rep["split"] == "validation"
+    assert np.array(rep["label_deltas"]).shape == (len(W), 2) and rep["split"] == "validation_select"
     assert rep["label_noise"]["seed_std"] > 0 and rep["regressor"]["n_bootstrap"] > 0
     # an impossible margin: w_M cannot beat w_D, so TiKMiX-D's answer is returned
     assert rep["fell_back"] and "did not beat" in rep["reason"]
