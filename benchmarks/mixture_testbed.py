@@ -139,6 +139,11 @@ def run_scenarios(args: argparse.Namespace, names: list[str]) -> None:
             res = retest_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)
             print(f"\n[{name}] retest: uniform re-measured within {res['retest']['uniform_max_abs_diff']:.2g} nats "
                   "of the saved ground truth")
+            ms = res["retest"].get("multi_step")
+            if ms:
+                print(f"[{name}] influence answers over the stage (test split): first-order {ms['first_order_gain']:+.4f}, "
+                      f"multi-step {ms['multi_step_gain']:+.4f} nats over uniform; multi-step − first-order "
+                      f"{ms['multi_minus_first']:+.4f} (paired seed std {ms['paired_std']:.4f})")
         elif name in saved:
             try:
                 res = rescore_scenario(saved[name], f"{out}/{name}", cache_dir=cache, overrides=args.set)

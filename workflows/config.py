@@ -121,7 +121,10 @@ class ExploreSpec(_Spec):
         "weight of a domain-heavy mixture on its domain (capped by the bounds), the rest by reference"))
     heavy_max: int = Field(default=6, ge=0, description=(
         "most domain-heavy mixtures (domains with positive evidence, highest score upper bound first)"))
-    surrogate: int = Field(default=4, ge=0, description=(
+    trajectory: bool = Field(default=True, description=(
+        "second round: the primary solver's answer on multi-step influence, the domains' effects read off "
+        "the first-round probe trajectories and extrapolated to the stage (operators/influence/trajectory.py)"))
+    surrogate: int = Field(default=3, ge=0, description=(
         "second round: mixtures proposed by a surrogate fitted on every first-round probe (0: none)"))
     surrogate_kappa: float = Field(default=0.5, ge=0, description="surrogate picks by mean − kappa·std")
     surrogate_min_cv_r2: float = Field(default=0.0, description=(

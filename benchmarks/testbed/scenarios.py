@@ -288,6 +288,37 @@ def rescore_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None =
     return out
 
 
+FIRST_ORDER, MULTI_STEP = "answer:first_order", "answer:multi_step"
+
+
+def influence_answers(report: Mapping, primary: str, domains: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The refresh's primary solver answer on first-order influence and its answer on multi-step influence
+    (validation's ``explore:multi_step`` candidate), as testbed mixtures; {} when either is missing."""
+    rows = (report.get("validation") or {}).get("candidates") or {}
+    aliases = (report.get("validation") or {}).get("aliases") or {}
+    first = rows.get(primary) or rows.get(aliases.get(primary, ""))
+    multi = rows.get("explore:multi_step") or rows.get(aliases.get("explore:multi_step", ""))
+    if first is None or multi is None:
+        return {}
+    return {FIRST_ORDER: {d: float(first["weights"][d]) for d in domains},
+            MULTI_STEP: {d: float(multi["weights"][d]) for d in domains}}
+
+
+def multi_step_comparison(measured: Mapping, uniform: Mapping) -> dict:
+    """Stage-horizon ground truth of the two influence answers: each one's gain over uniform, and the
+    multi-step answer's paired gain over the first-order one per seed, with its seed std."""
+    rows = measured["mixtures"]
+    u = np.asarray(uniform["delta"], dtype=np.float64)
+    first, multi = (np.asarray(rows[n]["delta"], dtype=np.float64) for n in (FIRST_ORDER, MULTI_STEP))
+    paired = first - multi  # > 0: the multi-step answer lowered the test loss more
+    return {"first_order_gain": float(np.mean(u - first)), "multi_step_gain": float(np.mean(u - multi)),
+            "multi_minus_first": float(paired.mean()),
+            "paired_std": float(paired.std(ddof=1)) if paired.size > 1 else 0.0,
+            "per_seed": paired.tolist(),
+            "weights": {n: rows[n]["weights"] for n in (FIRST_ORDER, MULTI_STEP)},
+            "rows": {n: rows[n] for n in (FIRST_ORDER, MULTI_STEP)}}
+
+
 def retest_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = None,
                     overrides: Sequence[str] = (), reference_examples: int = 128) -> dict:
     """Re-run the refresh of a saved :func:`run_scenario` result with the current code and train only its
@@ -311,9 +342,10 @@ def retest_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = 
     st = old["settings"]
     domains = old["domains"]
     published = {d: float(result.weights.get(d, 0.0)) for d in domains}
+    extra = influence_answers(result.report, cfg.mixture.solver, domains)
     started = time.perf_counter()
     fresh = evaluate_mixtures(cfg, build_plan(cfg), resolve_model_uri(cfg),
-                              {PUBLISHED: published, "uniform": old["mixtures"]["uniform"]["weights"]},
+                              {PUBLISHED: published, "uniform": old["mixtures"]["uniform"]["weights"], **extra},
                               st["steps"], st["batch_size"], st["seeds"], st["per_domain"], grid=["uniform"],
                               probe=ProbeSpec(**st["probe"]), reference_examples=reference_examples,
                               data_seed=st["data_seed"], full_corpus=st["full_corpus"],
@@ -321,6 +353,8 @@ def retest_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = 
     check = float(np.max(np.abs(np.array(fresh["mixtures"]["uniform"]["delta"])
                                 - np.array(old["mixtures"]["uniform"]["delta"]))))
     old["mixtures"][PUBLISHED] = fresh["mixtures"][PUBLISHED]
+    # kept beside the testbed rows, not among them: acceptance compares with the grid and the baselines
+    multi_step = multi_step_comparison(fresh, old["mixtures"]["uniform"]) if extra else None
     best = min(old["grid"], key=lambda g: (old["mixtures"][g]["mean"], g))
     for row in old["mixtures"].values():
         row["regret"] = row["mean"] - old["mixtures"][best]["mean"]
@@ -335,7 +369,7 @@ def retest_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = 
     out["testbed"] = old
     out["testbed_wall_s"] = round(time.perf_counter() - started, 2)
     out["retest"] = {"uniform_max_abs_diff": check, "saved_uniform": old["mixtures"]["uniform"]["delta"],
-                     "remeasured_uniform": fresh["mixtures"]["uniform"]["delta"]}
+                     "remeasured_uniform": fresh["mixtures"]["uniform"]["delta"], "multi_step": multi_step}
     out["acceptance"] = acceptance(old, PUBLISHED, "uniform", stage_ci=published_stage_ci(result.report),
                                    refresh_steps=(result.report.get("cost") or {}).get("total"))
     return out

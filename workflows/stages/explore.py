@@ -8,8 +8,11 @@ wrong for a whole stage, validation needs mixtures with other rankings to repair
   any positive evidence (a positive score or a positive upper end of its bootstrap CI);
 * ``per_target``: with several target sets, the primary solver's answer for each target alone.
 
-A second round (:func:`surrogate_round`) fits a surrogate on every first-round probe and measures the
-mixtures it predicts best (operators/mixture/surrogate.py). Adding a generator: a class with ``name``
+A second round measures the mixtures a surrogate fitted on every first-round probe predicts best
+(:func:`surrogate_round`, operators/mixture/surrogate.py) and the primary solver's answer on multi-step
+influence: the domains' effects read off the first-round probe trajectories and carried to the stage
+horizon (:func:`trajectory_round`, operators/influence/trajectory.py), which repairs first-order
+influence where a domain saturates or keeps paying over the stage. Adding a generator: a class with ``name``
 and ``generate`` here, registered with ``@EXPLORERS.register``.
 """
 
@@ -21,6 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from operators.influence.trajectory import trajectory_influence
 from operators.mixture.explore import dirichlet_around, far_enough, heavy_mixture, positive_evidence
 from operators.mixture.surrogate import propose
 from operators.registry import Registry
@@ -116,3 +120,33 @@ def surrogate_round(inp: ExploreInput, W: np.ndarray, gains: np.ndarray) -> tupl
                         kappa=inp.spec.surrogate_kappa, min_cv_r2=inp.spec.surrogate_min_cv_r2,
                         min_l1=inp.spec.min_l1, domain_names=p.domains)
     return {f"explore:surrogate{i}": (w, "exploration: surrogate proposal (round 2)") for i, w in enumerate(X)}, report
+
+
+def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, coef: np.ndarray,
+                     horizon_steps: float) -> tuple[Candidates, dict]:
+    """The primary solver's answer on multi-step influence: ``per_target`` (M, S, P, V) first-round loss
+    changes of the mixtures ``W`` (M, K) along their probes, extrapolated to the stage horizon by ``coef``;
+    the solver sees that matrix and its bootstrap standard errors in place of first-order influence (so
+    shrinkage and the target balance apply as usual). Returns the candidate and a report section."""
+    p = inp.problem
+    if not inp.spec.trajectory:
+        return {}, {"fitted": False, "reason": "explore.trajectory = false"}
+    if W.shape[0] < p.gi.shape[0] + 2:
+        return {}, {"fitted": False, "reason": f"{W.shape[0]} probed mixtures for {p.gi.shape[0]} domains (need K + 2)"}
+    fit = trajectory_influence(W, per_target, coef, seed=inp.seed)
+    multi = p.with_gi(fit["gi"], fit["se"])
+    solver = SOLVERS.configured(inp.primary, inp.options).bootstrap_solver(inp.options)
+    w = solver.solve(multi).weights
+    first, later = p.scores, multi.scores
+    rank = float(np.corrcoef(np.argsort(np.argsort(first)), np.argsort(np.argsort(later)))[0, 1])
+    report = {"fitted": True, "solver": solver.name, "mixtures": int(W.shape[0]),
+              "horizon_steps": float(horizon_steps),
+              "influence": {d: row for d, row in zip(p.domains, fit["gi"].tolist())},
+              "se": {d: row for d, row in zip(p.domains, fit["se"].tolist())},
+              "fit_r2_at_points": fit["r2"].tolist(),
+              "scores": dict(zip(p.domains, later.tolist())),
+              "first_order_scores": dict(zip(p.domains, first.tolist())),
+              "rank_correlation_with_first_order": rank,
+              "weights": dict(zip(p.domains, w.tolist()))}
+    return {"explore:multi_step": (w, "exploration: primary solver on multi-step influence (probe trajectories "
+                                      "extrapolated to the stage)")}, report

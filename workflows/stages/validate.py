@@ -44,7 +44,7 @@ from operators.io import storage
 from operators.io.splits import SplitName
 from workflows.run.keys import BUILTIN_SCHEME, checkpoint_identity, digest
 from workflows.stages.base import RunContext, Stage
-from workflows.stages.explore import ExploreInput, exploration_candidates, surrogate_round
+from workflows.stages.explore import ExploreInput, exploration_candidates, surrogate_round, trajectory_round
 from workflows.stages.featurize import model_source
 from workflows.run.plan import Plan
 from workflows.solvers.base import MixtureProblem
@@ -298,11 +298,15 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     phase("first_round")
     rounds = {"first": len(kept)}
     surrogate_report: dict = {"fitted": False, "reason": "explore.surrogate = 0"}
+    first_W = np.array([w for w, _ in kept.values()])
+    extra, trajectory_report = trajectory_round(inp, first_W, per_target, coef, used)
     if spec.explore.surrogate > 0:
         at = values[:, :, -1] if spec.decide_at == "probe" else extrapolate(values, coef)
         ref_mean = at[list(kept).index("reference")].mean()
         gains = ref_mean - at.mean(axis=1)
-        extra, surrogate_report = surrogate_round(inp, np.array([w for w, _ in kept.values()]), gains)
+        proposed, surrogate_report = surrogate_round(inp, first_W, gains)
+        extra = {**extra, **proposed}
+    if extra:
         extra, _ = dedupe({**kept, **extra})
         extra = {n: v for n, v in extra.items() if n not in kept}
         if extra:
@@ -311,7 +315,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
             values, per_target = np.concatenate([values, v2]), np.concatenate([per_target, t2])
             raw = (np.concatenate([raw[0], raw2[0]]), np.concatenate([raw[1], raw2[1]]))
     rounds["second"] = len(kept) - rounds["first"]
-    phase("surrogate_round")
+    phase("second_round")
     names = list(kept)
     eligible = [n for n, (_, src) in kept.items() if src != "baseline" or spec.baselines_eligible]
     probe_delta = {n: values[i, :, -1] for i, n in enumerate(names)}
@@ -350,7 +354,8 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
                      "halves": "validation_select / validation_confirm (disjoint by id hash)"
                      if confirm_idx is not None else "validation"},
         "target_balance": spec.target_balance if len(problem.targets) > 1 else "single target",
-        "rounds": rounds, "surrogate": surrogate_report, "confirmation": confirmation,
+        "rounds": rounds, "surrogate": surrogate_report, "multi_step": trajectory_report,
+        "confirmation": confirmation,
         "probes": n_probes, "probe_steps_total": n_probes * spec.steps,
         "reference_evals": n_probes * len(points), "predicted_vs_measured": predicted_vs_measured(predicted, measured),
         "probe_cache": None if cache is None else {"reused": cache.hits, "trained": cache.misses},

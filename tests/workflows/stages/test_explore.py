@@ -10,7 +10,8 @@ from operators.errors import ConfigError
 from operators.mixture.budget import Budget
 from workflows.config import ExploreSpec, load_config
 from workflows.solvers import SOLVERS, MixtureProblem
-from workflows.stages.explore import EXPLORERS, ExploreInput, exploration_candidates, surrogate_round
+from operators.mixture.horizon import extrapolation_weights
+from workflows.stages.explore import EXPLORERS, ExploreInput, exploration_candidates, surrogate_round, trajectory_round
 from workflows.stages.validate import Objective
 
 DOMAINS = ["code", "docs", "legal", "web", "fr"]
@@ -88,6 +89,31 @@ def test_surrogate_round_proposes_named_candidates() -> None:
     out, report = surrogate_round(_input(p), W, gains)
     assert out and all(n.startswith("explore:surrogate") for n in out)
     assert report["regressor"]["fitted"]
+
+
+def test_multi_step_candidate_follows_the_domain_that_keeps_paying_not_the_one_that_saturates() -> None:
+    """First-order influence favours code for target 0; along the probes code's effect is spent after a
+    few steps while fr's keeps growing, so at the stage horizon the multi-step answer moves weight from
+    code to fr relative to the first-order answer."""
+    p = _problem(GI[:, :1], weights=(1.0,))
+    rng = np.random.default_rng(0)
+    W = rng.dirichlet(np.ones(len(DOMAINS)), 24)
+    points = [4, 8, 16]
+    t = np.log(np.array(points, dtype=float))
+    drop = np.zeros((3, len(DOMAINS)))
+    drop[:, 0] = 0.05  # code: all of its effect within the first steps
+    drop[:, 4] = 0.03 * t  # fr: keeps paying
+    delta = (-0.1 * t[None, :] - W @ drop.T)[:, None, :, None] + 0.002 * rng.standard_normal((24, 2, 3, 1))
+    coef, used = extrapolation_weights(points, 160.0)
+    out, report = trajectory_round(_input(p), W, delta, coef, used)
+    first = SOLVERS.configured("tikmix_d", {}).solve(p).weights
+    w = out["explore:multi_step"][0]
+    assert report["fitted"] and report["horizon_steps"] == used
+    assert w[4] > first[4] + 0.1 and w[0] < first[0]
+    assert report["scores"]["fr"] > report["scores"]["code"]
+    assert report["first_order_scores"]["code"] > report["first_order_scores"]["fr"]
+    off, why = trajectory_round(_input(p, ExploreSpec(trajectory=False)), W, delta, coef, used)
+    assert off == {} and "false" in why["reason"]
 
 
 def test_objective_weights_each_targets_own_per_token_change() -> None:
