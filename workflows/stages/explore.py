@@ -133,6 +133,8 @@ def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, c
         return {}, {"fitted": False, "reason": "explore.trajectory = false"}
     if W.shape[0] < p.gi.shape[0] + 2:
         return {}, {"fitted": False, "reason": f"{W.shape[0]} probed mixtures for {p.gi.shape[0]} domains (need K + 2)"}
+    if inp.spec.trajectory_horizon == "probe":  # the effects measured at the probe's last point
+        coef, horizon_steps = np.eye(per_target.shape[2])[-1], float("nan")
     fit = trajectory_influence(W, per_target, coef, seed=inp.seed)
     multi = p.with_gi(fit["gi"], fit["se"])
     solver = SOLVERS.configured(inp.primary, inp.options).bootstrap_solver(inp.options)
@@ -140,10 +142,12 @@ def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, c
     first, later = p.scores, multi.scores
     rank = float(np.corrcoef(np.argsort(np.argsort(first)), np.argsort(np.argsort(later)))[0, 1])
     report = {"fitted": True, "solver": solver.name, "mixtures": int(W.shape[0]),
-              "horizon_steps": float(horizon_steps),
+              "horizon": inp.spec.trajectory_horizon,
+              "horizon_steps": None if inp.spec.trajectory_horizon == "probe" else float(horizon_steps),
               "influence": {d: row for d, row in zip(p.domains, fit["gi"].tolist())},
               "se": {d: row for d, row in zip(p.domains, fit["se"].tolist())},
               "fit_r2_at_points": fit["r2"].tolist(),
+              "influence_at_points": {d: fit["at_points"][:, k, :].tolist() for k, d in enumerate(p.domains)},
               "scores": dict(zip(p.domains, later.tolist())),
               "first_order_scores": dict(zip(p.domains, first.tolist())),
               "rank_correlation_with_first_order": rank,

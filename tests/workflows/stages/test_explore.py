@@ -108,7 +108,9 @@ def test_multi_step_candidate_follows_the_domain_that_keeps_paying_not_the_one_t
     out, report = trajectory_round(_input(p), W, delta, coef, used)
     first = SOLVERS.configured("tikmix_d", {}).solve(p).weights
     w = out["explore:multi_step"][0]
-    assert report["fitted"] and report["horizon_steps"] == used
+    assert report["fitted"] and report["horizon"] == "probe" and report["horizon_steps"] is None
+    stage, at_stage = trajectory_round(_input(p, ExploreSpec(trajectory_horizon="stage")), W, delta, coef, used)
+    assert at_stage["horizon_steps"] == used and stage["explore:multi_step"][0][4] > w[4] - 1e-9
     assert w[4] > first[4] + 0.1 and w[0] < first[0]
     assert report["scores"]["fr"] > report["scores"]["code"]
     assert report["first_order_scores"]["code"] > report["first_order_scores"]["fr"]

@@ -67,3 +67,33 @@ def test_dedupe_keeps_first_of_identical_candidates():
     kept, alias = dedupe({"a": (np.array([0.5, 0.5]), "x"), "b": (np.array([0.5, 0.5]), "y"),
                           "c": (np.array([0.4, 0.6]), "z")})
     assert list(kept) == ["a", "c"] and alias == {"b": "a"}
+
+
+def test_select_and_confirm_examples_are_disjoint_and_rotate_with_the_checkpoint(setup, tmp_path):
+    import shutil
+
+    from workflows.stages.featurize import model_source
+    from workflows.stages.validate import rotation_seed, validation_reference
+
+    cfg, plan, model_uri, _ = setup
+    spec = cfg.mixture.validation
+    tokenizer = model_source(cfg, model_uri).tokenizer()
+
+    def rows(ref, idx):
+        ids, mask = ref
+        return {tuple(ids[i][mask[i].bool()].tolist()) for i in idx}
+
+    seed = rotation_seed(cfg, model_uri, spec)
+    assert seed == rotation_seed(cfg, model_uri, spec)  # a re-analysis of the checkpoint draws the same
+    ref, labels, sel, conf = validation_reference(cfg, plan, tokenizer, spec, seed)
+    assert len(sel) and len(conf) and not set(sel) & set(conf) and labels.size == ref[0].shape[0]
+    assert not rows(ref, sel) & rows(ref, conf)  # no example both chooses and confirms
+    # another checkpoint (same weights, another location) draws other examples and seeds
+    other = str(tmp_path / "copy")
+    shutil.copytree(model_uri, other)
+    seed2 = rotation_seed(cfg, other, spec)
+    assert seed2 != seed
+    ref2, _, sel2, conf2 = validation_reference(cfg, plan, tokenizer, spec, seed2)
+    assert rows(ref2, sel2) != rows(ref, sel) or rows(ref2, conf2) != rows(ref, conf)
+    fixed = spec.model_copy(update={"rotate": "none"})
+    assert rotation_seed(cfg, model_uri, fixed) == rotation_seed(cfg, other, fixed) == spec.seed
