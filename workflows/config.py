@@ -121,9 +121,11 @@ class ExploreSpec(_Spec):
         "weight of a domain-heavy mixture on its domain (capped by the bounds), the rest by reference"))
     heavy_max: int = Field(default=6, ge=0, description=(
         "most domain-heavy mixtures (domains with positive evidence, highest score upper bound first)"))
-    trajectory: bool = Field(default=True, description=(
-        "second round: the primary solver's answer on multi-step influence, the domains' effects read off "
-        "the first-round probe trajectories and extrapolated to the stage (operators/influence/trajectory.py)"))
+    trajectory: bool = Field(default=False, description=(
+        "second round: also the primary solver's answer on multi-step influence, the domains' effects read "
+        "off the first-round probe trajectories (operators/influence/trajectory.py). Off by default: on the "
+        "testbed that answer was worse than the first-order one in the under-learned-domain scenarios "
+        "(docs/MIXTURE.md)"))
     trajectory_horizon: Literal["probe", "stage"] = Field(default="probe", description=(
         "where the multi-step effects are taken: probe = measured at the probe's last point; stage = "
         "extrapolated log-linearly to the stage (about 3x the noise; on the testbed it hurt, docs/MIXTURE.md)"))

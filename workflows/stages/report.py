@@ -49,8 +49,22 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
     rounds = v.get("rounds")
     if rounds:
         lines += [f"Candidates: {rounds['first']} in the first round (solvers, line points, baselines, exploration), "
-                  f"{rounds['second']} proposed by the surrogate ({(v.get('surrogate') or {}).get('reason', '')}); "
-                  f"{v.get('probes', 0)} probes in all.", ""]
+                  f"{rounds['second']} in the second (the multi-step answer and the surrogate's proposals: "
+                  f"{(v.get('surrogate') or {}).get('reason', '')}); {v.get('probes', 0)} probes in all.", ""]
+    ex = v.get("examples")
+    if ex:
+        lines += [f"Validation examples: {ex['select']} choose, {ex['confirm']} confirm ({ex['halves']}); drawn with "
+                  f"seed {ex['draw_seed']} (rotate: {ex['rotate']}).", ""]
+    ms = v.get("multi_step") or {}
+    if ms.get("fitted"):
+        first, later = ms["first_order_scores"], ms["scores"]
+
+        def top(sc: dict) -> str:
+            return ", ".join(f"{d} {x:+.2f}" for d, x in sorted(sc.items(), key=lambda kv: -kv[1])[:3])
+
+        lines += [f"Multi-step influence (domain effects at the {ms['horizon']} horizon, read off {ms['mixtures']} "
+                  f"probed mixtures; rank correlation with first order {ms['rank_correlation_with_first_order']:+.2f}): "
+                  f"top domains {top(later)} (first order: {top(first)}).", ""]
     conf = v.get("confirmation")
     if conf:
         lines += [f"Confirmation on fresh seeds {conf['seeds']}: {', '.join(f'`{c}`' for c in conf['candidates'])} "

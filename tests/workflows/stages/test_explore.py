@@ -105,16 +105,17 @@ def test_multi_step_candidate_follows_the_domain_that_keeps_paying_not_the_one_t
     drop[:, 4] = 0.03 * t  # fr: keeps paying
     delta = (-0.1 * t[None, :] - W @ drop.T)[:, None, :, None] + 0.002 * rng.standard_normal((24, 2, 3, 1))
     coef, used = extrapolation_weights(points, 160.0)
-    out, report = trajectory_round(_input(p), W, delta, coef, used)
+    on = ExploreSpec(trajectory=True)
+    out, report = trajectory_round(_input(p, on), W, delta, coef, used)
     first = SOLVERS.configured("tikmix_d", {}).solve(p).weights
     w = out["explore:multi_step"][0]
     assert report["fitted"] and report["horizon"] == "probe" and report["horizon_steps"] is None
-    stage, at_stage = trajectory_round(_input(p, ExploreSpec(trajectory_horizon="stage")), W, delta, coef, used)
+    stage, at_stage = trajectory_round(_input(p, ExploreSpec(trajectory=True, trajectory_horizon="stage")), W, delta, coef, used)
     assert at_stage["horizon_steps"] == used and stage["explore:multi_step"][0][4] > w[4] - 1e-9
     assert w[4] > first[4] + 0.1 and w[0] < first[0]
     assert report["scores"]["fr"] > report["scores"]["code"]
     assert report["first_order_scores"]["code"] > report["first_order_scores"]["fr"]
-    off, why = trajectory_round(_input(p, ExploreSpec(trajectory=False)), W, delta, coef, used)
+    off, why = trajectory_round(_input(p), W, delta, coef, used)  # off by default
     assert off == {} and "false" in why["reason"]
 
 
