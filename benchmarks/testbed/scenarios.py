@@ -292,16 +292,18 @@ FIRST_ORDER, MULTI_STEP = "answer:first_order", "answer:multi_step"
 
 
 def influence_answers(report: Mapping, primary: str, domains: Sequence[str]) -> dict[str, dict[str, float]]:
-    """The refresh's primary solver answer on first-order influence and its answer on multi-step influence
-    (validation's ``explore:multi_step`` candidate), as testbed mixtures; {} when either is missing."""
+    """The refresh's primary solver answer on first-order influence and, when validation made one, its
+    answer on multi-step influence (``validation.multi_step``), as testbed mixtures."""
     v = report.get("validation") or {}
     rows, aliases = v.get("candidates") or {}, v.get("aliases") or {}
     first = rows.get(primary) or rows.get(aliases.get(primary, ""))
     multi = (v.get("multi_step") or {}).get("weights")  # also when validation dropped it as a duplicate
-    if first is None or multi is None:
-        return {}
-    return {FIRST_ORDER: {d: float(first["weights"][d]) for d in domains},
-            MULTI_STEP: {d: float(multi[d]) for d in domains}}
+    out = {}
+    if first is not None:
+        out[FIRST_ORDER] = {d: float(first["weights"][d]) for d in domains}
+    if multi is not None:
+        out[MULTI_STEP] = {d: float(multi[d]) for d in domains}
+    return out
 
 
 def multi_step_comparison(measured: Mapping, uniform: Mapping) -> dict:
@@ -355,13 +357,13 @@ def retest_scenario(saved: Mapping, output_uri: str, *, cache_dir: str | None = 
     check = float(np.max(np.abs(np.array(fresh["mixtures"]["uniform"]["delta"])
                                 - np.array(old["mixtures"]["uniform"]["delta"]))))
     old["mixtures"][PUBLISHED] = fresh["mixtures"][PUBLISHED]
-    multi_step = multi_step_comparison(fresh, old["mixtures"]["uniform"]) if extra else None
+    multi_step = multi_step_comparison(fresh, old["mixtures"]["uniform"]) if MULTI_STEP in extra else None
     # the saved solver rows are another refresh's answers (an earlier version of the code): kept for the
     # record, not compared with; this refresh's own answers, measured just now, take their place
     old["stale_solver_rows"] = {k: old["mixtures"].pop(k) for k in [k for k in old["mixtures"] if k.startswith("solver:")]}
-    if extra:
-        old["mixtures"][f"solver:{cfg.mixture.solver}"] = fresh["mixtures"][FIRST_ORDER]
-        old["mixtures"]["solver:multi_step"] = fresh["mixtures"][MULTI_STEP]
+    for key, row in ((FIRST_ORDER, f"solver:{cfg.mixture.solver}"), (MULTI_STEP, "solver:multi_step")):
+        if key in extra:
+            old["mixtures"][row] = fresh["mixtures"][key]
     best = min(old["grid"], key=lambda g: (old["mixtures"][g]["mean"], g))
     for row in old["mixtures"].values():
         row["regret"] = row["mean"] - old["mixtures"][best]["mean"]

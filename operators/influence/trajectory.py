@@ -77,3 +77,41 @@ def trajectory_influence(W: np.ndarray, delta: np.ndarray, coef: np.ndarray, *, 
     ss_tot = ((mean_loss - mean_loss.mean(axis=0)) ** 2).sum(axis=0)
     r2 = 1.0 - ss_res / np.maximum(ss_tot, 1e-300)
     return {"gi": gi, "se": se, "at_points": at_points, "r2": r2}
+
+
+def anchor_to_first_order(gi: np.ndarray, se: np.ndarray, first_order: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Shrink measured multi-step effects toward what first-order influence predicts for them.
+
+    Per target, the measured effects (K,) are regressed on the first-order influence (K,) with weights
+    1/se² (a random-effects meta-regression: θ_k ~ N(a + b·first_k, τ²)); τ² is the method-of-moments
+    estimate of the spread around that line beyond noise, and each domain keeps the share τ²/(τ² + se_k²)
+    of its deviation from the line. A domain whose probe effect is noisy falls back to what first order
+    says about it (rescaled to the probes' units); one whose probes clearly disagree with first order keeps
+    its measured effect. Returns the (K, V) posterior means and, per target, a, b, τ and the kept shares."""
+    y = np.asarray(gi, dtype=np.float64)
+    s = np.asarray(se, dtype=np.float64)
+    x = np.asarray(first_order, dtype=np.float64)
+    if not (y.shape == s.shape == x.shape) or y.ndim != 2:
+        raise ConfigError(f"anchor_to_first_order: effects {y.shape}, errors {s.shape} and first-order "
+                          f"influence {x.shape} must all be (K, V)")
+    K, V = y.shape
+    out = np.empty_like(y)
+    info: dict = {"a": [], "b": [], "tau": [], "kept": []}
+    for v in range(V):
+        w = 1.0 / np.maximum(s[:, v], 1e-12) ** 2
+        X = np.column_stack([np.ones(K), x[:, v]])
+        XtW = X.T * w
+        A = XtW @ X + 1e-12 * np.eye(2)
+        coef = np.linalg.solve(A, XtW @ y[:, v])
+        resid = y[:, v] - X @ coef
+        q = float((w * resid**2).sum())
+        c = float(w.sum() - np.trace(np.linalg.solve(A, (X.T * w**2) @ X)))
+        tau2 = max(0.0, (q - (K - 2)) / c) if K > 2 and c > 0 else 0.0
+        kept = tau2 / (tau2 + s[:, v] ** 2) if tau2 > 0 else np.zeros(K)
+        line = X @ coef
+        out[:, v] = line + kept * (y[:, v] - line)
+        info["a"].append(float(coef[0]))
+        info["b"].append(float(coef[1]))
+        info["tau"].append(float(np.sqrt(tau2)))
+        info["kept"].append(kept.tolist())
+    return out, info

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from operators.influence.trajectory import trajectory_influence
+from operators.influence.trajectory import anchor_to_first_order, trajectory_influence
 from operators.mixture.explore import dirichlet_around, far_enough, heavy_mixture, positive_evidence
 from operators.mixture.surrogate import propose
 from operators.registry import Registry
@@ -136,7 +136,8 @@ def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, c
     if inp.spec.trajectory_horizon == "probe":  # the effects measured at the probe's last point
         coef, horizon_steps = np.eye(per_target.shape[2])[-1], float("nan")
     fit = trajectory_influence(W, per_target, coef, seed=inp.seed)
-    multi = p.with_gi(fit["gi"], fit["se"])
+    anchored, anchor = anchor_to_first_order(fit["gi"], fit["se"], p.gi_normalized)
+    multi = replace(p.with_gi(anchored, None), shrinkage="none")  # already evidence-weighted (anchored)
     solver = SOLVERS.configured(inp.primary, inp.options).bootstrap_solver(inp.options)
     w = solver.solve(multi).weights
     first, later = p.scores, multi.scores
@@ -147,6 +148,8 @@ def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, c
               "influence": {d: row for d, row in zip(p.domains, fit["gi"].tolist())},
               "se": {d: row for d, row in zip(p.domains, fit["se"].tolist())},
               "fit_r2_at_points": fit["r2"].tolist(),
+              "anchored": {d: row for d, row in zip(p.domains, anchored.tolist())},
+              "anchor": anchor,
               "influence_at_points": {d: fit["at_points"][:, k, :].tolist() for k, d in enumerate(p.domains)},
               "scores": dict(zip(p.domains, later.tolist())),
               "first_order_scores": dict(zip(p.domains, first.tolist())),

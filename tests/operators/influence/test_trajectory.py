@@ -61,3 +61,21 @@ def test_bad_shapes_and_too_few_mixtures_are_named():
         trajectory_influence(W, np.zeros((2, 2, 3, 1)), np.array([0.0, 0.0, 1.0]))
     with pytest.raises(ConfigError, match="do not fit"):
         trajectory_influence(np.full((4, 3), 1 / 3), np.zeros((4, 2, 2, 1)), np.array([0.0, 0.0, 1.0]))
+
+
+def test_anchoring_falls_back_to_first_order_for_noisy_domains_and_keeps_clear_disagreement():
+    from operators.influence.trajectory import anchor_to_first_order
+
+    rng = np.random.default_rng(3)
+    first = np.linspace(-1, 1, 8)[:, None]
+    truth = 0.05 * first  # the probes agree with first order, in their own units ...
+    truth[2, 0] = 0.2  # ... except one domain that first order undervalues (e.g. still learnable)
+    se = np.full((8, 1), 0.01)
+    se[5, 0] = 0.5  # one domain measured very noisily
+    measured = truth + se * rng.standard_normal(se.shape)
+    out, info = anchor_to_first_order(measured, se, first)
+    assert abs(out[5, 0] - 0.05 * first[5, 0]) < 0.02  # the noisy one falls back to the line
+    assert abs(out[2, 0] - 0.2) < 0.03  # the clear disagreement is kept
+    assert info["kept"][0][2] > 0.9 and info["kept"][0][5] < 0.05
+    with pytest.raises(ConfigError, match="must all be"):
+        anchor_to_first_order(measured, se, first[:4])
