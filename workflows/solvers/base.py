@@ -87,14 +87,16 @@ class SolverResult:
 @dataclass
 class SolveContext:
     """What solvers that read data or train probes may use (never the run config): the shard plan, the
-    checkpoint, where examples come from, the Ray worker layout, and the configured options of every
-    solver (a solver may build another, as TiKMiX-M builds TiKMiX-D)."""
+    checkpoint, where examples come from, the Ray worker layout, the configured options of every
+    solver (a solver may build another, as TiKMiX-M builds TiKMiX-D), and the checkpoint's draw offset
+    for validation examples and probe seeds (``validation.rotate``: fresh ones per checkpoint)."""
 
     plan: Plan
     model: ModelSource
     examples: ExampleSource
     layout: WorkerLayout
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    draw_seed: int = 0
 
 
 class Solver(ABC):

@@ -93,13 +93,14 @@ def run_tikmix_m(ctx: SolveContext, problem: MixtureProblem, opts) -> tuple[np.n
     W = np.vstack([w_d[None, :], latin_hypercube_mixtures(box_lo, box_hi, opts.candidates, opts.seed),
                    *exploration_mixtures(problem, opts)])
     tokenizer = ctx.model.tokenizer()
-    ref = reference_set(ctx.examples, plan, tokenizer, total=opts.reference_examples, seed=opts.seed,
+    draw = opts.seed + ctx.draw_seed  # fresh examples and probe seeds per checkpoint (validation.rotate)
+    ref = reference_set(ctx.examples, plan, tokenizer, total=opts.reference_examples, seed=draw,
                         split="validation_select")  # validation confirms on the other half
     # cross-fitting: the search sees one half of the validation examples, the confirmation the other half,
     # so a mixture that only fits the particular examples it was chosen on does not pass
     search_ref, confirm_ref = (ref[0][0::2], ref[1][0::2]), (ref[0][1::2], ref[1][1::2])
-    seeds = [opts.seed + i for i in range(opts.seeds)]
-    fresh = [opts.seed + 1000 + i for i in range(opts.confirm_seeds)]
+    seeds = [draw + i for i in range(opts.seeds)]
+    fresh = [draw + 1000 + i for i in range(opts.confirm_seeds)]
     pools = {s: _pools(ctx.examples, plan, problem, tokenizer, opts, s) for s in seeds + fresh}
     prober = MixtureProber(ctx.model, domains, pools, search_ref, opts.steps, opts.batch_size, opts.probe)
     delta = measure(prober, list(W), seeds, layout)

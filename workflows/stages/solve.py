@@ -15,6 +15,7 @@ from workflows.run.plan import Plan
 from workflows.solvers import SOLVERS, MixtureProblem, SolveContext, SolverResult
 from workflows.stages.base import RunContext, Stage
 from workflows.stages.featurize import model_source
+from workflows.stages.validate import rotation_seed
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ def solve_all(spec: MixtureSpec, problem: MixtureProblem, ctx: SolveContext) -> 
 
 def solve_context(cfg: RunConfig, plan: Plan, model_uri: str, layout: WorkerLayout) -> SolveContext:
     """The slices of the run that solvers may use (see :class:`workflows.solvers.base.SolveContext`)."""
+    spec = cfg.mixture.validation
     return SolveContext(plan=plan, model=model_source(cfg, model_uri), examples=ExampleSource.of(cfg),
-                        layout=layout, options=cfg.mixture.options)
+                        layout=layout, options=cfg.mixture.options,
+                        draw_seed=rotation_seed(cfg, model_uri, spec) - spec.seed)
 
 
 def _record(results: dict[str, SolverResult]) -> dict:
