@@ -175,7 +175,8 @@ def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
                                   relaxed["max_epochs_configured"] if relaxed else None))
     prov = manifest.get("provenance", {})
     rows = [("run", html.escape(str(prov.get("run_id", "")))),
-            ("model", html.escape(f"{prov.get('model_path', '')} (step {prov.get('checkpoint_step')})")),
+            ("model", html.escape(f"{prov.get('model_path', '')}" + (f" (step {prov['checkpoint_step']})"
+                                   if prov.get("checkpoint_step") is not None else ""))),
             ("published", html.escape(str(report.get("published", "")))),
             ("next-stage budget", html.escape(f"{budget.get('tokens_next_stage', 0):.4g} tokens "
                                               f"({budget.get('source', '')})"))]
