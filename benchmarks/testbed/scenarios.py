@@ -317,7 +317,6 @@ def multi_step_comparison(measured: Mapping, uniform: Mapping) -> dict:
             "multi_minus_first": float(paired.mean()),
             "paired_std": float(paired.std(ddof=1)) if paired.size > 1 else 0.0,
             "per_seed": paired.tolist(),
-            "weights": {n: rows[n]["weights"] for n in (FIRST_ORDER, MULTI_STEP)},
             "rows": {n: rows[n] for n in (FIRST_ORDER, MULTI_STEP)}}
 
 

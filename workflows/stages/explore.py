@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from operators.influence.group import spearman
 from operators.influence.trajectory import anchor_to_first_order, trajectory_influence
 from operators.mixture.explore import dirichlet_around, far_enough, heavy_mixture, positive_evidence
 from operators.mixture.surrogate import propose
@@ -141,7 +142,6 @@ def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, c
     solver = SOLVERS.configured(inp.primary, inp.options).bootstrap_solver(inp.options)
     w = solver.solve(multi).weights
     first, later = p.scores, multi.scores
-    rank = float(np.corrcoef(np.argsort(np.argsort(first)), np.argsort(np.argsort(later)))[0, 1])
     report = {"fitted": True, "solver": solver.name, "mixtures": int(W.shape[0]),
               "horizon": inp.spec.trajectory_horizon,
               "horizon_steps": None if inp.spec.trajectory_horizon == "probe" else float(horizon_steps),
@@ -153,7 +153,7 @@ def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, c
               "influence_at_points": {d: fit["at_points"][:, k, :].tolist() for k, d in enumerate(p.domains)},
               "scores": dict(zip(p.domains, later.tolist())),
               "first_order_scores": dict(zip(p.domains, first.tolist())),
-              "rank_correlation_with_first_order": rank,
+              "rank_correlation_with_first_order": spearman(first, later),
               "weights": dict(zip(p.domains, w.tolist()))}
     return {"explore:multi_step": (w, "exploration: primary solver on multi-step influence (probe trajectories "
                                       "extrapolated to the stage)")}, report

@@ -81,6 +81,18 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+def _wait_for_features(out: Path, proc: subprocess.Popen) -> None:
+    """Until the first feature part is on storage (the run is mid-featurize)."""
+    _wait_for("featurization", lambda: glob.glob(str(out / "datastore/*/shards/*/features/*")), proc=proc)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[str, float, list[str]]:
+    """Wait for the driver to exit: (stderr, seconds it took from now, its ``influmix:`` lines)."""
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    return err, time.monotonic() - t0, [ln for ln in err.splitlines() if ln.startswith("influmix:")]
+
+
 def test_a_foreign_ray_cluster_is_not_joined_and_its_stop_does_not_matter(tmp_path, model_cache):
     ray_tmp = tempfile.mkdtemp(prefix="fr", dir="/tmp")  # short: Ray's socket paths
     foreign = subprocess.Popen(
@@ -114,18 +126,15 @@ def test_losing_the_own_ray_cluster_mid_run_exits_5_with_one_line_and_frees_the_
     proc = _cli(out, model_cache, env=_env())
     try:
         session = _wait_for("the private cluster", lambda: _private_ray_dir(proc.pid), proc=proc)
-        _wait_for("featurization", lambda: glob.glob(str(out / "datastore/*/shards/*/features/*")), proc=proc)
+        _wait_for_features(out, proc)
         for pid, cmdline in _processes():
             if "gcs_server" in cmdline.split(" ", 1)[0] and session in cmdline:
                 os.kill(pid, signal.SIGKILL)
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=120)
-        elapsed = time.monotonic() - t0
+        err, elapsed, lines = _finish(proc)
     finally:
         _kill_tree(proc)
     assert proc.returncode == 5, err
     assert elapsed < 45  # the watchdog, not Ray's 60 s GCS timeout
-    lines = [ln for ln in err.splitlines() if ln.startswith("influmix:")]
     assert len(lines) == 1 and "the Ray cluster went away" in lines[0] and "lease released" in lines[0]
     assert "Traceback" not in err
     assert not glob.glob(str(out / "runs/*/_lease.json"))  # the next driver starts at once
@@ -136,19 +145,16 @@ def test_a_driver_whose_lease_is_taken_over_stops_within_seconds_and_writes_noth
     out = tmp_path / "out"
     proc = _cli(out, model_cache, "cluster.lease_ttl_s=3", env=_env())
     try:
-        _wait_for("featurization", lambda: glob.glob(str(out / "datastore/*/shards/*/features/*")), proc=proc)
+        _wait_for_features(out, proc)
         lease = Path(glob.glob(str(out / "runs/*/_lease.json"))[0])
         record = json.loads(lease.read_text())
         record.update({"owner": "another-driver", "pid": 1, "expires_at": time.time() + 3600})
         lease.write_text(json.dumps(record))  # another driver took the run over
-        t0 = time.monotonic()
-        _, err = proc.communicate(timeout=120)
-        elapsed = time.monotonic() - t0
+        err, elapsed, lines = _finish(proc)
     finally:
         _kill_tree(proc)
     assert proc.returncode == 4, err
     assert elapsed < 15  # one renewal interval (1 s) plus cancelling the in-flight work
-    lines = [ln for ln in err.splitlines() if ln.startswith("influmix:")]
     assert len(lines) == 1 and "taken over" in lines[0], err
     run = lease.parent
     assert not (run / "stages").exists() and not (run / "report.json").exists()
