@@ -189,9 +189,15 @@ class ValidationSpec(_Spec):
         "the checkpoint's identity), so successive refreshes are not tuned to one fixed validation "
         "sample; a re-analysis of the same checkpoint draws the same ones and reuses its probes. "
         "none: always `seed`"))
-    confirm_top: int = Field(default=1, ge=1, description=(
-        "first-round candidates re-measured on fresh seeds and held-back examples; 1 (default) confirms the "
-        "single winner, so its published gain is free of the choice; more picks the best finalist again"))
+    confirm_top: int = Field(default=3, ge=1, description=(
+        "most finalists re-measured on fresh seeds and held-back examples: the first-round winner and the "
+        "candidates within `finalist_se` standard errors of it. The winner must pass the publish rule on "
+        "that data; a finalist that measures better over both rounds replaces it only if its own "
+        "simultaneous interval (Bonferroni over the finalists) is above 0, and the published interval is "
+        "simultaneous, so the choice among finalists does not inflate it (docs/MIXTURE.md, publish rule)"))
+    finalist_se: float = Field(default=1.5, ge=0, description=(
+        "a first-round candidate is a finalist when its gain is within this many standard errors "
+        "(of the difference) of the first-round winner's: a tie at the first round's precision"))
     target_balance: Literal["nats", "relative"] = Field(default="nats", description=(
         "several targets: nats = Σ targets[].weight × each target's own per-token loss change; relative = "
         "the same with each change divided by that target's loss before training"))

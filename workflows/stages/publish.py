@@ -188,9 +188,11 @@ def _validation_summary(validation: dict | None) -> dict:
     if not validation:
         return {"enabled": False}
     pub = validation["candidates"][validation["published"]]
+    shown = pub.get("confirmed") or pub  # fresh seeds and examples when confirmed: not the data that chose it
     out = {"enabled": True, "published": validation["published"], "best": validation["best"],
-           "improvement_found": validation["improvement_found"], "gain_nats": pub["gain"],
-           "gain_ci": pub["ci"], "seed_std": validation["seed_std"], "split": validation["split"]}
+           "improvement_found": validation["improvement_found"], "gain_nats": shown["gain"],
+           "gain_ci": shown["ci"], "gain_data": "confirmation" if pub.get("confirmed") else "first round",
+           "first_round_gain_nats": pub["gain"], "seed_std": validation["seed_std"], "split": validation["split"]}
     horizons = validation.get("horizons")
     if horizons and "stage_gain" in pub:
         confirmed = pub.get("confirmed") or {}
@@ -208,11 +210,14 @@ def cost_report(cfg: RunConfig, infl: InfluenceResult, validation: dict | None, 
     featurized = int(sum(infl.counts.values()) + sum(infl.target_counts.values()))
     v = validation or {}
     probe_steps, evals = int(v.get("probe_steps_total", 0)), int(v.get("reference_evals", 0))
+    examples = int(v.get("reference_examples", 0))
+    if "reference_example_evals" in v:  # each probe scored only on its round's examples
+        evals, examples = int(v["reference_example_evals"]), 1
     m = getattr(solved.get("tikmix_m"), "report", None) or {}
     if m.get("labels"):
         probe_steps += (len(m["labels"]) * len(m["seeds"]) + 2 * len((m.get("confirmation") or {}).get("seeds", [])))\
             * int(m["steps"])
-    out = refresh_cost(featurized, spec.batch_size, probe_steps, evals, int(v.get("reference_examples", 0)))
+    out = refresh_cost(featurized, spec.batch_size, probe_steps, evals, examples)
     horizon = (v.get("horizons") or {}).get("stage_steps")
     if horizon:
         n = len(v.get("candidates", {}))

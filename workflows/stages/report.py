@@ -28,8 +28,11 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
     pub = v["candidates"][v["published"]]
     hz = v.get("horizons") or {}
     probe_label = hz.get("probe_label", f"probe-horizon gain ({v['steps']}-step probes)")
-    verdict = (f"**improvement found**: published `{v['published']}`, {probe_label} {pub['gain']:+.4f} nats "
-               f"[{pub['ci'][0]:+.4f}, {pub['ci'][1]:+.4f}] vs the reference"
+    shown = pub.get("confirmed") or pub
+    where = (f" on fresh seeds and held-back examples ({shown['confidence']:.1%} interval, simultaneous over "
+             f"{len((v.get('confirmation') or {}).get('finalists') or [1])} finalists)") if pub.get("confirmed") else ""
+    verdict = (f"**improvement found**: published `{v['published']}`, {probe_label} {shown['gain']:+.4f} nats "
+               f"[{shown['ci'][0]:+.4f}, {shown['ci'][1]:+.4f}] vs the reference{where}"
                if v["improvement_found"] else
                f"**NO IMPROVEMENT FOUND**: no candidate beat the reference by {v['margin']} standard errors; "
                f"published the reference (best measured: `{v['best']}`)")
@@ -40,7 +43,8 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
         lines += [f"- {hz['stage_label']}: {sg:+.4f} nats [{sci[0]:+.4f}, {sci[1]:+.4f}]"
                   + (" (fresh confirmation seeds)" if conf else "")
                   + (f"; {hz['stage_model']}" if hz.get("stage_model") else ""),
-                  f"- {probe_label}: {pub['gain']:+.4f} nats", ""]
+                  f"- {probe_label}: {shown['gain']:+.4f} nats" + (
+                      f" (first round, the data that chose it: {pub['gain']:+.4f})" if pub.get("confirmed") else ""), ""]
     lines += [f"{len(v['seeds'])} seeds × {v['steps']} steps × batch {v['batch_size']} from the checkpoint; "
               f"target loss on the held-out `{v['split']}` split ({v['reference_examples']} examples), never used "
               f"for influence. Paired noise σ {v['seed_std']:.4f} nats (candidates × seeds residual; each seed feeds "
@@ -67,9 +71,19 @@ def _validation_lines(v: dict, domains: list[str]) -> list[str]:
                   f"top domains {top(later)} (first order: {top(first)}).", ""]
     conf = v.get("confirmation")
     if conf:
-        lines += [f"Confirmation on fresh seeds {conf['seeds']}: {', '.join(f'`{c}`' for c in conf['candidates'])} "
-                  f"re-measured; first-round best `{conf['first_round_best']}`, best on fresh seeds `{conf['best']}`"
-                  f" → published `{conf['published']}`.", ""]
+        rows = v["candidates"]
+        finals = conf.get("finalists") or [c for c in conf["candidates"] if c != "reference"]
+        measured = ", ".join(f"`{c}` {rows[c]['confirmed']['gain']:+.4f} (pooled with the first round "
+                             f"{rows[c]['confirmed']['pooled_gain']:+.4f})" if rows[c].get("confirmed", {}).get("pooled_gain")
+                             is not None else f"`{c}`" for c in finals)
+        gate = conf.get("gate") or {}
+        lines += [f"Confirmation on fresh seeds {conf['seeds']} and the {conf.get('examples')} held-back examples: "
+                  f"finalists ({conf.get('finalist_rule', 'the first-round best')}) {measured}. "
+                  + (f"Gate: `{gate['candidate']}` (first-round best) "
+                     f"{'passed' if gate.get('passed') else 'did not pass'}"
+                     + (f", interval [{gate['ci'][0]:+.4f}, {gate['ci'][1]:+.4f}]" if gate.get("ci") else "") + "; "
+                     if gate else "")
+                  + f"published `{conf['published']}`. Rule: {conf['rule']}.", ""]
     stage_col = f"stage-horizon gain ({hz['stage_steps']:.0f} steps, extrapolated)" if hz else "stage-horizon gain"
     lines += [f"| candidate | source | mean ΔL | {probe_label} | CI | z | {stage_col} | stage CI | "
               "predicted (score units) | max epochs |",

@@ -140,6 +140,12 @@ def validation_reference(cfg: RunConfig, plan: Plan, tokenizer, spec: Validation
     return (ids, mask), labels, np.flatnonzero(block == 0), np.flatnonzero(block == 1)
 
 
+def _rows(ref: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference examples ``idx`` of an (ids, mask) set."""
+    index = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    return ref[0][index], ref[1][index]
+
+
 @dataclass
 class Objective:
     """Turns per-example summed losses into the decision's ΔL (nats; lower is better), see
@@ -289,12 +295,13 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     points = probe_points(spec.steps, spec.horizon_fractions)
     horizon = stage_steps(problem.budget.tokens_next_stage, spec.batch_size, cfg.featurize.max_length)
     coef, used = extrapolation_weights(points, horizon, spec.horizon_max_ratio)
-    prober = MixtureProber(model, problem.domains, {s: pools for s in seeds + fresh}, ref, spec.steps,
+    # each probe is scored only on the examples its round uses (the select half, or the confirm half)
+    prober = MixtureProber(model, problem.domains, {s: pools for s in seeds}, _rows(ref, select_idx), spec.steps,
                            spec.batch_size, spec.probe, points=points)
-    cache = ProbeCache(storage.join(plan.store or plan.root, "probes"), cfg.storage, prober) \
-        if spec.cache_probes else None
+    probe_root = storage.join(plan.store or plan.root, "probes")
+    cache = ProbeCache(probe_root, cfg.storage, prober) if spec.cache_probes else None
     phase("examples")
-    values, per_target, raw = _measure(prober, objective, kept, seeds, layout, cache, select_idx)
+    values, per_target, raw = _measure(prober, objective, kept, seeds, layout, cache)
     phase("first_round")
     rounds = {"first": len(kept)}
     surrogate_report: dict = {"fitted": False, "reason": "explore.surrogate = 0"}
@@ -310,7 +317,7 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         extra, _ = dedupe({**kept, **extra})
         extra = {n: v for n, v in extra.items() if n not in kept}
         if extra:
-            v2, t2, raw2 = _measure(prober, objective, extra, seeds, layout, cache, select_idx)
+            v2, t2, raw2 = _measure(prober, objective, extra, seeds, layout, cache)
             kept.update(extra)
             values, per_target = np.concatenate([values, v2]), np.concatenate([per_target, t2])
             raw = (np.concatenate([raw[0], raw2[0]]), np.concatenate([raw[1], raw2[1]]))
@@ -328,12 +335,17 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         for name, row in decision["candidates"].items():
             row.update({k: probe["candidates"][name][k] for k in ("mean_delta", "std", "gain", "se", "ci", "z")})
     _horizon_rows(decision, stage, points, used)
-    confirmation = None
+    confirmation, confirm_cache = None, None
+    evals = len(kept) * len(seeds) * len(points) * int(select_idx.size)
     if fresh:
-        confirmation = _confirm(prober, full_objective.subset(confirm_idx), kept, decision, eligible, fresh, coef,
-                                spec, layout, cache, confirm_idx)
+        confirmer = MixtureProber(model, problem.domains, {s: pools for s in fresh}, _rows(ref, confirm_idx),
+                                  spec.steps, spec.batch_size, spec.probe, points=points)
+        confirm_cache = ProbeCache(probe_root, cfg.storage, confirmer) if spec.cache_probes else None
+        confirmation = _confirm(confirmer, full_objective.subset(confirm_idx), kept, decision, eligible, fresh,
+                                coef, spec, layout, confirm_cache)
         decision.update({"best": confirmation["best"], "published": confirmation["published"],
                          "improvement_found": confirmation["improvement_found"]})
+        evals += len(confirmation["candidates"]) * len(fresh) * len(points) * int(confirm_idx.size)
     phase("confirmation")
     scores = problem.scores
     predicted = {n: float((w - problem.reference) @ scores) for n, (w, _) in kept.items()}
@@ -358,7 +370,10 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         "confirmation": confirmation,
         "probes": n_probes, "probe_steps_total": n_probes * spec.steps,
         "reference_evals": n_probes * len(points), "predicted_vs_measured": predicted_vs_measured(predicted, measured),
-        "probe_cache": None if cache is None else {"reused": cache.hits, "trained": cache.misses},
+        "reference_example_evals": evals,
+        "probe_cache": None if cache is None else {
+            "reused": cache.hits + (confirm_cache.hits if confirm_cache else 0),
+            "trained": cache.misses + (confirm_cache.misses if confirm_cache else 0)},
         "wall_s": round(time.monotonic() - t0, 2), "phases_s": phases})
     decision["published_weights"] = kept[decision["published"]][0]
     pub = decision["candidates"][decision["published"]]
@@ -386,36 +401,90 @@ def probe_optimizer_report(cfg: RunConfig, optimizer: dict) -> dict:
     return out
 
 
-def _confirm(prober: MixtureProber, objective: Objective, kept: dict, decision: dict, eligible: list[str],
-             fresh: list[int], coef: np.ndarray, spec: ValidationSpec, layout, cache: ProbeCache | None = None,
-             examples: np.ndarray | None = None) -> dict:
-    """Selection-corrected publishing: the first round (its seeds, one half of the validation examples)
-    only chooses; the chosen candidate (``confirm_top`` = 1: the single winner) is measured again against
-    the reference on fresh seeds and the OTHER half of the examples, and published only when the lower end
-    of its two-way bootstrap interval there is above 0. The published gain and interval are those fresh
-    numbers, so the choice does not inflate them. With ``confirm_top`` > 1 the best finalist on the fresh
-    data is taken, which selects again (reported)."""
-    rows = decision["candidates"]
+def finalists(rows: dict[str, dict], eligible: list[str], top: int, within_se: float) -> list[str]:
+    """The first-round winner and, up to ``top`` in all, the next candidates whose first-round gain is within
+    ``within_se`` standard errors of the difference from the winner's (ties at the first round's precision).
+    Chosen on the first round's data only."""
     ranked = sorted((n for n in eligible if n != "reference"), key=lambda n: (rows[n]["mean_delta"], n))
-    top = ["reference", *ranked[: spec.confirm_top]]
-    values, _, raw = _measure(prober, objective, {n: kept[n] for n in top}, fresh, layout, cache, examples)
-    probe = probe_rows(raw, objective, top, decision["confidence"])
-    stage = stage_rows(raw, objective, top, coef, decision["confidence"], seed=spec.seed + 1)
+    if not ranked:
+        return []
+    best, out = ranked[0], [ranked[0]]
+    for name in ranked[1:]:
+        if len(out) >= top:
+            break
+        gap = rows[best]["gain"] - rows[name]["gain"]
+        if gap <= within_se * math.hypot(rows[best]["se"], rows[name]["se"]):
+            out.append(name)
+    return out
+
+
+def pooled_gain(first: dict, confirm: dict) -> float:
+    """Inverse-variance mean of a candidate's first-round and confirmation gains (probe horizon)."""
+    parts = [(r["gain"], r["se"]) for r in (first, confirm)]
+    if any(se <= 0 for _, se in parts):
+        return float(confirm["gain"])
+    w = [1.0 / se ** 2 for _, se in parts]
+    return float(sum(wi * g for wi, (g, _) in zip(w, parts)) / sum(w))
+
+
+def _confirm(prober: MixtureProber, objective: Objective, kept: dict, decision: dict, eligible: list[str],
+             fresh: list[int], coef: np.ndarray, spec: ValidationSpec, layout,
+             cache: ProbeCache | None = None) -> dict:
+    """Selection-corrected publishing. The first round (its seeds, the select half of the validation
+    examples) only chooses: its winner and the candidates tied with it (:func:`finalists`) are measured
+    again with the reference on fresh seeds and the confirm half (``prober`` scores that half).
+
+    * Gate: the first-round winner is published only when the lower end of its interval there is above 0
+      (it was chosen on other data, so this test is exact: under no real gain it passes ≤ (1 − confidence)/2).
+    * Choice: a finalist whose pooled gain (both rounds, inverse-variance) is higher replaces the winner if
+      its own simultaneous interval (confidence Bonferroni-split over the finalists) is above 0.
+    * Report: every finalist's numbers come from the fresh data; the intervals are simultaneous over the
+      finalists, so they hold for whichever one the choice took."""
+    final = finalists(decision["candidates"], eligible, spec.confirm_top, spec.finalist_se)
+    _, _, raw = _measure(prober, objective, {n: kept[n] for n in ["reference", *final]}, fresh, layout, cache)
+    return {"seeds": fresh, **confirm_decision(decision, final, raw, objective, coef, spec)}
+
+
+def confirm_decision(decision: dict, final: list[str], raw: tuple[np.ndarray, np.ndarray], objective: Objective,
+                     coef: np.ndarray, spec: ValidationSpec) -> dict:
+    """The publish decision of :func:`_confirm` from the fresh measurements ``raw`` of the reference and
+    the finalists ``final`` (in that order); adds each finalist's ``confirmed`` row to
+    ``decision["candidates"]``."""
+    rows = decision["candidates"]
+    top = ["reference", *final]
+    k = max(1, len(final))
+    level = 1 - (1 - decision["confidence"]) / k  # simultaneous over the k finalists
+    gate_probe = probe_rows(raw, objective, top, decision["confidence"])
+    probe = probe_rows(raw, objective, top, level) if k > 1 else gate_probe
+    stage = stage_rows(raw, objective, top, coef, level, seed=spec.seed + 1)
+    gate_rows = gate_probe if spec.decide_at == "probe" else (
+        stage_rows(raw, objective, top, coef, decision["confidence"], seed=spec.seed + 1) if k > 1 else stage)
     at = probe if spec.decide_at == "probe" else stage
-    best = max(top[1:], key=lambda n: (at[n]["gain"], n)) if len(top) > 1 else "reference"
-    found = best != "reference" and at[best]["ci"][0] > 0
+    winner = final[0] if final else "reference"
+    found = winner != "reference" and gate_rows[winner]["ci"][0] > 0
+    score = {n: (pooled_gain(rows[n], gate_probe[n]) if spec.decide_at == "probe" else at[n]["gain"]) for n in final}
+    best = max(final, key=lambda n: (score[n], n)) if final else "reference"
+    chosen = winner
+    if found and best != winner and at[best]["ci"][0] > 0:
+        chosen = best
     for name in top:  # the published candidate's numbers come from seeds and examples that did not choose it
         rows[name]["confirmed"] = {
             "gain": probe[name]["gain"], "ci": probe[name]["ci"], "se": probe[name]["se"],
             "se_seeds": probe[name]["se_seeds"], "se_examples": probe[name]["se_examples"],
             "z": probe[name]["gain"] / probe[name]["se"] if probe[name]["se"] > 0 else 0.0,
-            "stage_gain": stage[name]["gain"], "stage_ci": stage[name]["ci"],
-            "stage_models": {k: stage[name][k] for k in ("flat", "log_linear", "reversed")}}
-    return {"seeds": fresh, "candidates": top, "best": best, "published": best if found else "reference",
-            "improvement_found": bool(found), "examples": int(len(examples)) if examples is not None else None,
-            "rule": (f"published when the lower end of its {decision['confidence']:.0%} interval (seed and example "
-                     f"noise) on fresh seeds and held-back examples is above 0"),
-            "selection_corrected": spec.confirm_top == 1, "first_round_best": decision["best"]}
+            "confidence": level, "gate_ci": gate_rows[name]["ci"],
+            "pooled_gain": score.get(name), "stage_gain": stage[name]["gain"], "stage_ci": stage[name]["ci"],
+            "stage_models": {k_: stage[name][k_] for k_ in ("flat", "log_linear", "reversed")}}
+    return {"candidates": top, "finalists": final, "best": best,
+            "published": chosen if found else "reference", "improvement_found": bool(found),
+            "examples": int(objective.tokens.size),
+            "finalist_rule": (f"the first-round winner and up to {spec.confirm_top - 1} more within "
+                              f"{spec.finalist_se:g} standard errors of it"),
+            "rule": (f"published when the first-round winner's {decision['confidence']:.0%} interval on fresh seeds "
+                     f"and held-back examples is above 0; a finalist with a higher pooled gain replaces it when its "
+                     f"own {level:.1%} simultaneous interval is above 0"),
+            "gate": {"candidate": winner, "ci": gate_rows[winner]["ci"] if final else None, "passed": bool(found)},
+            "simultaneous_confidence": level, "selection_corrected": True, "first_round_best": decision["best"]}
 
 
 class ValidateStage(Stage):
