@@ -6,16 +6,20 @@ Pass 2 (:class:`ScoreJob`): a corpus shard and the preconditioned directions →
 written to a score shard, plus per-domain score sums, counts, tokens and Poisson-bootstrap sums.
 
 Each pass reads a feature shard once, in record batches of ``batch_rows``, so memory does not grow
-with shard size. Both passes store their per-shard statistics under deterministic keys in the run
-root: pass 1 under a hash of the shard's completion record and the pass settings, pass 2 under a hash
-of the directions and bootstrap settings. A retry overwrites identical objects, and a resumed or
-repeated aggregation finds the stats file (written last) and skips the shard. No Ray imports here.
+with shard size. Both passes store their per-shard results under deterministic keys in the shard's own
+datastore folder (content-addressed by the shard key; the run root for plans without a datastore), so
+every analysis run on the same features shares them and a changed shard never sees another's. Pass 1 is keyed by a hash of the shard's completion record and the
+pass settings; pass 2's per-example scores by a hash of the directions (they depend on nothing else),
+its statistics by that and the bootstrap settings. A new bootstrap on known directions reads the small
+score shard instead of the features. A retry overwrites identical objects, and a resumed or repeated
+aggregation finds the stats file (written last) and skips the shard. No Ray imports here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -31,6 +35,8 @@ from operators.io import storage
 from operators.errors import CorpusError
 from operators.influence.group import BootstrapSums, per_example_scores, poisson_weights, shard_seed, target_token_sums
 from operators.influence.precondition import GaussNewtonPreconditioner
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 8192
 _COLUMNS = ["id", "domain", "n_tokens", "features"]
@@ -106,9 +112,9 @@ class PreconditionerJob:
         record = datastore.read_completion(self.froot(shard_id), shard_id, self.spec)
         if record is None:  # features written outside the featurizer: nothing names their version
             return self._compute(shard_id, role)
-        uri = pass1_stats_uri(self.root, self.key(record.model_dump_json()), role, shard_id)
+        uri = pass1_stats_uri(self.froot(shard_id), self.key(record.model_dump_json()), role, shard_id)
         if storage.exists(uri, self.spec):
-            return datastore.read_npz(uri, self.spec)
+            return {**datastore.read_npz(uri, self.spec), "source": np.asarray("cache")}
         out = self._compute(shard_id, role)
         datastore.write_npz_atomic(uri, out, self.spec)
         return out
@@ -161,6 +167,13 @@ def score_key(directions: np.ndarray, order: list[str], n_boot: int, seed: int) 
     return h.hexdigest()[:16]
 
 
+def scores_key(directions: np.ndarray, order: list[str]) -> str:
+    """Short hash naming per-example score shards: the directions and the domain order only."""
+    h = hashlib.sha256(np.ascontiguousarray(directions, dtype=np.float64).tobytes())
+    h.update(f"{order}|scores".encode())
+    return h.hexdigest()[:16]
+
+
 def score_shard_uri(root: str, key: str, shard_id: str) -> str:
     return storage.join(root, "influence", key, "scores", f"{shard_id}.parquet")
 
@@ -191,11 +204,50 @@ class ScoreJob:
     def key(self) -> str:
         return score_key(self.directions, list(self.order), self.n_boot, self.seed)
 
-    def __call__(self, shard_id: str) -> dict[str, np.ndarray]:
-        stats_uri = score_stats_uri(self.root, self.key, shard_id)
-        if storage.exists(stats_uri, self.spec):
-            return datastore.read_npz(stats_uri, self.spec)
+    @property
+    def scores_key(self) -> str:
+        return scores_key(self.directions, list(self.order))
+
+    def _cached_scores(self, shard_id: str) -> pa.Table | None:
+        """This shard's score shard for these directions, or None when there is none or it does not read
+        (then the scores are computed from the features again and the score shard rewritten)."""
+        uri = score_shard_uri(self.froot(shard_id), self.scores_key, shard_id)
+        if not storage.exists(uri, self.spec):
+            return None
+        try:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(uri, self.spec)))
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("score shard %s does not read (%s); scoring shard %s from its features again", uri, exc,
+                        shard_id)
+            return None
+        n_v = self.directions.shape[0]
+        scores = table.schema.field("scores").type if "scores" in table.schema.names else None
+        if table.schema.names[:4] != ["id", "domain", "n_tokens", "scores"] or \
+                getattr(scores, "list_size", None) != n_v or scores.value_type != pa.float64():
+            log.warning("score shard %s has another layout; scoring shard %s from its features again", uri, shard_id)
+            return None
+        return table
+
+    def _score_batches(self, shard_id: str, cached: pa.Table | None) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+        """(batch with id, domain, n_tokens; its per-example scores, float64 as stored), from ``cached``
+        (the shard's score shard) or else from its features: both give the same bits."""
+        if cached is not None:
+            n_v = self.directions.shape[0]
+            for batch in cached.to_batches(max_chunksize=self.batch_rows):
+                flat = batch.column("scores").flatten().to_numpy(zero_copy_only=False)
+                yield batch, flat.reshape(batch.num_rows, n_v).astype(np.float64, copy=False)
+            return
         uri = datastore.feature_uri(self.froot(shard_id), shard_id)
+        for batch in iter_shard_feature_batches(self.froot(shard_id), shard_id, self.spec, _COLUMNS, self.batch_rows):
+            scores = per_example_scores(batch_features(batch, uri), self.directions)
+            yield batch, np.asarray(scores, dtype=np.float64)
+
+    def __call__(self, shard_id: str) -> dict[str, np.ndarray]:
+        stats_uri = score_stats_uri(self.froot(shard_id), self.key, shard_id)
+        if storage.exists(stats_uri, self.spec):
+            return {**datastore.read_npz(stats_uri, self.spec), "source": np.asarray("stats")}
+        table = self._cached_scores(shard_id)
+        cached = table is not None
         order = list(self.order)
         n_k, n_v = len(order), self.directions.shape[0]
         sums = np.zeros((n_k, n_v))
@@ -208,10 +260,9 @@ class ScoreJob:
         rows = dropped = 0
         sink = pa.BufferOutputStream()
         schema = pa.schema([("id", pa.string()), ("domain", pa.string()), ("n_tokens", pa.int32()),
-                            ("scores", pa.list_(pa.float32(), n_v))])
+                            ("scores", pa.list_(pa.float64(), n_v))])
         with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in iter_shard_feature_batches(self.froot(shard_id), shard_id, self.spec, _COLUMNS, self.batch_rows):
-                scores = per_example_scores(batch_features(batch, uri), self.directions)
+            for batch, scores in self._score_batches(shard_id, table):
                 codes = domain_codes(batch.column("domain"), order)
                 n_tok = batch.column("n_tokens").to_numpy(zero_copy_only=False).astype(np.int64)
                 keep = codes >= 0
@@ -227,14 +278,17 @@ class ScoreJob:
                                       for v in range(n_v)], axis=1)
                 counts += np.bincount(codes[keep], minlength=n_k)
                 tokens += np.bincount(codes[keep], weights=n_tok[keep], minlength=n_k).astype(np.int64)
-                flat = pa.array(scores.astype(np.float32).reshape(-1), pa.float32())
+                if cached:
+                    continue
+                flat = pa.array(scores.reshape(-1), pa.float64())
                 writer.write_batch(pa.record_batch(
                     [batch.column("id"), batch.column("domain"), batch.column("n_tokens").cast(pa.int32()),
                      pa.FixedSizeListArray.from_arrays(flat, n_v)], schema=schema))
-        storage.write_bytes_atomic(score_shard_uri(self.root, self.key, shard_id), sink.getvalue().to_pybytes(),
-                                   self.spec)
+        if not cached:  # scores read from a score shard are not written again
+            storage.write_bytes_atomic(score_shard_uri(self.froot(shard_id), self.scores_key, shard_id),
+                                       sink.getvalue().to_pybytes(), self.spec)
         out = {"sums": sums, "counts": counts, "tokens": tokens, "boot_sums": boot.sums,
                "boot_counts": boot.counts, "tok_sums": tok_sums, "boot_tok_sums": boot_tok.sums,
                "boot_tok_counts": boot_tok.counts, "rows": np.asarray(rows), "dropped": np.asarray(dropped)}
         datastore.write_npz_atomic(stats_uri, out, self.spec)
-        return out
+        return {**out, "source": np.asarray("scores" if cached else "features")}

@@ -6,9 +6,13 @@ order (bit-identical for any worker count) and only ever holds k×k and K×k-siz
 
 1. pass 1: Gram ΦᵀΦ and n (gauss_newton) or K-FAC factor sums per corpus shard; token-weighted target
    sums per target shard → directions d_v = Ĥ⁻¹ t_v (t_v token-weighted, see operators/influence/group.py);
-2. pass 2: per-example scores s_iv = φ_i·d_v written to score shards under
-   ``<root>/influence/<key>/scores/``, per-domain sums/counts/tokens and Poisson-bootstrap sums
-   → GI[k, v] (mean score of domain k on target v), per-target z-scores, weighted scores, CIs.
+2. pass 2: per-example scores s_iv = φ_i·d_v written to score shards (keyed by the directions),
+   per-domain sums/counts/tokens and Poisson-bootstrap sums → GI[k, v] (mean score of domain k on
+   target v), per-target z-scores, weighted scores, CIs.
+
+Both passes keep their per-shard results in each shard's datastore folder, so an analysis run on known
+features (another β, bootstrap, solver, validation setting) reads small cached statistics or score
+shards instead of the features; ``InfluenceResult.reuse`` (report.json ``aggregation``) counts them.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class InfluenceResult:
     bootstrap: dict = field(default_factory=dict)
     scores_uri: str = ""
     gi_se: np.ndarray | None = None  # (K, V) bootstrap standard error of gi (None without bootstrap)
+    reuse: dict = field(default_factory=dict)  # how many shards each pass took from the analysis cache
 
 
 def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
@@ -85,7 +90,9 @@ def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
     if kind != "identity":
         items += [(t.shard_id, "corpus") for t in plan.corpus_tasks()]
     t_sums = t_tokens = t_counts = None
+    reused = 0
     for (_, role), stats in zip(items, map_shards(job, items, workers, cfg.cluster.max_task_retries)):
+        reused += str(stats.pop("source", "")) == "cache"
         if role == "target":
             if "sums" in stats:
                 t_sums = stats["sums"] if t_sums is None else t_sums + stats["sums"]
@@ -104,7 +111,7 @@ def _pass1(cfg: RunConfig, plan: Plan, layout: dict | None, workers):
         raise ConfigError(f"target sets {empty} have no usable examples (empty or all too short)")
     if pre is None:
         pre = GaussNewtonPreconditioner(t_sums.shape[1])  # no corpus rows: solve() names the problem
-    return pre, t_sums, t_tokens, t_counts
+    return pre, t_sums, t_tokens, t_counts, {"pass1_shards": len(items), "pass1_reused": reused}
 
 
 def domain_order(cfg: RunConfig, plan: Plan) -> tuple[list[str], dict[str, int]]:
@@ -149,7 +156,7 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
     weights = np.array([t.weight for t in cfg.targets], dtype=np.float64)
     spec = cfg.influence
     workers = layout_or_local(cfg.cluster)
-    pre, t_sums, t_tokens, t_counts = _pass1(cfg, plan, kfac_layout, workers)
+    pre, t_sums, t_tokens, t_counts, reuse = _pass1(cfg, plan, kfac_layout, workers)
     directions = pre.solve(token_weighted_means(t_sums, t_tokens, targets), relative_damping=spec.relative_damping)
     job = ScoreJob(plan.root, cfg.storage, tuple(order), np.asarray(directions, dtype=np.float64),
                    spec.bootstrap, spec.seed, shard_roots=plan.shard_roots())
@@ -161,7 +168,9 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
     by_tokens = spec.domain_weighting == "tokens"
     prefix = "tok_" if by_tokens else ""
     rows = 0
+    sources = {"stats": 0, "scores": 0, "features": 0}
     for stats in map_shards(job, shards, workers, cfg.cluster.max_task_retries):
+        sources[str(stats.pop("source", "features"))] += 1
         sums += stats[f"{prefix}sums"]
         counts += stats["counts"]
         tokens += stats["tokens"]
@@ -188,7 +197,10 @@ def aggregate_influence(cfg: RunConfig, plan: Plan, order: list[str], kfac_layou
         domains=order, targets=targets, target_weights=weights / weights.sum(), gi=gi, gi_normalized=gi_norm,
         scores=combined, counts=dict(zip(order, counts.tolist())), tokens=dict(zip(order, tokens.tolist())),
         target_counts=dict(zip(targets, t_counts.astype(int).tolist())), preconditioner=pre_info,
-        bootstrap=ci, scores_uri=storage.join(plan.root, "influence", job.key, "scores"), gi_se=se,
+        bootstrap=ci, gi_se=se, scores_uri=storage.join(  # per shard, in its datastore folder
+            storage.join(plan.store, "shards", "*") if plan.store else plan.root, "influence", job.scores_key, "scores"),
+        reuse={**reuse, "score_shards": len(shards), "scores_from_stats": sources["stats"],
+               "scores_from_score_shards": sources["scores"], "scores_from_features": sources["features"]},
     )
 
 

@@ -278,6 +278,7 @@ class PublishStage(Stage):
             report["validation"] = {k: v for k, v in ctx.validation.items() if k != "published_weights"}
         report["problem"] = problem_report(problem, weights)
         report["cost"] = cost_report(cfg, infl, ctx.validation, ctx.solved)
+        report["aggregation"] = infl.reuse
         report["checkpoints"] = ctx.checkpoints.describe()
         if ctx.preflight:
             report["preflight"] = ctx.preflight

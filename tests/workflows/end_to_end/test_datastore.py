@@ -73,6 +73,11 @@ def test_analysis_change_featurizes_nothing(store):
     assert record["featurized"] == [] and record["reused"] == len(plan.tasks)  # ... on the same features
     assert f"{len(plan.tasks)} reused from the datastore" in err and "0 to featurize" in err
     assert len(os.listdir(os.path.join(store["out"], "datastore"))) == 1  # one featurizer key
+    with open(os.path.join(plan.root, "report.json")) as fh:
+        reuse = json.load(fh)["aggregation"]  # the analysis reads cached statistics, not the features
+    corpus = len(plan.corpus_tasks())
+    assert reuse["pass1_reused"] == reuse["pass1_shards"] == len(plan.tasks)
+    assert reuse["score_shards"] == reuse["scores_from_score_shards"] == corpus  # another bootstrap, same scores
 
 
 def test_new_target_set_featurizes_only_its_shards(store):
@@ -131,12 +136,20 @@ def test_damaged_parts_of_unfinished_run_are_repaired(store):
     result, err = _run(repaired)
     assert result["weights"] == pytest.approx(undisturbed["weights"], abs=1e-12)
     lines = _repair_lines(err)
-    assert len(lines) == 2, lines
-    assert truncated in lines[0] and flipped in lines[1] and "sha256" in lines[1]
-    record = _featurized(plan.root)  # the featurize stage redid the short part, the aggregation the other
+    assert len(lines) == 1 and truncated in lines[0], lines
+    record = _featurized(plan.root)  # the featurize stage redid the short part (found by its size) ...
     assert record["featurized"] == [plan.corpus_tasks()[0].shard_id]
-    assert record["repaired"] == [plan.target_tasks()[0].shard_id]
     assert "Traceback" not in err
+    # ... while the aggregation took the target shard's statistics from the analysis cache (computed from
+    # its verified bytes by the undisturbed run), so the flipped part was never read: `verify` finds it
+    code, out, _ = _cli("verify", plan.root)
+    assert code == 1 and f"BAD {flipped}" in out and "sha256" in out
+    code, out, _ = _cli("verify", plan.root, "--repair")
+    assert code == 1 and "dropped the completion records of 1 shard(s)" in out
+    after = [*store["overrides"], "run_id=after-repair", *same]  # the next run featurizes that shard again
+    again, err = _run(after)
+    assert again["weights"] == pytest.approx(undisturbed["weights"], abs=1e-12)
+    assert _featurized(build_plan(load_config("default", after)).root)["featurized"] == [plan.target_tasks()[0].shard_id]
     assert _cli("verify", plan.root)[0] == 0
 
 

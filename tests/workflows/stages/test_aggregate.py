@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from operators.features import datastore
 from operators.errors import CorpusError
 from workflows.stages.aggregate import aggregate_influence
-from workflows.jobs.aggregate_shard import score_shard_uri, score_stats_uri
+from workflows.jobs.aggregate_shard import score_shard_uri
 from workflows.config import load_config
 from workflows.run.plan import Plan, ShardTask
 
@@ -108,11 +109,53 @@ def test_score_shards_hold_every_example_once_and_rerun_resumes(ray_cluster, tmp
         ids += table.column("id").to_pylist()
         assert table.schema.field("scores").type.list_size == len(TARGETS)
     assert sorted(ids) == sorted(data["ids"])  # all rows (scores for every domain), none twice
-    stats = score_stats_uri(plan.root, key, plan.corpus_tasks()[0].shard_id)
-    before = os.stat(stats).st_mtime_ns
+    assert first.reuse["scores_from_features"] == 3
+    stats = glob.glob(str(tmp_path / "run" / "influence" / "*" / "stats" / "*.npz"))
+    before = {f: os.stat(f).st_mtime_ns for f in stats}
     again = aggregate_influence(cfg, plan, DOMAINS)
-    assert os.stat(stats).st_mtime_ns == before  # finished shards are skipped on rerun
+    assert {f: os.stat(f).st_mtime_ns for f in stats} == before  # finished shards are skipped on rerun
+    assert again.reuse["scores_from_stats"] == 3
     np.testing.assert_array_equal(again.gi, first.gi)
+
+
+def test_new_bootstrap_reads_cached_scores_not_features(ray_cluster, tmp_path):
+    """Another bootstrap (or seed) on the same features: the per-example scores come from the score
+    shards, so the corpus feature files are not even opened, and the result is bit-identical to a cold
+    run. (Identity preconditioning: pass 1 reads only the targets; its cache needs completion records,
+    tested through `influmix run` in tests/workflows/end_to_end/test_datastore.py.)"""
+    plan, _ = _synth(str(tmp_path / "run"), shards=3, rows=100)
+    ident = "influence.preconditioner=identity"
+    aggregate_influence(_cfg(str(tmp_path), ident, "influence.bootstrap=20"), plan, DOMAINS)
+    features = [f for f in (tmp_path / "run").rglob("c*.parquet") if "influence" not in f.parts]
+    assert len(features) == 3
+    saved = {f: f.read_bytes() for f in features}
+    for f in features:  # corpus features unreadable from here on
+        f.write_bytes(b"not parquet")
+    warm = aggregate_influence(_cfg(str(tmp_path), ident, "influence.bootstrap=30"), plan, DOMAINS)
+    assert warm.reuse["scores_from_score_shards"] == 3 and warm.reuse["scores_from_features"] == 0
+    for f, data in saved.items():
+        f.write_bytes(data)
+    for f in (tmp_path / "run" / "influence").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    cold = aggregate_influence(_cfg(str(tmp_path), ident, "influence.bootstrap=30"), plan, DOMAINS)
+    assert cold.reuse["scores_from_features"] == 3
+    np.testing.assert_array_equal(warm.gi, cold.gi)
+    np.testing.assert_array_equal(warm.bootstrap["score_low"], cold.bootstrap["score_low"])
+    np.testing.assert_array_equal(warm.gi_se, cold.gi_se)
+
+
+def test_unreadable_score_shard_is_scored_from_features_again(ray_cluster, tmp_path, caplog):
+    plan, _ = _synth(str(tmp_path / "run"), shards=2, rows=50)
+    first = aggregate_influence(_cfg(str(tmp_path), "influence.bootstrap=20"), plan, DOMAINS)
+    key = os.path.basename(os.path.dirname(first.scores_uri))
+    bad = score_shard_uri(plan.root, key, plan.corpus_tasks()[0].shard_id)
+    with open(bad, "r+b") as fh:
+        fh.truncate(40)
+    again = aggregate_influence(_cfg(str(tmp_path), "influence.bootstrap=25"), plan, DOMAINS)
+    assert again.reuse["scores_from_features"] == 1 and again.reuse["scores_from_score_shards"] == 1
+    np.testing.assert_array_equal(again.gi, first.gi)
+    assert pq.read_table(bad).num_rows == 50  # rewritten
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
