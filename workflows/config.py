@@ -129,7 +129,7 @@ class ExploreSpec(_Spec):
     trajectory_horizon: Literal["probe", "stage"] = Field(default="probe", description=(
         "where the multi-step effects are taken: probe = measured at the probe's last point; stage = "
         "extrapolated log-linearly to the stage (about 3x the noise; on the testbed it hurt, docs/MIXTURE.md)"))
-    surrogate: int = Field(default=3, ge=0, description=(
+    surrogate: int = Field(default=4, ge=0, description=(
         "second round: mixtures proposed by a surrogate fitted on every first-round probe (0: none)"))
     surrogate_kappa: float = Field(default=0.5, ge=0, description="surrogate picks by mean − kappa·std")
     surrogate_min_cv_r2: float = Field(default=0.0, description=(
