@@ -91,7 +91,7 @@ def _validation_figure(candidates: Mapping[str, Mapping[str, Any]], published: s
             ax.plot(conf["gain"], i + 0.25, "D", color=_ORANGE, ms=5)
     if any(candidates[n].get("confirmed") for n in names):
         ax.plot([], [], "o", color=_BLUE, label="first round (chooses)")
-        ax.plot([], [], "D", color=_ORANGE, label="confirmed on fresh seeds")
+        ax.plot([], [], "D", color=_ORANGE, label="finalists re-measured on fresh seeds (simultaneous CI)")
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(names)), [f"{n}  (published)" if n == published else n for n in names])
@@ -135,8 +135,12 @@ def gain_sentence(validation: Mapping[str, Any] | None) -> str:
     confirmed = c.get("confirmed")
     probe = confirmed or c
     lo, hi = probe.get("ci", [float("nan")] * 2)
-    where = ("on fresh seeds that did not choose it" if confirmed
+    finals = (validation.get("confirmation") or {}).get("finalists") or []
+    where = ("on fresh seeds and held-back examples that did not choose it" if confirmed
              else "on the probes that also chose it (not selection-corrected)")
+    if confirmed and len(finals) > 1:
+        where += (f", with an interval simultaneous over the {len(finals)} finalists re-measured there "
+                  f"({confirmed.get('confidence', 0.9):.1%})")
     text = (f"Published <b>{html.escape(pub)}</b>: in {steps}-step training probes from the checkpoint, measured "
             f"{where}, it lowered the validation target loss by {probe['gain']:.4f} nats against the reference "
             f"(CI [{lo:.4f}, {hi:.4f}]).")

@@ -60,7 +60,10 @@ def test_headline_uses_the_fresh_confirmation_and_the_stage_horizon():
     row["confirmed"] = {"gain": 0.021, "ci": [0.004, 0.038], "stage_gain": 0.05, "stage_ci": [-0.01, 0.11]}
     report["validation"]["horizons"] = {"stage_steps": 160}
     text = gain_sentence(report["validation"])
-    assert "fresh seeds that did not choose it" in text and "0.0210" in text
-    assert "whole next stage (160 steps): 0.0500" in text
+    assert "fresh seeds and held-back examples that did not choose it" in text and "0.0210" in text
+    assert "whole next stage (160 steps): 0.0500" in text and "simultaneous" not in text
+    report["validation"]["confirmation"] = {"finalists": ["tikmix_d", "baseline:dsir"]}
+    row["confirmed"]["confidence"] = 0.95
+    assert "simultaneous over the 2 finalists re-measured there (95.0%)" in gain_sentence(report["validation"])
     row.pop("confirmed")
     assert "not selection-corrected" in gain_sentence(report["validation"])
