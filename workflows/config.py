@@ -134,6 +134,9 @@ class ExploreSpec(_Spec):
     surrogate_kappa: float = Field(default=0.5, ge=0, description="surrogate picks by mean − kappa·std")
     surrogate_min_cv_r2: float = Field(default=0.0, description=(
         "no surrogate proposals unless its leave-one-out R² exceeds this"))
+    surrogate_ci_replicates: int = Field(default=32, ge=0, description=(
+        "weight intervals of the surrogate's proposals: refits on this many two-way (seeds x examples) "
+        "resamples of the first round (0: none; a published proposal then has no weight CI)"))
     min_l1: float = Field(default=0.1, ge=0, description=(
         "an exploration mixture closer than this (L1) to another candidate is dropped"))
 

@@ -73,3 +73,29 @@ def propose(W: np.ndarray, y: np.ndarray, scores: np.ndarray | None, lower: np.n
                    "best_measured": float(y.max()),
                    "reason": f"{len(chosen)} proposals (leave-one-out R² {info['cv_r2']:.3f})"})
     return chosen, report
+
+
+def proposal_intervals(W: np.ndarray, gain_reps: np.ndarray, scores: np.ndarray | None, lower: np.ndarray,
+                       upper: np.ndarray, proposals: np.ndarray, confidence: float = 0.9, seed: int = 0,
+                       **propose_kw) -> dict:
+    """Where each of ``proposals`` (p, K) lands when the measurements behind it are redrawn: for each
+    replicate row of ``gain_reps`` (B, m) (the gains of ``W`` re-estimated on resampled seeds and
+    examples) the surrogate is refitted and proposes again, and each original proposal is matched to the
+    nearest (L1) new one. Returns per proposal the percentile interval of its weights (``low``/``high``,
+    (p, K)), the median L1 shift, and how many replicates proposed at all (a refit without held-out skill
+    proposes nothing and is left out)."""
+    proposals = np.atleast_2d(np.asarray(proposals, dtype=np.float64))
+    n = proposals.shape[0]
+    matched: list[np.ndarray] = []
+    for b, y in enumerate(np.atleast_2d(gain_reps)):
+        X, _ = propose(W, y, scores, lower, upper, n, seed=seed + b, **propose_kw)
+        if len(X):
+            dist = np.abs(proposals[:, None, :] - X[None, :, :]).sum(axis=2)  # (p, q)
+            matched.append(X[dist.argmin(axis=1)])
+    if not matched:
+        return {"replicates": 0, "of": int(np.atleast_2d(gain_reps).shape[0])}
+    M = np.stack(matched)  # (R, p, K)
+    a = (1 - confidence) / 2
+    return {"replicates": len(matched), "of": int(np.atleast_2d(gain_reps).shape[0]), "confidence": confidence,
+            "low": np.quantile(M, a, axis=0), "high": np.quantile(M, 1 - a, axis=0),
+            "median_l1_shift": np.median(np.abs(M - proposals[None]).sum(axis=2), axis=0)}

@@ -204,6 +204,7 @@ def render_html(report: Mapping[str, Any], manifest: Mapping[str, Any]) -> str:
         f"<tr><td>{html.escape(d)}</td><td>{report['weights'].get(d, 0):.4f}</td>"
         f"<td>{_fmt_ci(mdom.get(d, {}).get('weight_ci'))}</td>"
         f"<td>{problem.get('planned_epochs', {}).get(d, 0):.2f}</td></tr>" for d in domains)
+    ci_note = f"<p><small>Weight CI: {html.escape(report['weight_ci'])}.</small></p>\n" if report.get("weight_ci") else ""
     imgs = "".join(f'<img alt="figure" src="data:image/png;base64,{b}">' for b in figures)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>influmix refresh {html.escape(str(prov.get('run_id', '')))}</title>
@@ -218,7 +219,7 @@ padding: 0.6em 0.9em; border-left: 4px solid {_GREEN}; }}
 <p class="gain">{gain_sentence(validation)}</p>
 {_table(rows)}
 <table><tr><th>domain</th><th>weight</th><th>weight CI</th><th>planned epochs</th></tr>{weights_rows}</table>
-{imgs}
+{ci_note}{imgs}
 </body></html>
 """
 

@@ -27,7 +27,7 @@ import numpy as np
 from operators.influence.group import spearman
 from operators.influence.trajectory import anchor_to_first_order, trajectory_influence
 from operators.mixture.explore import dirichlet_around, far_enough, heavy_mixture, positive_evidence
-from operators.mixture.surrogate import propose
+from operators.mixture.surrogate import propose, proposal_intervals
 from operators.registry import Registry
 from workflows.config import ExploreSpec
 from workflows.solvers import SOLVERS, MixtureProblem
@@ -121,6 +121,27 @@ def surrogate_round(inp: ExploreInput, W: np.ndarray, gains: np.ndarray) -> tupl
                         kappa=inp.spec.surrogate_kappa, min_cv_r2=inp.spec.surrogate_min_cv_r2,
                         min_l1=inp.spec.min_l1, domain_names=p.domains)
     return {f"explore:surrogate{i}": (w, "exploration: surrogate proposal (round 2)") for i, w in enumerate(X)}, report
+
+
+def surrogate_weight_ci(inp: ExploreInput, W: np.ndarray, gain_reps: np.ndarray, proposed: Candidates,
+                        confidence: float) -> dict:
+    """Per surrogate proposal, the interval of its weights over refits on resampled first-round gains
+    (``gain_reps`` (B, M), operators.mixture.surrogate.proposal_intervals), keyed by candidate name."""
+    if not proposed or not len(gain_reps):
+        return {}
+    p = inp.problem
+    names = list(proposed)
+    ci = proposal_intervals(W, gain_reps, p.scores, p.lower, p.upper, np.array([w for w, _ in proposed.values()]),
+                            confidence=confidence, seed=inp.seed, kappa=inp.spec.surrogate_kappa,
+                            min_cv_r2=inp.spec.surrogate_min_cv_r2, min_l1=inp.spec.min_l1)
+    out: dict = {"replicates": ci["replicates"], "of": ci["of"], "confidence": confidence, "proposals": {}}
+    if ci["replicates"]:
+        for i, name in enumerate(names):
+            out["proposals"][name] = {
+                "low": dict(zip(p.domains, ci["low"][i].tolist())),
+                "high": dict(zip(p.domains, ci["high"][i].tolist())),
+                "median_l1_shift": float(ci["median_l1_shift"][i])}
+    return out
 
 
 def trajectory_round(inp: ExploreInput, W: np.ndarray, per_target: np.ndarray, coef: np.ndarray,

@@ -58,12 +58,18 @@ def _ci(boot: dict, key: str, i: int) -> tuple[float, float] | None:
     return float(lo[i]), float(hi[i])
 
 
-def published_weight_ci(bootstrap: dict, published: str, primary: str,
-                        reference: np.ndarray) -> list[tuple[float, float] | None]:
+def published_weight_ci(bootstrap: dict, published: str, primary: str, reference: np.ndarray,
+                        proposals: dict | None = None, domains: list[str] | None = None
+                        ) -> list[tuple[float, float] | None]:
     """Bootstrap CIs of the mixture that is published, not of whichever solver was bootstrapped: the
     primary solver's own CIs when it is published; for ``line:t`` (a fixed blend (1−t)·reference +
-    t·primary) the same blend of its CI ends; none for mixtures that were not bootstrapped."""
+    t·primary) the same blend of its CI ends; for a surrogate proposal, where it lands when the first
+    round is resampled (``proposals``: validation ``surrogate.weight_ci.proposals``, keyed by
+    ``domains``); none for fixed designs and mixtures that were not bootstrapped."""
     k = len(reference)
+    if proposals and published in proposals and domains:
+        row = proposals[published]
+        return [(float(row["low"][d]), float(row["high"][d])) for d in domains]
     if "extra_low" not in bootstrap:
         return [None] * k
     lo, hi = np.asarray(bootstrap["extra_low"]), np.asarray(bootstrap["extra_high"])
@@ -184,6 +190,26 @@ def publish(cfg: RunConfig, manifest: Manifest, run_root: str, lease=None) -> di
     return written
 
 
+def _surrogate_ci(validation: dict | None) -> dict:
+    return (((validation or {}).get("surrogate") or {}).get("weight_ci") or {}).get("proposals") or {}
+
+
+def weight_ci_method(published: str, primary: str, validation: dict | None, has_ci: bool) -> str:
+    """One line for the report: where the published weights' intervals come from, or why there are none."""
+    if published == primary:
+        return "bootstrap of the primary solver over examples" if has_ci else "none (influence.bootstrap < 2)"
+    if published.startswith("line:"):
+        return f"the primary solver's bootstrap interval, blended like `{published}`" if has_ci else "none"
+    ci = ((validation or {}).get("surrogate") or {}).get("weight_ci") or {}
+    if published in (ci.get("proposals") or {}):
+        return (f"where this surrogate proposal lands when the first round is resampled (seeds × examples): "
+                f"{ci['replicates']} of {ci['of']} refits proposed, {ci['confidence']:.0%} percentile interval")
+    if published.startswith("explore:surrogate"):
+        return "none: the surrogate's refits on resampled first rounds did not propose (or were turned off)"
+    return (f"none: `{published}` is a fixed design (not estimated from data); how sure its gain is stands "
+            "in the validation section")
+
+
 def _validation_summary(validation: dict | None) -> dict:
     if not validation:
         return {"enabled": False}
@@ -292,7 +318,10 @@ class PublishStage(Stage):
             tokens_available=problem.info["tokens_available"], selection=ctx.selection,
             budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
             validation=_validation_summary(report.get("validation")),
-            weight_ci=published_weight_ci(infl.bootstrap, source, primary, problem.reference))
+            weight_ci=published_weight_ci(infl.bootstrap, source, primary, problem.reference,
+                                          _surrogate_ci(ctx.validation), order))
+        report["weight_ci"] = weight_ci_method(source, primary, ctx.validation,
+                                               any(d.weight_ci for d in manifest.domains))
         final = dict(zip(order, weights.tolist()))
         scores = dict(zip(order, problem.scores.tolist()))
         t = ctx.timings

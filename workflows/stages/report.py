@@ -174,6 +174,8 @@ def render_markdown(manifest: Manifest, report: dict) -> str:
         prev = "" if d.previous_weight is None else f"{d.previous_weight:.4f}"
         lines.append(f"| {d.name} | {d.weight:.4f} | {prev} | {d.influence_score:.3f} | {ci} | {wci} | "
                      f"{d.n_examples} | {_fmt(d.tokens_available, ',')} | {_fmt(d.planned_epochs, '.2f')} |")
+    if report.get("weight_ci"):
+        lines += ["", f"Weight CI: {report['weight_ci']}."]
     domains = [d.name for d in manifest.domains]
     if report.get("validation"):
         lines += _validation_lines(report["validation"], domains)

@@ -44,7 +44,8 @@ from operators.io import storage
 from operators.io.splits import SplitName
 from workflows.run.keys import BUILTIN_SCHEME, checkpoint_identity, digest
 from workflows.stages.base import RunContext, Stage
-from workflows.stages.explore import ExploreInput, exploration_candidates, surrogate_round, trajectory_round
+from workflows.stages.explore import (ExploreInput, exploration_candidates, surrogate_round, surrogate_weight_ci,
+                                      trajectory_round)
 from workflows.stages.featurize import model_source
 from workflows.run.plan import Plan
 from workflows.solvers.base import MixtureProblem
@@ -215,6 +216,26 @@ def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: 
     return {name: stage_interval(G[:, m, :], coef, confidence) for m, name in enumerate(names)}
 
 
+def gain_replicates(raw: tuple[np.ndarray, np.ndarray], objective: Objective, reference: int,
+                    coef: np.ndarray | None, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(B, M) gains over the reference on two-way resamples (seeds and validation examples) of ``raw``, at
+    the probe's last point (``coef`` None) or extrapolated by ``coef``: the first round as it might have
+    been measured."""
+    before, after = raw
+    s, n = before.shape[1], before.shape[2]
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        si, ei = rng.integers(0, s, s), rng.integers(0, n, n)
+        sub = Objective(objective.tokens[ei], objective.labels[ei], objective.weights, objective.balance)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vals = sub(before[:, si][:, :, None, ei], after[:, si][:, :, :, ei])  # (M, S, P)
+        at = (vals[:, :, -1] if coef is None else extrapolate(vals, coef)).mean(axis=1)
+        if np.all(np.isfinite(at)):
+            reps.append(at[reference] - at)
+    return np.array(reps).reshape(-1, before.shape[0])
+
+
 def probe_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], confidence: float,
                blocks: int = 12) -> dict[str, dict]:
     """Per candidate, the probe-horizon gain over the reference and a t-interval whose standard error has
@@ -312,6 +333,11 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
         ref_mean = at[list(kept).index("reference")].mean()
         gains = ref_mean - at.mean(axis=1)
         proposed, surrogate_report = surrogate_round(inp, first_W, gains)
+        if proposed and spec.explore.surrogate_ci_replicates:
+            reps = gain_replicates(raw, objective, list(kept).index("reference"),
+                                   None if spec.decide_at == "probe" else coef,
+                                   spec.explore.surrogate_ci_replicates, seed=spec.seed + 2)
+            surrogate_report["weight_ci"] = surrogate_weight_ci(inp, first_W, reps, proposed, 0.9)
         extra = {**extra, **proposed}
     if extra:
         extra, _ = dedupe({**kept, **extra})

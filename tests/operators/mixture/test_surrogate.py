@@ -33,3 +33,28 @@ def test_no_proposals_without_held_out_skill() -> None:
     assert len(X) == 0 and "no proposals" in report["reason"]
     X, report = propose(W[:3], y[:3], None, LO, HI, n=3)
     assert len(X) == 0 and not report["fitted"]
+
+
+def test_proposal_intervals_widen_with_measurement_noise() -> None:
+    from operators.mixture.surrogate import proposal_intervals
+    W = dirichlet_around(np.full(4, 0.25), 20, seed=0, lower=LO, upper=HI)
+    rng = np.random.default_rng(2)
+    y = quality(W) + rng.normal(0, 1e-3, len(W))
+    X, _ = propose(W, y, None, LO, HI, n=2, seed=0)
+    widths = []
+    for noise in (1e-3, 3e-2):
+        reps = y[None, :] + rng.normal(0, noise, (24, len(W)))
+        ci = proposal_intervals(W, reps, None, LO, HI, X, confidence=0.9, seed=0)
+        assert ci["of"] == 24 and 0 < ci["replicates"] <= 24
+        assert ci["low"].shape == X.shape and np.all(ci["low"] <= ci["high"] + 1e-12)
+        assert np.all((ci["low"] >= LO - 1e-9) & (ci["high"] <= HI + 1e-9))
+        widths.append(float((ci["high"] - ci["low"]).mean()))
+    assert widths[1] > 2 * widths[0]  # noisier measurements, a less certain proposal
+
+
+def test_proposal_intervals_without_any_fit() -> None:
+    from operators.mixture.surrogate import proposal_intervals
+    W = dirichlet_around(np.full(4, 0.25), 12, seed=1, lower=LO, upper=HI)
+    reps = np.random.default_rng(1).normal(size=(5, 12))  # every replicate unrelated to the mixtures
+    ci = proposal_intervals(W, reps, None, LO, HI, W[:1], min_cv_r2=0.2)
+    assert ci == {"replicates": 0, "of": 5}

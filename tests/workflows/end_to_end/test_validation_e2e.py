@@ -46,3 +46,13 @@ def test_run_measures_exploration_candidates_and_labels_horizons(tmp_path, model
     (manifest_path,) = (out / "manifests" / "default").glob("*/manifest.json")
     summary = json.loads(manifest_path.read_text())["validation"]
     assert summary["gain_horizon"] == hz["probe_label"] and summary["stage_gain_horizon"] == hz["stage_label"]
+    # every published mixture says where its weight intervals come from (or why it has none)
+    assert "Weight CI: " in md and report["weight_ci"]
+    ci = v["surrogate"].get("weight_ci")
+    assert v["surrogate"]["proposed"] >= 1 and ci["replicates"] >= 1  # this setup's surrogate has skill
+    for name, row in ci["proposals"].items():  # intervals from refits on resampled first rounds
+        w = rows[name]["weights"]
+        assert all(row["low"][d] <= row["high"][d] for d in w)
+    manifest = json.loads(manifest_path.read_text())
+    if v["published"] in ((ci or {}).get("proposals") or {}):
+        assert all(d["weight_ci"] is not None for d in manifest["domains"])

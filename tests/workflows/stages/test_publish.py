@@ -77,3 +77,22 @@ def test_published_weight_ci_belongs_to_the_published_mixture() -> None:
     assert np.allclose(half, [(0.45, 0.55), (0.35, 0.45)])  # the blend of the primary's CI ends
     assert published_weight_ci(boot, "baseline:dsir", "tikmix_d", ref) == [None, None]  # never bootstrapped
     assert published_weight_ci({}, "tikmix_d", "tikmix_d", ref) == [None, None]
+
+
+def test_a_published_surrogate_proposal_gets_its_resampled_interval_and_the_report_says_so() -> None:
+    import numpy as np
+
+    from workflows.stages.publish import published_weight_ci, weight_ci_method
+
+    ref = np.array([0.5, 0.5])
+    ci = {"replicates": 30, "of": 32, "confidence": 0.9,
+          "proposals": {"explore:surrogate1": {"low": {"a": 0.3, "b": 0.5}, "high": {"a": 0.5, "b": 0.7}}}}
+    assert published_weight_ci({}, "explore:surrogate1", "tikmix_d", ref, ci["proposals"], ["a", "b"]) == [
+        (0.3, 0.5), (0.5, 0.7)]
+    assert published_weight_ci({}, "explore:surrogate0", "tikmix_d", ref, ci["proposals"], ["a", "b"]) == [
+        None, None]
+    validation = {"surrogate": {"weight_ci": ci}}
+    assert "30 of 32 refits" in weight_ci_method("explore:surrogate1", "tikmix_d", validation, True)
+    assert "did not propose" in weight_ci_method("explore:surrogate0", "tikmix_d", validation, False)
+    assert "fixed design" in weight_ci_method("explore:heavy:a", "tikmix_d", validation, False)
+    assert "bootstrap of the primary solver" in weight_ci_method("tikmix_d", "tikmix_d", validation, True)
