@@ -195,45 +195,42 @@ def _measure(prober: MixtureProber, objective: Objective, kept: dict, seeds: lis
     return values, per_target, (before, after)
 
 
-def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], coef: np.ndarray,
-               confidence: float, n_boot: int = 400, seed: int = 0) -> dict[str, dict]:
-    """Per candidate, the stage-horizon gain over the reference and its interval
-    (operators/mixture/horizon.stage_interval) from a two-way bootstrap: seeds and validation examples are
-    both resampled, because which few target examples a split holds moves a gain by more than seed noise."""
+def resampled_values(raw: tuple[np.ndarray, np.ndarray], objective: Objective, n_boot: int, seed: int = 0):
+    """Yields the objective's ΔL (M, S, P) on ``n_boot`` two-way resamples of ``raw``: seeds and validation
+    examples both redrawn, because which few target examples a split holds moves a gain by more than seed
+    noise. A replicate without some target's examples (non-finite) is skipped."""
     before, after = raw
     s, n = before.shape[1], before.shape[2]
-    r = names.index("reference")
     rng = np.random.default_rng(seed)
-    reps = []
     for _ in range(n_boot):
         si, ei = rng.integers(0, s, s), rng.integers(0, n, n)
         sub = Objective(objective.tokens[ei], objective.labels[ei], objective.weights, objective.balance)
         with np.errstate(divide="ignore", invalid="ignore"):
-            vals = sub(before[:, si][:, :, None, ei], after[:, si][:, :, :, ei]).mean(axis=1)  # (M, P)
-        if np.all(np.isfinite(vals)):  # a replicate without some target's examples is skipped
-            reps.append(vals[r][None, :] - vals)
+            vals = sub(before[:, si][:, :, None, ei], after[:, si][:, :, :, ei])
+        if np.all(np.isfinite(vals)):
+            yield vals
+
+
+def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], coef: np.ndarray,
+               confidence: float, n_boot: int = 400, seed: int = 0) -> dict[str, dict]:
+    """Per candidate, the stage-horizon gain over the reference and its interval
+    (operators/mixture/horizon.stage_interval) from a two-way bootstrap (:func:`resampled_values`)."""
+    r = names.index("reference")
+    reps = [v[r][None, :] - v for v in (vals.mean(axis=1) for vals in resampled_values(raw, objective, n_boot, seed))]
     G = np.array(reps)
     return {name: stage_interval(G[:, m, :], coef, confidence) for m, name in enumerate(names)}
 
 
 def gain_replicates(raw: tuple[np.ndarray, np.ndarray], objective: Objective, reference: int,
                     coef: np.ndarray | None, n_boot: int, seed: int = 0) -> np.ndarray:
-    """(B, M) gains over the reference on two-way resamples (seeds and validation examples) of ``raw``, at
-    the probe's last point (``coef`` None) or extrapolated by ``coef``: the first round as it might have
-    been measured."""
-    before, after = raw
-    s, n = before.shape[1], before.shape[2]
-    rng = np.random.default_rng(seed)
+    """(B, M) gains over the reference on two-way resamples (:func:`resampled_values`) of ``raw``, at the
+    probe's last point (``coef`` None) or extrapolated by ``coef``: the first round as it might have been
+    measured."""
     reps = []
-    for _ in range(n_boot):
-        si, ei = rng.integers(0, s, s), rng.integers(0, n, n)
-        sub = Objective(objective.tokens[ei], objective.labels[ei], objective.weights, objective.balance)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            vals = sub(before[:, si][:, :, None, ei], after[:, si][:, :, :, ei])  # (M, S, P)
+    for vals in resampled_values(raw, objective, n_boot, seed):
         at = (vals[:, :, -1] if coef is None else extrapolate(vals, coef)).mean(axis=1)
-        if np.all(np.isfinite(at)):
-            reps.append(at[reference] - at)
-    return np.array(reps).reshape(-1, before.shape[0])
+        reps.append(at[reference] - at)
+    return np.array(reps).reshape(-1, raw[0].shape[0])
 
 
 def probe_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], confidence: float,
