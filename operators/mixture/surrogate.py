@@ -85,17 +85,18 @@ def proposal_intervals(W: np.ndarray, gain_reps: np.ndarray, scores: np.ndarray 
     (p, K)), the median L1 shift, and how many replicates proposed at all (a refit without held-out skill
     proposes nothing and is left out)."""
     proposals = np.atleast_2d(np.asarray(proposals, dtype=np.float64))
+    gain_reps = np.atleast_2d(gain_reps)
     n = proposals.shape[0]
     matched: list[np.ndarray] = []
-    for b, y in enumerate(np.atleast_2d(gain_reps)):
+    for b, y in enumerate(gain_reps):
         X, _ = propose(W, y, scores, lower, upper, n, seed=seed + b, **propose_kw)
         if len(X):
             dist = np.abs(proposals[:, None, :] - X[None, :, :]).sum(axis=2)  # (p, q)
             matched.append(X[dist.argmin(axis=1)])
     if not matched:
-        return {"replicates": 0, "of": int(np.atleast_2d(gain_reps).shape[0])}
+        return {"replicates": 0, "of": len(gain_reps)}
     M = np.stack(matched)  # (R, p, K)
     a = (1 - confidence) / 2
-    return {"replicates": len(matched), "of": int(np.atleast_2d(gain_reps).shape[0]), "confidence": confidence,
+    return {"replicates": len(matched), "of": len(gain_reps), "confidence": confidence,
             "low": np.quantile(M, a, axis=0), "high": np.quantile(M, 1 - a, axis=0),
             "median_l1_shift": np.median(np.abs(M - proposals[None]).sum(axis=2), axis=0)}

@@ -114,12 +114,17 @@ def exploration_candidates(inp: ExploreInput, existing: Candidates) -> Candidate
     return out
 
 
+def _propose_options(inp: ExploreInput) -> dict:
+    """The surrogate's settings, shared by its proposals and their resampled refits."""
+    return {"kappa": inp.spec.surrogate_kappa, "min_cv_r2": inp.spec.surrogate_min_cv_r2,
+            "min_l1": inp.spec.min_l1, "domain_names": inp.problem.domains}
+
+
 def surrogate_round(inp: ExploreInput, W: np.ndarray, gains: np.ndarray) -> tuple[Candidates, dict]:
     """Mixtures a surrogate fitted on (W, measured gains) predicts best, and its report."""
     p = inp.problem
     X, report = propose(W, gains, p.scores, p.lower, p.upper, inp.spec.surrogate, seed=inp.seed,
-                        kappa=inp.spec.surrogate_kappa, min_cv_r2=inp.spec.surrogate_min_cv_r2,
-                        min_l1=inp.spec.min_l1, domain_names=p.domains)
+                        **_propose_options(inp))
     return {f"explore:surrogate{i}": (w, "exploration: surrogate proposal (round 2)") for i, w in enumerate(X)}, report
 
 
@@ -130,13 +135,11 @@ def surrogate_weight_ci(inp: ExploreInput, W: np.ndarray, gain_reps: np.ndarray,
     if not proposed or not len(gain_reps):
         return {}
     p = inp.problem
-    names = list(proposed)
     ci = proposal_intervals(W, gain_reps, p.scores, p.lower, p.upper, np.array([w for w, _ in proposed.values()]),
-                            confidence=confidence, seed=inp.seed, kappa=inp.spec.surrogate_kappa,
-                            min_cv_r2=inp.spec.surrogate_min_cv_r2, min_l1=inp.spec.min_l1)
+                            confidence=confidence, seed=inp.seed, **_propose_options(inp))
     out: dict = {"replicates": ci["replicates"], "of": ci["of"], "confidence": confidence, "proposals": {}}
     if ci["replicates"]:
-        for i, name in enumerate(names):
+        for i, name in enumerate(proposed):
             out["proposals"][name] = {
                 "low": dict(zip(p.domains, ci["low"][i].tolist())),
                 "high": dict(zip(p.domains, ci["high"][i].tolist())),

@@ -191,7 +191,8 @@ def publish(cfg: RunConfig, manifest: Manifest, run_root: str, lease=None) -> di
 
 
 def _surrogate_ci(validation: dict | None) -> dict:
-    return (((validation or {}).get("surrogate") or {}).get("weight_ci") or {}).get("proposals") or {}
+    """Validation's ``surrogate.weight_ci`` section ({} when absent)."""
+    return ((validation or {}).get("surrogate") or {}).get("weight_ci") or {}
 
 
 def weight_ci_method(published: str, primary: str, validation: dict | None, has_ci: bool) -> str:
@@ -200,7 +201,7 @@ def weight_ci_method(published: str, primary: str, validation: dict | None, has_
         return "bootstrap of the primary solver over examples" if has_ci else "none (influence.bootstrap < 2)"
     if published.startswith("line:"):
         return f"the primary solver's bootstrap interval, blended like `{published}`" if has_ci else "none"
-    ci = ((validation or {}).get("surrogate") or {}).get("weight_ci") or {}
+    ci = _surrogate_ci(validation)
     if published in (ci.get("proposals") or {}):
         return (f"where this surrogate proposal lands when the first round is resampled (seeds × examples): "
                 f"{ci['replicates']} of {ci['of']} refits proposed, {ci['confidence']:.0%} percentile interval")
@@ -319,7 +320,7 @@ class PublishStage(Stage):
             budget=report["problem"]["budget"], planned_epochs=report["problem"]["planned_epochs"],
             validation=_validation_summary(report.get("validation")),
             weight_ci=published_weight_ci(infl.bootstrap, source, primary, problem.reference,
-                                          _surrogate_ci(ctx.validation), order))
+                                          _surrogate_ci(ctx.validation).get("proposals"), order))
         report["weight_ci"] = weight_ci_method(source, primary, ctx.validation,
                                                any(d.weight_ci for d in manifest.domains))
         final = dict(zip(order, weights.tolist()))

@@ -216,8 +216,8 @@ def stage_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: 
     """Per candidate, the stage-horizon gain over the reference and its interval
     (operators/mixture/horizon.stage_interval) from a two-way bootstrap (:func:`resampled_values`)."""
     r = names.index("reference")
-    reps = [v[r][None, :] - v for v in (vals.mean(axis=1) for vals in resampled_values(raw, objective, n_boot, seed))]
-    G = np.array(reps)
+    means = [vals.mean(axis=1) for vals in resampled_values(raw, objective, n_boot, seed)]  # each (M, P)
+    G = np.array([m[r][None, :] - m for m in means])
     return {name: stage_interval(G[:, m, :], coef, confidence) for m, name in enumerate(names)}
 
 
@@ -226,11 +226,15 @@ def gain_replicates(raw: tuple[np.ndarray, np.ndarray], objective: Objective, re
     """(B, M) gains over the reference on two-way resamples (:func:`resampled_values`) of ``raw``, at the
     probe's last point (``coef`` None) or extrapolated by ``coef``: the first round as it might have been
     measured."""
-    reps = []
-    for vals in resampled_values(raw, objective, n_boot, seed):
-        at = (vals[:, :, -1] if coef is None else extrapolate(vals, coef)).mean(axis=1)
-        reps.append(at[reference] - at)
+    reps = [decision_gains(vals, reference, coef) for vals in resampled_values(raw, objective, n_boot, seed)]
     return np.array(reps).reshape(-1, raw[0].shape[0])
+
+
+def decision_gains(values: np.ndarray, reference: int, coef: np.ndarray | None) -> np.ndarray:
+    """(M,) seed-mean gains over the reference from ΔL ``values`` (M, S, P), at the probe's last point
+    (``coef`` None) or extrapolated by ``coef``."""
+    at = (values[:, :, -1] if coef is None else extrapolate(values, coef)).mean(axis=1)
+    return at[reference] - at
 
 
 def probe_rows(raw: tuple[np.ndarray, np.ndarray], objective: Objective, names: list[str], confidence: float,
@@ -326,14 +330,11 @@ def run_validation(cfg: RunConfig, plan: Plan, model_uri: str, problem: MixtureP
     first_W = np.array([w for w, _ in kept.values()])
     extra, trajectory_report = trajectory_round(inp, first_W, per_target, coef, used)
     if spec.explore.surrogate > 0:
-        at = values[:, :, -1] if spec.decide_at == "probe" else extrapolate(values, coef)
-        ref_mean = at[list(kept).index("reference")].mean()
-        gains = ref_mean - at.mean(axis=1)
-        proposed, surrogate_report = surrogate_round(inp, first_W, gains)
+        r, horizon_coef = list(kept).index("reference"), None if spec.decide_at == "probe" else coef
+        proposed, surrogate_report = surrogate_round(inp, first_W, decision_gains(values, r, horizon_coef))
         if proposed and spec.explore.surrogate_ci_replicates:
-            reps = gain_replicates(raw, objective, list(kept).index("reference"),
-                                   None if spec.decide_at == "probe" else coef,
-                                   spec.explore.surrogate_ci_replicates, seed=spec.seed + 2)
+            reps = gain_replicates(raw, objective, r, horizon_coef, spec.explore.surrogate_ci_replicates,
+                                   seed=spec.seed + 2)
             surrogate_report["weight_ci"] = surrogate_weight_ci(inp, first_W, reps, proposed, 0.9)
         extra = {**extra, **proposed}
     if extra:

@@ -54,5 +54,5 @@ def test_run_measures_exploration_candidates_and_labels_horizons(tmp_path, model
         w = rows[name]["weights"]
         assert all(row["low"][d] <= row["high"][d] for d in w)
     manifest = json.loads(manifest_path.read_text())
-    if v["published"] in ((ci or {}).get("proposals") or {}):
+    if v["published"] in ci["proposals"]:
         assert all(d["weight_ci"] is not None for d in manifest["domains"])
